@@ -1,1 +1,97 @@
-fn main() {}
+//! `abd`: runs scenarios on the embedded pool simulator.
+
+use abd::scenario::Scenario;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "abd",
+    version,
+    about = "Backup delegates for XenServer / XCP-ng pools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a scenario on the embedded simulator under a virtual clock.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Seed of the run (default: the scenario's own).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the summary as JSON instead of the job logs and summary text.
+        #[arg(long)]
+        json: bool,
+        /// Print only the summary, not the job logs.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ABD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run {
+            scenario,
+            seed,
+            json,
+            quiet,
+        } => run(&scenario, seed, json, quiet),
+    }
+}
+
+fn run(path: &PathBuf, seed: Option<u64>, json: bool, quiet: bool) -> ExitCode {
+    let scenario = match Scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let seed = seed.unwrap_or(scenario.seed);
+    let (out, summary) = abd::run_and_check(&scenario, seed);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
+    } else {
+        if !quiet {
+            print_logs(&out);
+        }
+        print!("{}", summary.text());
+    }
+    if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "FAILED: scenario {} seed {seed}; replay with: abd run {} --seed {seed}",
+            scenario.name,
+            path.display()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+fn print_logs(out: &abd::runner::RunOutput) {
+    println!("== engine ==");
+    for line in &out.engine_log.lines {
+        println!("{line}");
+    }
+    for job in &out.jobs {
+        println!("== job {} (pool {}) ==", job.report.name, job.report.pool);
+        for line in &job.report.log.lines {
+            println!("{line}");
+        }
+    }
+    println!();
+}

@@ -1,3 +1,29 @@
-//! The abd engine: provisions and drives backup delegates in XenServer / XCP-ng pools.
+//! The abd engine: provisions and drives backup delegates (ABDs) in
+//! XenServer / XCP-ng pools.
+//!
+//! The engine talks to pools only through [`xapi::Transport`] and to delegates
+//! only through [`agent::DelegateAgent`]; it reads time only from `tokio::time`,
+//! so the same code runs on a paused clock against the simulator and on the
+//! wall clock against a real pool. It never depends on the simulator.
 
+pub mod accounting;
 pub mod address;
+pub mod agent;
+mod backup;
+pub mod boot_gate;
+pub mod config;
+pub mod delegate;
+pub mod diag;
+pub mod engine;
+pub mod error;
+pub mod job;
+pub mod joblog;
+pub mod placement;
+pub mod pool;
+pub mod tags;
+pub mod template;
+pub mod xapi;
+
+pub use config::{Addressing, EngineConfig, JobSpec, PoolConfig};
+pub use engine::{Engine, PoolConnection};
+pub use error::EngineError;

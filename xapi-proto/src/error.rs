@@ -69,7 +69,11 @@ impl XapiError {
     pub fn vm_bad_power_state(vm: &str, expected: &str, actual: &str) -> Self {
         Self::new(
             codes::VM_BAD_POWER_STATE,
-            [vm.to_string(), expected.to_lowercase(), actual.to_lowercase()],
+            [
+                vm.to_string(),
+                expected.to_lowercase(),
+                actual.to_lowercase(),
+            ],
         )
     }
 

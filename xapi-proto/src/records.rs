@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 pub type StringMap = BTreeMap<String, String>;
 
 /// `vm_power_state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum PowerState {
     #[default]
     Halted,
@@ -53,7 +55,7 @@ pub enum VbdType {
 
 /// `vdi_type` (the subset pools commonly carry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum VdiType {
     System,
     #[default]
@@ -61,12 +63,16 @@ pub enum VdiType {
     Ephemeral,
     Suspend,
     Crashdump,
+    #[serde(rename = "ha_statefile")]
     HaStatefile,
     Metadata,
-    Redo_log,
+    #[serde(rename = "redo_log")]
+    RedoLog,
     Rrd,
-    Pvs_cache,
-    Cbt_metadata,
+    #[serde(rename = "pvs_cache")]
+    PvsCache,
+    #[serde(rename = "cbt_metadata")]
+    CbtMetadata,
 }
 
 /// `task_status_type`.
@@ -463,6 +469,6 @@ mod tests {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["power_state"], "Halted");
-        assert_eq!(v["snapshot_of"], "");
+        assert_eq!(v["snapshot_of"], "OpaqueRef:NULL");
     }
 }

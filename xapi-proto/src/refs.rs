@@ -4,9 +4,16 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A reference to an XAPI object, as XAPI writes it: `OpaqueRef:<uuid>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct OpaqueRef(pub String);
+
+impl Default for OpaqueRef {
+    /// XAPI's default for a reference field is the null reference.
+    fn default() -> Self {
+        OpaqueRef::null()
+    }
+}
 
 impl OpaqueRef {
     /// The null reference, `OpaqueRef:NULL`.

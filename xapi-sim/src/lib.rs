@@ -1,1 +1,186 @@
-//! xapi-sim
+//! A deterministic, in-process model of XenServer / XCP-ng pools that answers
+//! XAPI calls.
+//!
+//! The simulator is a state machine over simulated time: callers pass `now`
+//! with every call, and every state change lands in one ordered event log.
+//! One seeded RNG decides ids, MACs and how long operations take. Nothing here
+//! knows about backup delegates: the appliance is modelled as a kind of guest
+//! OS that honours `vm-data/...` settings, nothing more.
+
+pub mod dhcp;
+mod dispatch;
+pub mod log;
+pub mod model;
+mod ops;
+pub mod rng;
+mod schedule;
+pub mod spec;
+pub mod time;
+mod timing;
+
+use log::{Event, EventLog};
+use model::PoolModel;
+use rng::SimRng;
+use schedule::Schedule;
+use spec::{SpecError, WorldSpec};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use time::SimTime;
+use xapi_proto::{Value, XapiError};
+
+pub use ops::ApplianceAnswer;
+
+/// Which pool (XAPI endpoint) a call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId(pub usize);
+
+/// The simulated world: every pool, one clock, one RNG, one event log.
+pub struct Sim {
+    pools: Vec<PoolModel>,
+    rng: SimRng,
+    log: EventLog,
+    schedule: Schedule,
+    spec: WorldSpec,
+    now: SimTime,
+}
+
+/// A disk attached to an appliance, as its agent sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachedDisk {
+    /// XAPI `userdevice` of the VBD (1..n for hot-plugged disks).
+    pub userdevice: String,
+    /// The VDI's uuid.
+    pub vdi_uuid: String,
+    /// Bytes to read.
+    pub virtual_size: i64,
+    /// Sequential read bandwidth of the disk's SR.
+    pub bandwidth_bytes_per_s: f64,
+}
+
+impl Sim {
+    /// Builds the world a spec describes, seeded with `seed`.
+    pub fn new(spec: &WorldSpec, seed: u64) -> Result<Sim, SpecError> {
+        spec.check()?;
+        let mut rng = SimRng::new(seed);
+        let pools = spec
+            .pools
+            .iter()
+            .map(|p| model::build_pool(p, &mut rng))
+            .collect();
+        Ok(Sim {
+            pools,
+            rng,
+            log: EventLog::default(),
+            schedule: Schedule::default(),
+            spec: spec.clone(),
+            now: SimTime::ZERO,
+        })
+    }
+
+    /// The pool named `name`.
+    pub fn pool_id(&self, name: &str) -> Option<PoolId> {
+        self.pools.iter().position(|p| p.name == name).map(PoolId)
+    }
+
+    /// Read-only view of a pool's objects (for checkers and reports).
+    pub fn pool(&self, id: PoolId) -> &PoolModel {
+        &self.pools[id.0]
+    }
+
+    /// Every pool, in spec order.
+    pub fn pools(&self) -> impl Iterator<Item = (PoolId, &PoolModel)> {
+        self.pools.iter().enumerate().map(|(i, p)| (PoolId(i), p))
+    }
+
+    /// The latest time the simulator has reached.
+    pub fn now(&self) -> SimTime {
+        self.now
+    }
+
+    /// The event log so far.
+    pub fn events(&self) -> &[Event] {
+        self.log.events()
+    }
+
+    /// How long `method` takes this time (drawn from the seeded RNG).
+    pub fn call_duration(&mut self, method: &str) -> Duration {
+        let range = timing::range_for(&self.spec.timing, method);
+        self.rng.duration(range)
+    }
+
+    /// How long one request to an appliance's agent takes.
+    pub fn agent_duration(&mut self) -> Duration {
+        self.rng.duration(self.spec.timing.agent_s)
+    }
+
+    /// Applies every scheduled event due at or before `now`.
+    pub fn advance_to(&mut self, now: SimTime) {
+        assert!(
+            now >= self.now,
+            "simulated time went backwards: {now} < {}",
+            self.now
+        );
+        while let Some((at, pool, event)) = self.schedule.pop_due(now) {
+            self.now = at;
+            let mut ctx = self.ctx(pool, at);
+            ctx.apply_scheduled(event);
+        }
+        self.now = now;
+    }
+
+    /// Performs one XAPI call on `pool` at `now`, after applying what was due.
+    pub fn dispatch(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Value, XapiError> {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        dispatch::dispatch(&mut ctx, method, params)
+    }
+
+    /// Who answers the appliance protocol at `ip` in `pool` at `now`.
+    pub fn appliance_at(&mut self, pool: PoolId, now: SimTime, ip: Ipv4Addr) -> ApplianceAnswer {
+        self.advance_to(now);
+        ops::appliance_at(&self.pools[pool.0], ip)
+    }
+
+    /// The disks hot-plugged into the appliance answering at `ip` (devices 1..n).
+    pub fn appliance_disks(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        ip: Ipv4Addr,
+    ) -> Option<Vec<AttachedDisk>> {
+        self.advance_to(now);
+        ops::appliance_disks(&self.pools[pool.0], ip)
+    }
+
+    /// Operator action: moves every disk of the VM named `vm_name` to the SR
+    /// named `sr_name` (as a storage migration would), keeping the VM's identity.
+    pub fn move_vm_disks(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        vm_name: &str,
+        sr_name: &str,
+    ) -> Result<(), XapiError> {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        ctx.move_vm_disks(vm_name, sr_name)
+    }
+
+    fn ctx(&mut self, pool: PoolId, now: SimTime) -> ops::Ctx<'_> {
+        ops::Ctx {
+            m: &mut self.pools[pool.0],
+            rng: &mut self.rng,
+            log: &mut self.log,
+            schedule: &mut self.schedule,
+            spec: &self.spec,
+            pool,
+            now,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What the operator configures: the engine, each pool, each job.
+
+use crate::address::StaticAddress;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Engine-wide settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Identifies this engine's objects in every pool (`abd:engine-id`).
+    pub engine_id: String,
+    /// Where pools import the delegate appliance from (`VM.import`).
+    pub appliance_url: String,
+    /// How long a booted delegate may take to report its address.
+    pub address_timeout_s: u64,
+    /// How often the engine looks for the delegate's address.
+    pub address_poll_interval_s: u64,
+    /// How long a VM may wait in the queue for a free static address.
+    pub address_wait_limit_s: u64,
+    /// Attempts to get one delegate ready before the VM fails.
+    pub provision_attempts: u32,
+    /// Pause before the second attempt; doubles each time.
+    pub retry_backoff_s: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            engine_id: "abd-engine".into(),
+            appliance_url: "file:///opt/abd/abd-appliance.xva".into(),
+            address_timeout_s: 120,
+            address_poll_interval_s: 2,
+            address_wait_limit_s: 1800,
+            provision_attempts: 3,
+            retry_backoff_s: 10,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// `address_timeout_s` as a Duration.
+    pub fn address_timeout(&self) -> Duration {
+        Duration::from_secs(self.address_timeout_s)
+    }
+    /// `address_poll_interval_s` as a Duration.
+    pub fn address_poll_interval(&self) -> Duration {
+        Duration::from_secs(self.address_poll_interval_s.max(1))
+    }
+    /// `address_wait_limit_s` as a Duration.
+    pub fn address_wait_limit(&self) -> Duration {
+        Duration::from_secs(self.address_wait_limit_s)
+    }
+}
+
+/// How delegates of a pool get their address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "mode", deny_unknown_fields)]
+pub enum Addressing {
+    /// DHCP on the chosen network.
+    #[default]
+    Dhcp,
+    /// One address per delegate from this list.
+    Static {
+        /// The addresses, with netmask, gateway and DNS.
+        addresses: Vec<StaticAddress>,
+    },
+}
+
+/// Per-pool settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The pool's name (as the operator knows it).
+    pub name: String,
+    /// Network (by name_label) delegates are attached to; default: the management network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// DHCP or a static list.
+    #[serde(default)]
+    pub addressing: Addressing,
+    /// Keep ready delegates idle for reuse instead of destroying them.
+    #[serde(default)]
+    pub persistent: bool,
+    /// How long an idle persistent delegate lives.
+    #[serde(default = "default_idle_limit_s")]
+    pub idle_limit_s: u64,
+    /// Delegates booting at once on one host.
+    #[serde(default = "default_boot_cap_per_host")]
+    pub boot_cap_per_host: usize,
+    /// Delegates booting at once in the pool.
+    #[serde(default = "default_boot_cap_per_pool")]
+    pub boot_cap_per_pool: usize,
+    /// SR (by name_label) for the template; default: the pool's default SR.
+    #[serde(default)]
+    pub template_sr: Option<String>,
+}
+
+fn default_idle_limit_s() -> u64 {
+    600
+}
+fn default_boot_cap_per_host() -> usize {
+    2
+}
+fn default_boot_cap_per_pool() -> usize {
+    4
+}
+
+impl PoolConfig {
+    /// Settings with every default, for `name`.
+    pub fn new(name: &str) -> Self {
+        PoolConfig {
+            name: name.to_string(),
+            network: None,
+            addressing: Addressing::Dhcp,
+            persistent: false,
+            idle_limit_s: default_idle_limit_s(),
+            boot_cap_per_host: default_boot_cap_per_host(),
+            boot_cap_per_pool: default_boot_cap_per_pool(),
+            template_sr: None,
+        }
+    }
+
+    /// `idle_limit_s` as a Duration.
+    pub fn idle_limit(&self) -> Duration {
+        Duration::from_secs(self.idle_limit_s)
+    }
+}
+
+/// A backup job: which VMs, in which pool, how many at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Job name, unique among the engine's jobs.
+    pub name: String,
+    /// Pool (by name) the VMs live in.
+    pub pool: String,
+    /// VMs by name_label, processed in this order.
+    pub vms: Vec<String>,
+    /// VMs processed at once, each with its own delegate.
+    pub concurrency: usize,
+}

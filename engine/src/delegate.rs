@@ -1,0 +1,520 @@
+//! One delegate's life: clone -> configure -> boot -> address -> identity ->
+//! (work) -> teardown. Each step is its own function so the diagnostic job can
+//! time it; `provision` strings them together with bounded retries.
+
+use crate::accounting::Change;
+use crate::address::{HolderId, Lease, StaticAddress};
+use crate::config::Addressing;
+use crate::error::EngineError;
+use crate::joblog::format_duration;
+use crate::placement::choose_host;
+use crate::pool::{PoolRuntime, Topology, VmLog};
+use crate::tags;
+use crate::template::TemplateInfo;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use tokio::time::Instant;
+use xapi_proto::OpaqueRef;
+use xapi_proto::records::{PowerState, VifCreate, VmRecord};
+use xapi_proto::tags::*;
+
+/// A delegate VM the engine created and owns.
+pub struct Delegate {
+    pub vm: OpaqueRef,
+    pub uuid: String,
+    /// `ABD <n>`.
+    pub name: String,
+    /// Host it runs on (null until booted).
+    pub host: OpaqueRef,
+    pub host_name: String,
+    /// Address it reported (None until it did).
+    pub ip: Option<Ipv4Addr>,
+    /// Disks that came with the clone, destroyed with it.
+    pub own_vdis: Vec<OpaqueRef>,
+    /// SRs of those disks: the delegate's host must see them.
+    pub own_srs: Vec<OpaqueRef>,
+    /// Static address lease, returned at teardown.
+    pub lease: Option<Lease>,
+    /// True once the VM exists and is counted as live.
+    counted: bool,
+}
+
+impl Delegate {
+    /// `ABD 3 (OpaqueRef:...)` for error messages.
+    pub fn label(&self) -> String {
+        format!("VM {} {:?}", self.vm, self.name)
+    }
+}
+
+/// Takes a static address for `holder` if the pool uses static addressing,
+/// waiting in the fair queue (and saying so in the log).
+pub async fn acquire_address(
+    pool: &PoolRuntime,
+    holder: HolderId,
+    log: &VmLog,
+) -> Result<Option<Lease>, EngineError> {
+    let Some(queue) = &pool.addresses else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let limit = pool.engine_config().address_wait_limit();
+    let lease = queue
+        .lease(holder, limit, |ahead| {
+            log.progress(format!(
+                "Waiting for a free delegate address ({ahead} ahead in the queue, up to {})",
+                format_duration(limit)
+            ))
+        })
+        .await?;
+    let waited = started.elapsed();
+    if waited > Duration::ZERO {
+        log.ok(format!(
+            "Got delegate address {} after waiting {}",
+            lease.address().ip,
+            format_duration(waited)
+        ));
+    }
+    Ok(Some(lease))
+}
+
+/// Clones the template into a new delegate and configures it (not yet booted).
+pub async fn create(
+    pool: &PoolRuntime,
+    template: &TemplateInfo,
+    network: &OpaqueRef,
+    job: &str,
+    lease: Option<Lease>,
+    log: &VmLog,
+) -> Result<Delegate, (EngineError, Option<Lease>)> {
+    let x = &pool.xapi;
+    let number = pool.next_delegate_number();
+    let name = format!("ABD {number}");
+    let started = Instant::now();
+    let vm = match x.vm_clone(&template.vm, &name).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            return Err((
+                EngineError::xapi(format!("template {}", template.vm), "clone", e),
+                lease,
+            ));
+        }
+    };
+    pool.account(Change::DelegateCreated);
+    let mut delegate = Delegate {
+        vm,
+        uuid: String::new(),
+        name,
+        host: OpaqueRef::null(),
+        host_name: String::new(),
+        ip: None,
+        own_vdis: Vec::new(),
+        own_srs: Vec::new(),
+        lease,
+        counted: true,
+    };
+    match configure(pool, &mut delegate, network, job).await {
+        Ok(()) => {
+            log.ok(format!(
+                "{} provisioned from the template ({})",
+                delegate.name,
+                format_duration(started.elapsed())
+            ));
+            Ok(delegate)
+        }
+        Err(e) => {
+            teardown(pool, delegate, log).await;
+            Err((e, None))
+        }
+    }
+}
+
+async fn configure(
+    pool: &PoolRuntime,
+    d: &mut Delegate,
+    network: &OpaqueRef,
+    job: &str,
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let label = d.label();
+    let fail = |step: &'static str| {
+        let object = label.clone();
+        move |e| EngineError::xapi(object, step, e)
+    };
+    x.vm_provision(&d.vm).await.map_err(fail("provision"))?;
+    // The clone carries the template's keys: make it a delegate of this job.
+    x.vm_set_other_config_key(&d.vm, tags::ROLE, tags::ROLE_DELEGATE)
+        .await
+        .map_err(fail("tagging"))?;
+    x.vm_set_other_config_key(&d.vm, tags::JOB, job)
+        .await
+        .map_err(fail("tagging"))?;
+    let record = x.vm_get_record(&d.vm).await.map_err(fail("reading"))?;
+    if record
+        .other_config
+        .get(HIDE_FROM_XENCENTER)
+        .map(String::as_str)
+        != Some("true")
+    {
+        x.vm_set_other_config_key(&d.vm, HIDE_FROM_XENCENTER, "true")
+            .await
+            .map_err(fail("hiding"))?;
+    }
+    d.uuid = record.uuid.clone();
+    let disks = own_disks(pool, &record)
+        .await
+        .map_err(fail("reading its disks"))?;
+    d.own_vdis = disks.iter().map(|(vdi, _)| vdi.clone()).collect();
+    d.own_srs = disks.into_iter().map(|(_, sr)| sr).collect();
+    for vif in &record.vifs {
+        x.vif_destroy(vif)
+            .await
+            .map_err(fail("removing a cloned VIF"))?;
+    }
+    let vif = VifCreate {
+        device: "0".into(),
+        network: network.clone(),
+        vm: d.vm.clone(),
+        mac: String::new(),
+        mtu: 1500,
+        ..Default::default()
+    };
+    x.vif_create(&vif).await.map_err(fail("creating its VIF"))?;
+    for (key, value) in network_settings(
+        &pool.config.addressing,
+        d.lease.as_ref().map(|l| l.address()),
+        &d.name,
+    ) {
+        x.vm_set_xenstore_key(&d.vm, &key, &value)
+            .await
+            .map_err(fail("writing network settings"))?;
+    }
+    Ok(())
+}
+
+/// The `vm-data/...` keys that tell the appliance how to get its address.
+pub fn network_settings(
+    addressing: &Addressing,
+    address: Option<&StaticAddress>,
+    name: &str,
+) -> Vec<(String, String)> {
+    let hostname = name.to_lowercase().replace(' ', "-");
+    let mut settings = vec![(VM_DATA_HOSTNAME.to_string(), hostname)];
+    match (addressing, address) {
+        (Addressing::Static { .. }, Some(a)) => {
+            settings.push((VM_DATA_IP.into(), a.ip.to_string()));
+            settings.push((VM_DATA_NETMASK.into(), a.netmask.to_string()));
+            if let Some(gw) = a.gateway {
+                settings.push((VM_DATA_GATEWAY.into(), gw.to_string()));
+            }
+            if !a.dns.is_empty() {
+                let dns: Vec<String> = a.dns.iter().map(|d| d.to_string()).collect();
+                settings.push((VM_DATA_DNS.into(), dns.join(",")));
+            }
+        }
+        _ => settings.push((VM_DATA_DHCP.into(), "true".into())),
+    }
+    settings
+}
+
+/// The disks that came with a delegate's clone: its system disk (device 0),
+/// never a snapshot disk attached for work.
+async fn own_disks(
+    pool: &PoolRuntime,
+    vm: &VmRecord,
+) -> Result<Vec<(OpaqueRef, OpaqueRef)>, crate::xapi::CallError> {
+    let mut disks = Vec::new();
+    for vbd in &vm.vbds {
+        let record = pool.xapi.vbd_get_record(vbd).await?;
+        if record.userdevice == "0" && !record.empty {
+            let vdi = pool.xapi.vdi_get_record(&record.vdi).await?;
+            if !vdi.is_a_snapshot {
+                disks.push((record.vdi, vdi.sr));
+            }
+        }
+    }
+    Ok(disks)
+}
+
+/// Boots the delegate on a host that sees `required_srs`, within the boot caps.
+/// Returns the boot permit, held until the delegate has its address.
+pub async fn boot(
+    pool: &PoolRuntime,
+    d: &mut Delegate,
+    topo: &Topology,
+    required_srs: &[OpaqueRef],
+    excluded: &BTreeSet<OpaqueRef>,
+    log: &VmLog,
+) -> Result<crate::boot_gate::BootPermit, EngineError> {
+    let slot = pool.boot_gate.pool_slot().await;
+    let mut needs = required_srs.to_vec();
+    needs.extend(d.own_srs.iter().cloned());
+    needs.sort();
+    needs.dedup();
+    let views = pool
+        .host_views(topo, &needs)
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "reading hosts", e))?;
+    let memory_needed = pool
+        .xapi
+        .vm_get_record(&d.vm)
+        .await
+        .map(|r| r.memory_static_max + r.memory_overhead)
+        .map_err(|e| EngineError::xapi(d.label(), "reading", e))?;
+    let host = choose_host(&views, &needs, memory_needed, excluded)?;
+    let (host_ref, host_name) = (host.host.clone(), host.name.clone());
+    let permit = pool.boot_gate.enter(slot, &host_ref).await;
+    let started = Instant::now();
+    pool.xapi
+        .vm_start_on(&d.vm, &host_ref)
+        .await
+        .map_err(|e| EngineError::xapi(format!("{} on {host_name}", d.label()), "start", e))?;
+    d.host = host_ref;
+    d.host_name = host_name;
+    log.ok(format!(
+        "{} started on {} ({})",
+        d.name,
+        d.host_name,
+        format_duration(started.elapsed())
+    ));
+    Ok(permit)
+}
+
+/// Waits for the appliance to write `vm-data/assigned-ip`.
+pub async fn await_address(
+    pool: &PoolRuntime,
+    d: &mut Delegate,
+    log: &VmLog,
+) -> Result<Ipv4Addr, EngineError> {
+    let cfg = pool.engine_config();
+    let started = Instant::now();
+    let deadline = started + cfg.address_timeout();
+    loop {
+        let data = pool
+            .xapi
+            .vm_get_xenstore_data(&d.vm)
+            .await
+            .map_err(|e| EngineError::xapi(d.label(), "reading xenstore_data", e))?;
+        if let Some(ip) = data
+            .get(VM_DATA_ASSIGNED_IP)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        {
+            d.ip = Some(ip);
+            let how = if pool.addresses.is_some() {
+                "static"
+            } else {
+                "DHCP"
+            };
+            log.ok(format!(
+                "{} booted with address {ip} ({how}) after {}",
+                d.name,
+                format_duration(started.elapsed())
+            ));
+            return Ok(ip);
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError::AddressTimeout {
+                delegate: d.label(),
+                waited_s: cfg.address_timeout_s,
+            });
+        }
+        let next = (Instant::now() + cfg.address_poll_interval()).min(deadline);
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Asks whoever answers at the delegate's address for its VM uuid and checks
+/// it is this delegate (an address collision fails here).
+pub async fn verify_identity(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let ip =
+        d.ip.expect("identity is checked after the address is known");
+    let answered = pool
+        .agent
+        .identity(ip)
+        .await
+        .map_err(|e| EngineError::Identity {
+            delegate: d.label(),
+            ip: ip.to_string(),
+            detail: e.to_string(),
+        })?;
+    if answered != d.uuid {
+        return Err(EngineError::Identity {
+            delegate: d.label(),
+            ip: ip.to_string(),
+            detail: format!(
+                "VM {answered} answered instead of {} (address collision)",
+                d.uuid
+            ),
+        });
+    }
+    log.ok(format!("{} identity verified at {ip}", d.name));
+    Ok(())
+}
+
+/// Gets a delegate ready for work: address, clone, boot, address, identity.
+/// A delegate that fails to boot or to get its address is destroyed and
+/// retried (bounded, with backoff), on another host when its host was the problem.
+pub async fn provision(
+    pool: &PoolRuntime,
+    template: &TemplateInfo,
+    topo: &Topology,
+    network: &OpaqueRef,
+    required_srs: &[OpaqueRef],
+    job: &str,
+    log: &VmLog,
+) -> Result<Delegate, EngineError> {
+    let cfg = pool.engine_config();
+    let holder = pool.shared.next_holder();
+    let mut lease = acquire_address(pool, holder, log).await?;
+    let mut excluded = BTreeSet::new();
+    let attempts = cfg.provision_attempts.max(1);
+    let mut backoff = Duration::from_secs(cfg.retry_backoff_s);
+    for attempt in 1..=attempts {
+        let mut d = match create(pool, template, network, job, lease.take(), log).await {
+            Ok(d) => d,
+            Err((e, returned)) => {
+                lease = returned;
+                if attempt == attempts {
+                    return Err(e);
+                }
+                log.warn(format!(
+                    "Provisioning failed (attempt {attempt}/{attempts}): {e}; retrying in {}",
+                    format_duration(backoff)
+                ));
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+        };
+        let result = async {
+            let _permit = boot(pool, &mut d, topo, required_srs, &excluded, log).await?;
+            await_address(pool, &mut d, log).await?;
+            verify_identity(pool, &d, log).await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(d),
+            Err(e) => {
+                let host = d.host.clone();
+                let host_name = d.host_name.clone();
+                lease = d.lease.take();
+                teardown(pool, d, log).await;
+                if attempt == attempts || matches!(e, EngineError::Placement(_)) {
+                    drop(lease);
+                    return Err(e);
+                }
+                let elsewhere = if e.is_host_related() && !host.is_null() {
+                    excluded.insert(host);
+                    format!(" on another host than {host_name}")
+                } else {
+                    String::new()
+                };
+                log.warn(format!(
+                    "Delegate failed (attempt {attempt}/{attempts}): {e}; retrying{elsewhere} in {}",
+                    format_duration(backoff)
+                ));
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Shuts the delegate down and destroys it with its VIFs and its own disks,
+/// then returns its address. Only touches a VM tagged as our delegate.
+/// Failures are logged, never raised: teardown is best effort and says what it left.
+pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
+    let started = Instant::now();
+    match destroy_delegate_vm(pool, &d.vm, &d.own_vdis).await {
+        Ok(()) => log.ok(format!(
+            "{} torn down ({})",
+            d.name,
+            format_duration(started.elapsed())
+        )),
+        Err(e) => log.fail(format!("{} teardown incomplete: {e}", d.name)),
+    }
+    if d.counted {
+        pool.account(Change::DelegateDestroyed);
+    }
+    if let Some(lease) = d.lease {
+        lease.release();
+    }
+}
+
+/// Destroys a delegate VM: detaches work disks, shuts it down, destroys the VM
+/// and the disks that came with its clone. Refuses anything not tagged as ours.
+pub(crate) async fn destroy_delegate_vm(
+    pool: &PoolRuntime,
+    vm: &OpaqueRef,
+    own_vdis: &[OpaqueRef],
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let record = x
+        .vm_get_record(vm)
+        .await
+        .map_err(|e| EngineError::xapi(format!("VM {vm}"), "reading", e))?;
+    let label = format!("VM {vm} {:?}", record.name_label);
+    if !tags::is_our_disposable_vm(&record, &pool.engine_config().engine_id) {
+        return Err(EngineError::NotOurs {
+            action: "destroy",
+            object: label,
+        });
+    }
+    let fail = |step: &'static str| {
+        let object = label.clone();
+        move |e| EngineError::xapi(object, step, e)
+    };
+    if record.power_state != PowerState::Halted {
+        detach_work_disks(pool, &record).await?;
+        if let Err(e) = x.vm_clean_shutdown(vm).await {
+            tracing::warn!(vm = %vm, error = %e, "clean shutdown failed; forcing");
+            x.vm_hard_shutdown(vm)
+                .await
+                .map_err(fail("hard shutdown"))?;
+        }
+    }
+    let own: Vec<OpaqueRef> = if own_vdis.is_empty() {
+        let disks = own_disks(pool, &record)
+            .await
+            .map_err(fail("reading its disks"))?;
+        disks.into_iter().map(|(vdi, _)| vdi).collect()
+    } else {
+        own_vdis.to_vec()
+    };
+    x.vm_destroy(vm).await.map_err(fail("destroy"))?;
+    for vdi in own {
+        x.vdi_destroy(&vdi)
+            .await
+            .map_err(fail("destroying its disk"))?;
+    }
+    Ok(())
+}
+
+/// Unplugs and removes the VBDs of work disks (devices 1..n) of a running
+/// delegate; the disks themselves belong to snapshots and are not touched.
+async fn detach_work_disks(pool: &PoolRuntime, vm: &VmRecord) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    for vbd in &vm.vbds {
+        let record = x
+            .vbd_get_record(vbd)
+            .await
+            .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "reading", e))?;
+        if record.userdevice == "0" {
+            continue;
+        }
+        if record.currently_attached {
+            x.vbd_unplug(vbd)
+                .await
+                .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "unplug", e))?;
+        }
+        x.vbd_destroy(vbd)
+            .await
+            .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "destroy", e))?;
+    }
+    Ok(())
+}

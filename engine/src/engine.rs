@@ -1,0 +1,202 @@
+//! The engine: connects to pools, reclaims what earlier runs left behind, runs
+//! backup jobs and diagnostics, and tears idle delegates down at shutdown.
+
+use crate::accounting::{Accounting, Change};
+use crate::agent::DelegateAgent;
+use crate::backup::remove_snapshot;
+use crate::config::{EngineConfig, JobSpec, PoolConfig};
+use crate::delegate::destroy_delegate_vm;
+use crate::diag::{self, DiagReport};
+use crate::error::EngineError;
+use crate::job::{self, JobReport};
+use crate::joblog::{JobLog, JobStatus};
+use crate::pool::{PoolRuntime, Shared, VmLog};
+use crate::tags;
+use crate::xapi::{Credentials, Transport, XapiClient};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// How to reach one pool.
+pub struct PoolConnection {
+    pub config: PoolConfig,
+    pub transport: Arc<dyn Transport>,
+    pub agent: Arc<dyn DelegateAgent>,
+    pub credentials: Credentials,
+}
+
+/// A running engine.
+pub struct Engine {
+    shared: Arc<Shared>,
+    pools: BTreeMap<String, Arc<PoolRuntime>>,
+    log: Arc<Mutex<JobLog>>,
+}
+
+impl Engine {
+    /// Connects to every pool and reclaims leftovers of earlier runs (delegates
+    /// and snapshots tagged with this engine's id that no job owns).
+    pub async fn start(
+        config: EngineConfig,
+        connections: Vec<PoolConnection>,
+    ) -> Result<Engine, EngineError> {
+        let shared = Arc::new(Shared::new(config));
+        let log = Arc::new(Mutex::new(JobLog::default()));
+        let engine_log = VmLog::new(Arc::clone(&log), Arc::clone(&shared), None);
+        engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
+        let mut pools = BTreeMap::new();
+        for c in connections {
+            let name = c.config.name.clone();
+            let xapi = XapiClient::login(c.transport, c.credentials)
+                .await
+                .map_err(|e| EngineError::xapi(format!("pool {name}"), "login", e))?;
+            let pool = Arc::new(PoolRuntime::new(
+                Arc::clone(&shared),
+                c.config,
+                xapi,
+                c.agent,
+            )?);
+            reclaim_leftovers(&pool, &engine_log).await?;
+            pools.insert(name, pool);
+        }
+        engine_log.ok(format!("Engine ready: {} pool(s)", pools.len()));
+        Ok(Engine { shared, pools, log })
+    }
+
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Result<&Arc<PoolRuntime>, EngineError> {
+        self.pools
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownPool(name.to_string()))
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> &BTreeMap<String, Arc<PoolRuntime>> {
+        &self.pools
+    }
+
+    /// Runs a backup job to its end.
+    pub async fn run_job(&self, spec: &JobSpec) -> JobReport {
+        match self.pool(&spec.pool) {
+            Ok(pool) => job::run(Arc::clone(pool), spec).await,
+            Err(e) => self.unstartable(spec, e),
+        }
+    }
+
+    fn unstartable(&self, spec: &JobSpec, e: EngineError) -> JobReport {
+        let mut log = JobLog::default();
+        let now = self.shared.now();
+        log.push(
+            now,
+            crate::joblog::LineStatus::Fail,
+            None,
+            format!("Job {} cannot start: {e}", spec.name),
+        );
+        JobReport {
+            name: spec.name.clone(),
+            pool: spec.pool.clone(),
+            concurrency: spec.concurrency,
+            status: JobStatus::Failed,
+            vms: spec
+                .vms
+                .iter()
+                .map(|vm| job::VmOutcome {
+                    vm: vm.clone(),
+                    status: job::VmStatus::Failed,
+                    reason: Some(e.to_string()),
+                    delegate: None,
+                    bytes_read: 0,
+                })
+                .collect(),
+            log,
+            started_ms: now.as_millis() as u64,
+            finished_ms: now.as_millis() as u64,
+        }
+    }
+
+    /// Runs the diagnostic job on a pool.
+    pub async fn run_diag(&self, pool: &str) -> Result<DiagReport, EngineError> {
+        Ok(diag::run(Arc::clone(self.pool(pool)?)).await)
+    }
+
+    /// Tears down idle delegates (persistent mode) and logs out.
+    pub async fn shutdown(&self) {
+        let engine_log = VmLog::new(Arc::clone(&self.log), Arc::clone(&self.shared), None);
+        for pool in self.pools.values() {
+            pool.drain_idle(&engine_log).await;
+            if let Err(e) = pool.xapi.logout().await {
+                tracing::debug!(pool = pool.name(), error = %e, "logout failed");
+            }
+        }
+        engine_log.ok("Engine stopped");
+    }
+
+    /// Delegate accounting so far.
+    pub fn accounting(&self) -> Accounting {
+        self.shared
+            .accounting
+            .lock()
+            .expect("accounting lock poisoned")
+            .clone()
+    }
+
+    /// The engine's own log (start-up, reclaim, reaping, shutdown).
+    pub fn log(&self) -> JobLog {
+        self.log.lock().expect("engine log lock poisoned").clone()
+    }
+
+    /// XAPI calls made so far, all pools.
+    pub fn xapi_calls(&self) -> u64 {
+        self.pools.values().map(|p| p.xapi.call_count()).sum()
+    }
+}
+
+/// Destroys delegates and snapshots tagged with our engine id: at start no job owns any.
+async fn reclaim_leftovers(pool: &PoolRuntime, log: &VmLog) -> Result<(), EngineError> {
+    let engine_id = pool.engine_config().engine_id.clone();
+    let vms = pool
+        .xapi
+        .vm_get_all_records()
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
+    let (snapshots, delegates): (Vec<_>, Vec<_>) = vms
+        .into_iter()
+        .filter(|(_, vm)| tags::is_our_disposable_vm(vm, &engine_id))
+        .partition(|(_, vm)| vm.is_a_snapshot);
+    // Delegates first: they may still have snapshot disks plugged in.
+    for (vm_ref, vm) in delegates {
+        let job = vm
+            .other_config
+            .get(tags::JOB)
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        match destroy_delegate_vm(pool, &vm_ref, &[]).await {
+            Ok(()) => {
+                pool.account(Change::Reclaimed);
+                log.warn(format!(
+                    "Pool {}: reclaimed leftover delegate {:?} of job {job:?}",
+                    pool.name(),
+                    vm.name_label
+                ));
+            }
+            Err(e) => log.fail(format!(
+                "Pool {}: leftover delegate {:?} could not be reclaimed: {e}",
+                pool.name(),
+                vm.name_label
+            )),
+        }
+    }
+    for (snap_ref, snap) in snapshots {
+        match remove_snapshot(pool, &snap_ref).await {
+            Ok(()) => log.warn(format!(
+                "Pool {}: removed leftover snapshot {:?}",
+                pool.name(),
+                snap.name_label
+            )),
+            Err(e) => log.fail(format!(
+                "Pool {}: leftover snapshot {:?} could not be removed: {e}",
+                pool.name(),
+                snap.name_label
+            )),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! A backup job: a VM list processed at a set concurrency, one delegate per VM
+//! in progress. Jobs running at once share the pool and add up.
+
+use crate::accounting::Change;
+use crate::backup::back_up_vm;
+use crate::config::JobSpec;
+use crate::delegate::{self, Delegate};
+use crate::error::EngineError;
+use crate::joblog::{JobLog, JobStatus, LineStatus, format_bytes, format_duration};
+use crate::pool::{PoolRuntime, Topology, VmLog};
+use crate::template::{self, TemplateInfo};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use xapi_proto::OpaqueRef;
+
+/// How one VM of a job went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    Ok,
+    Warn,
+    Failed,
+}
+
+/// One VM's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmOutcome {
+    pub vm: String,
+    pub status: VmStatus,
+    /// Why it failed (always set when it failed).
+    pub reason: Option<String>,
+    /// The delegate that did the work.
+    pub delegate: Option<String>,
+    pub bytes_read: u64,
+}
+
+/// What a job did.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub name: String,
+    pub pool: String,
+    pub concurrency: usize,
+    pub status: JobStatus,
+    pub vms: Vec<VmOutcome>,
+    pub log: JobLog,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// Everything one VM's task needs.
+struct JobContext {
+    pool: Arc<PoolRuntime>,
+    template: TemplateInfo,
+    topo: Topology,
+    network: OpaqueRef,
+    job: String,
+}
+
+/// Runs a backup job on its pool.
+pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
+    let shared = Arc::clone(&pool.shared);
+    let log = Arc::new(Mutex::new(JobLog::default()));
+    let job_log = VmLog::new(Arc::clone(&log), Arc::clone(&shared), None);
+    let started = shared.now();
+    let concurrency = spec.concurrency.max(1);
+    pool.account(Change::JobStarted { concurrency });
+    job_log.progress(format!(
+        "Job {} started: {} VMs on pool {} at concurrency {concurrency}",
+        spec.name,
+        spec.vms.len(),
+        pool.name()
+    ));
+    let outcomes = match prepare(&pool, spec, &job_log).await {
+        Ok(ctx) => process_all(Arc::new(ctx), spec, &log, concurrency).await,
+        Err(e) => {
+            job_log.fail(format!("Job cannot start: {e}"));
+            let reason = format!("job could not start: {e}");
+            spec.vms
+                .iter()
+                .map(|vm| failed(vm, reason.clone(), None))
+                .collect()
+        }
+    };
+    pool.account(Change::JobFinished { concurrency });
+    let count = |s| {
+        outcomes
+            .iter()
+            .filter(|o: &&VmOutcome| o.status == s)
+            .count()
+    };
+    let (ok, warned, failed_count) = (
+        count(VmStatus::Ok),
+        count(VmStatus::Warn),
+        count(VmStatus::Failed),
+    );
+    let status = JobStatus::from_counts(ok, warned, failed_count);
+    let bytes: u64 = outcomes.iter().map(|o| o.bytes_read).sum();
+    let line_status = match status {
+        JobStatus::Success => LineStatus::Ok,
+        JobStatus::SuccessWithWarnings | JobStatus::Partial => LineStatus::Warn,
+        JobStatus::Failed => LineStatus::Fail,
+    };
+    job_log.line(
+        line_status,
+        format!(
+            "Job {} finished: {status} ({ok} ok, {warned} with warnings, {failed_count} failed; {} read in {})",
+            spec.name,
+            format_bytes(bytes),
+            format_duration(shared.now() - started)
+        ),
+    );
+    let finished = shared.now();
+    let log = log.lock().expect("job log lock poisoned").clone();
+    JobReport {
+        name: spec.name.clone(),
+        pool: pool.name().to_string(),
+        concurrency,
+        status,
+        vms: outcomes,
+        log,
+        started_ms: started.as_millis() as u64,
+        finished_ms: finished.as_millis() as u64,
+    }
+}
+
+async fn prepare(
+    pool: &Arc<PoolRuntime>,
+    spec: &JobSpec,
+    log: &VmLog,
+) -> Result<JobContext, EngineError> {
+    let topo = pool
+        .load_topology()
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e))?;
+    let network = pool.delegate_network(&topo)?;
+    let (template, _) = template::ensure(pool, &topo, log).await?;
+    Ok(JobContext {
+        pool: Arc::clone(pool),
+        template,
+        topo,
+        network,
+        job: spec.name.clone(),
+    })
+}
+
+async fn process_all(
+    ctx: Arc<JobContext>,
+    spec: &JobSpec,
+    log: &Arc<Mutex<JobLog>>,
+    concurrency: usize,
+) -> Vec<VmOutcome> {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let total = spec.vms.len();
+    let mut tasks = Vec::with_capacity(total);
+    for (i, vm_name) in spec.vms.iter().enumerate() {
+        let ctx = Arc::clone(&ctx);
+        let slots = Arc::clone(&slots);
+        let vm_log = VmLog::new(
+            Arc::clone(log),
+            Arc::clone(&ctx.pool.shared),
+            Some(vm_name.clone()),
+        );
+        let vm_name = vm_name.clone();
+        tasks.push(tokio::spawn(async move {
+            // The slot is held from provisioning through teardown, so a job never
+            // has more delegates than its concurrency.
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .expect("job semaphore never closes");
+            vm_log.progress(format!("Processing VM {}/{total}", i + 1));
+            process_vm(&ctx, &vm_name, &vm_log).await
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(total);
+    for (task, vm) in tasks.into_iter().zip(&spec.vms) {
+        outcomes.push(
+            task.await
+                .unwrap_or_else(|e| failed(vm, format!("internal error: {e}"), None)),
+        );
+    }
+    outcomes
+}
+
+async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
+    let started = Instant::now();
+    let pool = &ctx.pool;
+    let (vm, required_srs) = match locate_vm(pool, vm_name).await {
+        Ok(found) => found,
+        Err(reason) => {
+            log.fail(reason.clone());
+            return failed(vm_name, reason, None);
+        }
+    };
+    let delegate = match pool.take_idle(&ctx.topo, &required_srs) {
+        Some(d) => {
+            log.ok(format!(
+                "Reusing idle delegate {} on {}",
+                d.name, d.host_name
+            ));
+            if let Err(e) = pool
+                .xapi
+                .vm_set_other_config_key(&d.vm, crate::tags::JOB, &ctx.job)
+                .await
+            {
+                tracing::warn!(delegate = %d.name, error = %e, "could not retag reused delegate");
+            }
+            d
+        }
+        None => {
+            log.progress("Provisioning a delegate");
+            match delegate::provision(
+                pool,
+                &ctx.template,
+                &ctx.topo,
+                &ctx.network,
+                &required_srs,
+                &ctx.job,
+                log,
+            )
+            .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    let reason = format!("no delegate: {e}");
+                    log.fail(format!("VM not processed: {reason}"));
+                    return failed(vm_name, reason, None);
+                }
+            }
+        }
+    };
+    pool.account(Change::DelegateBusy);
+    let work = back_up_vm(pool, &delegate, &vm, vm_name, &ctx.job, log).await;
+    pool.account(Change::DelegateIdle);
+    let delegate_name = delegate.name.clone();
+    release(pool, delegate, work.is_ok(), log).await;
+    match work {
+        Ok(report) => {
+            let warned = log
+                .log
+                .lock()
+                .expect("job log lock poisoned")
+                .lines
+                .iter()
+                .any(|l| l.status == LineStatus::Warn && l.vm.as_deref() == Some(vm_name));
+            log.ok(format!(
+                "VM done: {} read from {} disk(s) in {}",
+                format_bytes(report.bytes_read),
+                report.disks,
+                format_duration(started.elapsed())
+            ));
+            VmOutcome {
+                vm: vm_name.to_string(),
+                status: if warned { VmStatus::Warn } else { VmStatus::Ok },
+                reason: None,
+                delegate: Some(delegate_name),
+                bytes_read: report.bytes_read,
+            }
+        }
+        Err(e) => {
+            log.fail(format!("VM not processed: {e}"));
+            failed(vm_name, e.to_string(), Some(delegate_name))
+        }
+    }
+}
+
+/// Finds the VM by name and the SRs its disks are on.
+async fn locate_vm(pool: &PoolRuntime, name: &str) -> Result<(OpaqueRef, Vec<OpaqueRef>), String> {
+    let x = &pool.xapi;
+    let candidates = x
+        .vm_get_by_name_label(name)
+        .await
+        .map_err(|e| format!("looking up the VM failed: {e}"))?;
+    let mut vms = Vec::new();
+    for vm in candidates {
+        let record = x
+            .vm_get_record(&vm)
+            .await
+            .map_err(|e| format!("reading VM {vm} failed: {e}"))?;
+        if !record.is_a_template && !record.is_a_snapshot && !record.is_control_domain {
+            vms.push((vm, record));
+        }
+    }
+    let (vm, record) = match vms.len() {
+        0 => return Err(format!("no VM named {name:?} in pool {}", pool.name())),
+        1 => vms.pop().expect("one"),
+        n => {
+            return Err(format!(
+                "{n} VMs are named {name:?} in pool {}; names must be unique",
+                pool.name()
+            ));
+        }
+    };
+    let mut srs = Vec::new();
+    for vbd in &record.vbds {
+        let b = x
+            .vbd_get_record(vbd)
+            .await
+            .map_err(|e| format!("reading VBD {vbd} failed: {e}"))?;
+        if b.empty {
+            continue;
+        }
+        let vdi = x
+            .vdi_get_record(&b.vdi)
+            .await
+            .map_err(|e| format!("reading VDI {} failed: {e}", b.vdi))?;
+        srs.push(vdi.sr);
+    }
+    srs.sort();
+    srs.dedup();
+    Ok((vm, srs))
+}
+
+/// After a VM's turn: keep the delegate idle (persistent pools, healthy
+/// delegates) or tear it down.
+async fn release(pool: &Arc<PoolRuntime>, d: Delegate, healthy: bool, log: &VmLog) {
+    if pool.config.persistent && healthy {
+        pool.put_idle(d, log);
+    } else {
+        log.progress(format!("Tearing down {}", d.name));
+        delegate::teardown(pool, d, log).await;
+    }
+}
+
+fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOutcome {
+    VmOutcome {
+        vm: vm.to_string(),
+        status: VmStatus::Failed,
+        reason: Some(reason),
+        delegate,
+        bytes_read: 0,
+    }
+}

@@ -1,0 +1,374 @@
+//! Everything the engine keeps per pool: the session, the agent channel, the
+//! template, the address plan, the boot gate and the idle delegates.
+
+use crate::accounting::{Accounting, Change};
+use crate::address::{AddressQueue, HolderId, StaticAllocator};
+use crate::agent::DelegateAgent;
+use crate::boot_gate::BootGate;
+use crate::config::{Addressing, EngineConfig, PoolConfig};
+use crate::delegate::Delegate;
+use crate::error::EngineError;
+use crate::joblog::{JobLog, LineStatus};
+use crate::placement::HostView;
+use crate::template::TemplateInfo;
+use crate::xapi::{CallError, XapiClient};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use xapi_proto::OpaqueRef;
+use xapi_proto::records::{HostRecord, NetworkRecord, SrRecord};
+
+/// State shared by every pool of one engine.
+pub struct Shared {
+    pub config: EngineConfig,
+    /// Engine time zero. The engine reads time only from `tokio::time`.
+    pub epoch: Instant,
+    pub accounting: Mutex<Accounting>,
+    next_holder: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: EngineConfig) -> Self {
+        Shared {
+            config,
+            epoch: Instant::now(),
+            accounting: Mutex::new(Accounting::default()),
+            next_holder: AtomicU64::new(1),
+        }
+    }
+
+    /// Engine time now.
+    pub fn now(&self) -> Duration {
+        Instant::now().duration_since(self.epoch)
+    }
+
+    /// Records an accounting change now.
+    pub fn account(&self, pool: &str, change: Change) {
+        let at_ms = self.now().as_millis() as u64;
+        self.accounting
+            .lock()
+            .expect("accounting lock poisoned")
+            .apply(at_ms, pool, change);
+    }
+
+    /// A fresh id for an address holder.
+    pub(crate) fn next_holder(&self) -> HolderId {
+        self.next_holder.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Writes lines about one VM (or the job itself) into a shared job log.
+#[derive(Clone)]
+pub struct VmLog {
+    pub(crate) log: Arc<Mutex<JobLog>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) vm: Option<String>,
+}
+
+impl VmLog {
+    /// A logger writing into `log`, about `vm` (None: about the job).
+    pub fn new(log: Arc<Mutex<JobLog>>, shared: Arc<Shared>, vm: Option<String>) -> Self {
+        VmLog { log, shared, vm }
+    }
+
+    /// Appends a line now.
+    pub fn line(&self, status: LineStatus, text: impl Into<String>) {
+        let at = self.shared.now();
+        self.log
+            .lock()
+            .expect("job log lock poisoned")
+            .push(at, status, self.vm.as_deref(), text);
+    }
+    pub fn ok(&self, text: impl Into<String>) {
+        self.line(LineStatus::Ok, text)
+    }
+    pub fn warn(&self, text: impl Into<String>) {
+        self.line(LineStatus::Warn, text)
+    }
+    pub fn fail(&self, text: impl Into<String>) {
+        self.line(LineStatus::Fail, text)
+    }
+    pub fn progress(&self, text: impl Into<String>) {
+        self.line(LineStatus::InProgress, text)
+    }
+}
+
+/// A delegate kept running idle for reuse (persistent mode).
+pub(crate) struct IdleDelegate {
+    pub delegate: Delegate,
+    pub generation: u64,
+}
+
+/// One pool as the engine drives it.
+pub struct PoolRuntime {
+    pub(crate) shared: Arc<Shared>,
+    pub config: PoolConfig,
+    pub xapi: XapiClient,
+    pub agent: Arc<dyn DelegateAgent>,
+    pub(crate) addresses: Option<AddressQueue>,
+    pub(crate) boot_gate: BootGate,
+    pub(crate) template: tokio::sync::Mutex<Option<TemplateInfo>>,
+    pub(crate) idle: Mutex<Vec<IdleDelegate>>,
+    idle_generation: AtomicU64,
+    next_number: AtomicU64,
+}
+
+/// The pool's hosts, storage and networks, read at job start.
+pub struct Topology {
+    pub hosts: BTreeMap<OpaqueRef, HostRecord>,
+    pub live_hosts: BTreeSet<OpaqueRef>,
+    pub host_srs: BTreeMap<OpaqueRef, BTreeSet<OpaqueRef>>,
+    pub srs: BTreeMap<OpaqueRef, SrRecord>,
+    pub networks: BTreeMap<OpaqueRef, NetworkRecord>,
+    pub default_sr: OpaqueRef,
+    pub management_network: OpaqueRef,
+}
+
+impl Topology {
+    /// Name of a host, or its ref.
+    pub fn host_name(&self, host: &OpaqueRef) -> String {
+        self.hosts
+            .get(host)
+            .map(|h| h.name_label.clone())
+            .unwrap_or_else(|| host.to_string())
+    }
+
+    /// Name of an SR, or its ref.
+    pub fn sr_name(&self, sr: &OpaqueRef) -> String {
+        self.srs
+            .get(sr)
+            .map(|s| s.name_label.clone())
+            .unwrap_or_else(|| sr.to_string())
+    }
+
+    /// True when `host` has every SR of `srs` attached.
+    pub fn host_sees(&self, host: &OpaqueRef, srs: &[OpaqueRef]) -> bool {
+        self.host_srs
+            .get(host)
+            .is_some_and(|seen| srs.iter().all(|s| seen.contains(s)))
+    }
+}
+
+impl PoolRuntime {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: PoolConfig,
+        xapi: XapiClient,
+        agent: Arc<dyn DelegateAgent>,
+    ) -> Result<Self, EngineError> {
+        let addresses = match &config.addressing {
+            Addressing::Dhcp => None,
+            Addressing::Static { addresses } => {
+                let allocator =
+                    StaticAllocator::new(addresses.clone()).map_err(|e| EngineError::Config {
+                        pool: config.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                Some(AddressQueue::new(allocator))
+            }
+        };
+        shared
+            .accounting
+            .lock()
+            .expect("accounting lock poisoned")
+            .add_pool(&config.name, config.persistent);
+        Ok(PoolRuntime {
+            boot_gate: BootGate::new(config.boot_cap_per_pool, config.boot_cap_per_host),
+            shared,
+            config,
+            xapi,
+            agent,
+            addresses,
+            template: tokio::sync::Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            idle_generation: AtomicU64::new(0),
+            next_number: AtomicU64::new(1),
+        })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Engine-wide settings.
+    pub fn engine_config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Records an accounting change for this pool.
+    pub(crate) fn account(&self, change: Change) {
+        self.shared.account(&self.config.name, change)
+    }
+
+    /// The next delegate number (`ABD <n>`).
+    pub(crate) fn next_delegate_number(&self) -> u64 {
+        self.next_number.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Static addresses leased now (ip, holder); empty under DHCP.
+    pub fn leased_addresses(&self) -> Vec<(std::net::Ipv4Addr, HolderId)> {
+        self.addresses
+            .as_ref()
+            .map(|q| q.leases().into_iter().map(|(a, h)| (a.ip, h)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of idle delegates kept for reuse.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("idle lock poisoned").len()
+    }
+
+    /// Reads hosts, storage and networks.
+    pub async fn load_topology(&self) -> Result<Topology, CallError> {
+        let pool = self.xapi.pool_get_all_records().await?;
+        let default_sr = pool
+            .values()
+            .next()
+            .map(|p| p.default_sr.clone())
+            .unwrap_or_default();
+        let hosts = self.xapi.host_get_all_records().await?;
+        let mut live_hosts = BTreeSet::new();
+        for (host_ref, host) in &hosts {
+            let metrics = self.xapi.host_metrics_get_record(&host.metrics).await?;
+            if metrics.live {
+                live_hosts.insert(host_ref.clone());
+            }
+        }
+        let mut host_srs: BTreeMap<OpaqueRef, BTreeSet<OpaqueRef>> = BTreeMap::new();
+        for pbd in self.xapi.pbd_get_all_records().await?.into_values() {
+            if pbd.currently_attached {
+                host_srs.entry(pbd.host).or_default().insert(pbd.sr);
+            }
+        }
+        let srs = self.xapi.sr_get_all_records().await?;
+        let networks = self.xapi.network_get_all_records().await?;
+        let management_network = self
+            .xapi
+            .pif_get_all_records()
+            .await?
+            .into_values()
+            .find(|p| p.management)
+            .map(|p| p.network)
+            .or_else(|| networks.keys().next().cloned())
+            .unwrap_or_default();
+        Ok(Topology {
+            hosts,
+            live_hosts,
+            host_srs,
+            srs,
+            networks,
+            default_sr,
+            management_network,
+        })
+    }
+
+    /// The network delegates attach to: the configured one, or the management network.
+    pub fn delegate_network(&self, topo: &Topology) -> Result<OpaqueRef, EngineError> {
+        match &self.config.network {
+            None => Ok(topo.management_network.clone()),
+            Some(name) => topo
+                .networks
+                .iter()
+                .find(|(_, n)| &n.name_label == name)
+                .map(|(r, _)| r.clone())
+                .ok_or_else(|| EngineError::Config {
+                    pool: self.config.name.clone(),
+                    message: format!("no network named {name:?} in the pool"),
+                }),
+        }
+    }
+
+    /// Hosts as placement sees them now (free memory asked of XAPI).
+    pub async fn host_views(
+        &self,
+        topo: &Topology,
+        required_srs: &[OpaqueRef],
+    ) -> Result<Vec<HostView>, CallError> {
+        let mut views = Vec::new();
+        for (host_ref, host) in &topo.hosts {
+            let usable = host.enabled && topo.live_hosts.contains(host_ref);
+            let sees = topo.host_sees(host_ref, required_srs);
+            // Free memory is only worth a call for hosts that could take the delegate.
+            let free_memory = if usable && sees {
+                self.xapi.host_compute_free_memory(host_ref).await?
+            } else {
+                0
+            };
+            views.push(HostView {
+                host: host_ref.clone(),
+                name: host.name_label.clone(),
+                usable,
+                srs: topo.host_srs.get(host_ref).cloned().unwrap_or_default(),
+                free_memory,
+                booting: self.boot_gate.booting_on(host_ref),
+            });
+        }
+        Ok(views)
+    }
+
+    /// Takes an idle delegate whose host sees `required_srs`, most recently idled first.
+    pub(crate) fn take_idle(
+        &self,
+        topo: &Topology,
+        required_srs: &[OpaqueRef],
+    ) -> Option<Delegate> {
+        let mut idle = self.idle.lock().expect("idle lock poisoned");
+        let index = idle
+            .iter()
+            .rposition(|d| topo.host_sees(&d.delegate.host, required_srs))?;
+        Some(idle.remove(index).delegate)
+    }
+
+    /// Keeps a ready delegate idle; it is torn down if still idle after the idle limit.
+    pub(crate) fn put_idle(self: &Arc<Self>, delegate: Delegate, log: &VmLog) {
+        let generation = self.idle_generation.fetch_add(1, Ordering::Relaxed);
+        let limit = self.config.idle_limit();
+        log.ok(format!(
+            "{} kept idle for reuse (reaped after {})",
+            delegate.name,
+            crate::joblog::format_duration(limit)
+        ));
+        self.idle
+            .lock()
+            .expect("idle lock poisoned")
+            .push(IdleDelegate {
+                delegate,
+                generation,
+            });
+        let pool = Arc::clone(self);
+        let reaper_log = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let expired = {
+                let mut idle = pool.idle.lock().expect("idle lock poisoned");
+                idle.iter()
+                    .position(|d| d.generation == generation)
+                    .map(|i| idle.remove(i).delegate)
+            };
+            if let Some(delegate) = expired {
+                let log = VmLog {
+                    vm: None,
+                    ..reaper_log
+                };
+                log.progress(format!(
+                    "{} idle for {}: reaping",
+                    delegate.name,
+                    crate::joblog::format_duration(limit)
+                ));
+                crate::delegate::teardown(&pool, delegate, &log).await;
+            }
+        });
+    }
+
+    /// Tears down every idle delegate now (engine shutdown).
+    pub(crate) async fn drain_idle(&self, log: &VmLog) {
+        let drained: Vec<IdleDelegate> =
+            std::mem::take(&mut *self.idle.lock().expect("idle lock poisoned"));
+        for idle in drained {
+            crate::delegate::teardown(self, idle.delegate, log).await;
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Our `other_config` namespace, and the ownership rules built on it.
+//!
+//! The engine only ever modifies or destroys objects that carry its own
+//! engine id; these functions are the one place that decides "is it ours".
+
+use xapi_proto::records::{StringMap, VmRecord};
+
+/// Engine instance that created the object.
+pub const ENGINE_ID: &str = "abd:engine-id";
+/// What the object is to us: `template`, `delegate` or `snapshot`.
+pub const ROLE: &str = "abd:role";
+/// The job a delegate or snapshot belongs to.
+pub const JOB: &str = "abd:job";
+/// Uuid of the template VM itself; clones inherit the key, so a VM is our
+/// template only when this equals its own uuid.
+pub const TEMPLATE_UUID: &str = "abd:template-uuid";
+/// Role value of the delegate template.
+pub const ROLE_TEMPLATE: &str = "template";
+/// Role value of a delegate VM.
+pub const ROLE_DELEGATE: &str = "delegate";
+/// Role value of a snapshot the engine took of a protected VM.
+pub const ROLE_SNAPSHOT: &str = "snapshot";
+
+/// True when the map carries our engine id.
+pub fn has_engine_id(other_config: &StringMap, engine_id: &str) -> bool {
+    other_config.get(ENGINE_ID).map(String::as_str) == Some(engine_id)
+}
+
+/// True when the VM is our delegate template.
+pub fn is_our_template(vm: &VmRecord, engine_id: &str) -> bool {
+    has_engine_id(&vm.other_config, engine_id)
+        && vm.other_config.get(TEMPLATE_UUID) == Some(&vm.uuid)
+        && vm.is_a_template
+        && !vm.is_a_snapshot
+}
+
+/// True when the VM was created by this engine and is not its template:
+/// a delegate, a snapshot it took, or a clone interrupted before it was retagged.
+pub fn is_our_disposable_vm(vm: &VmRecord, engine_id: &str) -> bool {
+    has_engine_id(&vm.other_config, engine_id)
+        && !vm.is_control_domain
+        && vm.other_config.get(TEMPLATE_UUID) != Some(&vm.uuid)
+}
+
+/// True when the VM is one of our delegates (of any job).
+pub fn is_our_delegate(vm: &VmRecord, engine_id: &str) -> bool {
+    is_our_disposable_vm(vm, engine_id)
+        && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_DELEGATE)
+}
+
+/// True when the VM is a snapshot this engine took.
+pub fn is_our_snapshot(vm: &VmRecord, engine_id: &str) -> bool {
+    is_our_disposable_vm(vm, engine_id)
+        && vm.is_a_snapshot
+        && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_SNAPSHOT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(uuid: &str, pairs: &[(&str, &str)], template: bool) -> VmRecord {
+        VmRecord {
+            uuid: uuid.into(),
+            is_a_template: template,
+            other_config: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn template_is_recognised_by_its_own_uuid() {
+        let template = vm(
+            "t",
+            &[
+                (ENGINE_ID, "e1"),
+                (TEMPLATE_UUID, "t"),
+                (ROLE, ROLE_TEMPLATE),
+            ],
+            true,
+        );
+        assert!(is_our_template(&template, "e1"));
+        assert!(!is_our_disposable_vm(&template, "e1"));
+        assert!(
+            !is_our_template(&template, "e2"),
+            "another engine's template"
+        );
+        // A clone interrupted before retagging still carries the template's keys.
+        let clone = vm(
+            "c",
+            &[
+                (ENGINE_ID, "e1"),
+                (TEMPLATE_UUID, "t"),
+                (ROLE, ROLE_TEMPLATE),
+            ],
+            true,
+        );
+        assert!(!is_our_template(&clone, "e1"));
+        assert!(is_our_disposable_vm(&clone, "e1"));
+    }
+
+    #[test]
+    fn look_alikes_without_our_tag_are_not_ours() {
+        let look_alike = vm("x", &[(ROLE, ROLE_DELEGATE)], false);
+        assert!(!is_our_delegate(&look_alike, "e1"));
+        assert!(!is_our_disposable_vm(&look_alike, "e1"));
+        let delegate = vm("d", &[(ENGINE_ID, "e1"), (ROLE, ROLE_DELEGATE)], false);
+        assert!(is_our_delegate(&delegate, "e1"));
+        assert!(!is_our_delegate(&delegate, "e2"));
+    }
+}

@@ -1,0 +1,411 @@
+//! A typed XAPI client: one session, one method per XAPI call the engine makes.
+
+use super::{CallError, Transport};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use xapi_proto::records::*;
+use xapi_proto::{OpaqueRef, Value, codes};
+
+/// API version string sent at login (XenServer 8 / XCP-ng 8.3).
+const API_VERSION: &str = "2.21";
+/// Originator sent at login, so pool admins can see who is connected.
+const ORIGINATOR: &str = "abd";
+
+/// Login credentials. The password never appears in Debug output or logs.
+#[derive(Clone)]
+pub struct Credentials {
+    /// XAPI user name.
+    pub user: String,
+    /// XAPI password.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A logged-in XAPI session on one pool.
+pub struct XapiClient {
+    transport: Arc<dyn Transport>,
+    credentials: Credentials,
+    session: Mutex<OpaqueRef>,
+    calls: AtomicU64,
+}
+
+impl XapiClient {
+    /// Logs in to the pool behind `transport`.
+    pub async fn login(
+        transport: Arc<dyn Transport>,
+        credentials: Credentials,
+    ) -> Result<Self, CallError> {
+        let session = Self::open_session(transport.as_ref(), &credentials).await?;
+        Ok(XapiClient {
+            transport,
+            credentials,
+            session: Mutex::new(session),
+            calls: AtomicU64::new(1),
+        })
+    }
+
+    async fn open_session(
+        transport: &dyn Transport,
+        credentials: &Credentials,
+    ) -> Result<OpaqueRef, CallError> {
+        let reply = transport
+            .call(
+                "session.login_with_password",
+                vec![
+                    Value::from(credentials.user.as_str()),
+                    Value::from(credentials.password.as_str()),
+                    Value::from(API_VERSION),
+                    Value::from(ORIGINATOR),
+                ],
+            )
+            .await?;
+        decode("session.login_with_password", reply)
+    }
+
+    /// XAPI calls made through this client so far (logins included).
+    pub fn call_count(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn session(&self) -> OpaqueRef {
+        self.session.lock().expect("session lock poisoned").clone()
+    }
+
+    /// Performs a call with the session; logs in again once if the session expired.
+    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
+        let session = self.session();
+        let result = self.call_with(&session, method, args.clone()).await;
+        match result {
+            Err(CallError::Xapi(e)) if e.is(codes::SESSION_INVALID) => {
+                tracing::info!(method, "session expired; logging in again");
+                let fresh = Self::open_session(self.transport.as_ref(), &self.credentials).await?;
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                *self.session.lock().expect("session lock poisoned") = fresh.clone();
+                self.call_with(&fresh, method, args).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_with(
+        &self,
+        session: &OpaqueRef,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, CallError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut params = Vec::with_capacity(args.len() + 1);
+        params.push(Value::from(session.as_str()));
+        params.extend(args);
+        let result = self.transport.call(method, params).await;
+        if let Err(e) = &result {
+            tracing::debug!(method, error = %e, "XAPI call failed");
+        }
+        result
+    }
+
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<T, CallError> {
+        decode(method, self.call(method, args).await?)
+    }
+
+    async fn void(&self, method: &str, args: Vec<Value>) -> Result<(), CallError> {
+        self.call(method, args).await.map(|_| ())
+    }
+
+    /// Logs out (best effort).
+    pub async fn logout(&self) -> Result<(), CallError> {
+        self.void("session.logout", vec![]).await
+    }
+
+    // ----- pool, hosts, storage, networks -----
+
+    /// `pool.get_all_records` (a pool has exactly one pool object).
+    pub async fn pool_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, PoolRecord>, CallError> {
+        self.typed("pool.get_all_records", vec![]).await
+    }
+
+    /// `host.get_all_records`.
+    pub async fn host_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, HostRecord>, CallError> {
+        self.typed("host.get_all_records", vec![]).await
+    }
+
+    /// `host_metrics.get_record`.
+    pub async fn host_metrics_get_record(
+        &self,
+        metrics: &OpaqueRef,
+    ) -> Result<HostMetricsRecord, CallError> {
+        self.typed("host_metrics.get_record", vec![refv(metrics)])
+            .await
+    }
+
+    /// `host.compute_free_memory`: bytes a new VM can get on the host now.
+    pub async fn host_compute_free_memory(&self, host: &OpaqueRef) -> Result<i64, CallError> {
+        let v = self
+            .call("host.compute_free_memory", vec![refv(host)])
+            .await?;
+        int64("host.compute_free_memory", &v)
+    }
+
+    /// `SR.get_all_records`.
+    pub async fn sr_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, SrRecord>, CallError> {
+        self.typed("SR.get_all_records", vec![]).await
+    }
+
+    /// `PBD.get_all_records`.
+    pub async fn pbd_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, PbdRecord>, CallError> {
+        self.typed("PBD.get_all_records", vec![]).await
+    }
+
+    /// `network.get_all_records`.
+    pub async fn network_get_all_records(
+        &self,
+    ) -> Result<BTreeMap<OpaqueRef, NetworkRecord>, CallError> {
+        self.typed("network.get_all_records", vec![]).await
+    }
+
+    /// `PIF.get_all_records`.
+    pub async fn pif_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, PifRecord>, CallError> {
+        self.typed("PIF.get_all_records", vec![]).await
+    }
+
+    // ----- VMs -----
+
+    /// `VM.get_all_records`.
+    pub async fn vm_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, VmRecord>, CallError> {
+        self.typed("VM.get_all_records", vec![]).await
+    }
+
+    /// `VM.get_record`.
+    pub async fn vm_get_record(&self, vm: &OpaqueRef) -> Result<VmRecord, CallError> {
+        self.typed("VM.get_record", vec![refv(vm)]).await
+    }
+
+    /// `VM.get_by_name_label`.
+    pub async fn vm_get_by_name_label(&self, name: &str) -> Result<Vec<OpaqueRef>, CallError> {
+        self.typed("VM.get_by_name_label", vec![Value::from(name)])
+            .await
+    }
+
+    /// `VM.get_xenstore_data`.
+    pub async fn vm_get_xenstore_data(&self, vm: &OpaqueRef) -> Result<StringMap, CallError> {
+        self.typed("VM.get_xenstore_data", vec![refv(vm)]).await
+    }
+
+    /// `VM.get_power_state`.
+    pub async fn vm_get_power_state(&self, vm: &OpaqueRef) -> Result<PowerState, CallError> {
+        self.typed("VM.get_power_state", vec![refv(vm)]).await
+    }
+
+    /// `VM.import(url, sr, full_restore, force)`: the imported VMs.
+    pub async fn vm_import(&self, url: &str, sr: &OpaqueRef) -> Result<Vec<OpaqueRef>, CallError> {
+        self.typed(
+            "VM.import",
+            vec![
+                Value::from(url),
+                refv(sr),
+                Value::from(false),
+                Value::from(false),
+            ],
+        )
+        .await
+    }
+
+    /// `VM.clone(vm, new_name)`.
+    pub async fn vm_clone(&self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, CallError> {
+        self.typed("VM.clone", vec![refv(vm), Value::from(name)])
+            .await
+    }
+
+    /// `VM.provision(vm)`.
+    pub async fn vm_provision(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VM.provision", vec![refv(vm)]).await
+    }
+
+    /// `VM.snapshot(vm, new_name)`.
+    pub async fn vm_snapshot(&self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, CallError> {
+        self.typed("VM.snapshot", vec![refv(vm), Value::from(name)])
+            .await
+    }
+
+    /// `VM.set_is_a_template`.
+    pub async fn vm_set_is_a_template(&self, vm: &OpaqueRef, value: bool) -> Result<(), CallError> {
+        self.void("VM.set_is_a_template", vec![refv(vm), Value::from(value)])
+            .await
+    }
+
+    /// `VM.set_name_label`.
+    pub async fn vm_set_name_label(&self, vm: &OpaqueRef, name: &str) -> Result<(), CallError> {
+        self.void("VM.set_name_label", vec![refv(vm), Value::from(name)])
+            .await
+    }
+
+    /// `VM.set_name_description`.
+    pub async fn vm_set_name_description(
+        &self,
+        vm: &OpaqueRef,
+        text: &str,
+    ) -> Result<(), CallError> {
+        self.void("VM.set_name_description", vec![refv(vm), Value::from(text)])
+            .await
+    }
+
+    /// Sets `other_config[key] = value`, replacing any value already there
+    /// (`add_to_other_config` refuses existing keys).
+    pub async fn vm_set_other_config_key(
+        &self,
+        vm: &OpaqueRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
+        self.void(
+            "VM.remove_from_other_config",
+            vec![refv(vm), Value::from(key)],
+        )
+        .await?;
+        self.void(
+            "VM.add_to_other_config",
+            vec![refv(vm), Value::from(key), Value::from(value)],
+        )
+        .await
+    }
+
+    /// Sets `xenstore_data[key] = value`, replacing any value already there.
+    pub async fn vm_set_xenstore_key(
+        &self,
+        vm: &OpaqueRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
+        self.void(
+            "VM.remove_from_xenstore_data",
+            vec![refv(vm), Value::from(key)],
+        )
+        .await?;
+        self.void(
+            "VM.add_to_xenstore_data",
+            vec![refv(vm), Value::from(key), Value::from(value)],
+        )
+        .await
+    }
+
+    /// `VM.start(vm, paused=false, force=false)`.
+    pub async fn vm_start(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        self.void(
+            "VM.start",
+            vec![refv(vm), Value::from(false), Value::from(false)],
+        )
+        .await
+    }
+
+    /// `VM.start_on(vm, host, paused=false, force=false)`.
+    pub async fn vm_start_on(&self, vm: &OpaqueRef, host: &OpaqueRef) -> Result<(), CallError> {
+        self.void(
+            "VM.start_on",
+            vec![refv(vm), refv(host), Value::from(false), Value::from(false)],
+        )
+        .await
+    }
+
+    /// `VM.clean_shutdown`.
+    pub async fn vm_clean_shutdown(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VM.clean_shutdown", vec![refv(vm)]).await
+    }
+
+    /// `VM.hard_shutdown`.
+    pub async fn vm_hard_shutdown(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VM.hard_shutdown", vec![refv(vm)]).await
+    }
+
+    /// `VM.destroy` (VBDs and VIFs go with the VM; VDIs do not).
+    pub async fn vm_destroy(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VM.destroy", vec![refv(vm)]).await
+    }
+
+    // ----- devices and disks -----
+
+    /// `VIF.create`.
+    pub async fn vif_create(&self, vif: &VifCreate) -> Result<OpaqueRef, CallError> {
+        self.typed("VIF.create", vec![record(vif)]).await
+    }
+
+    /// `VIF.destroy`.
+    pub async fn vif_destroy(&self, vif: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VIF.destroy", vec![refv(vif)]).await
+    }
+
+    /// `VBD.create`.
+    pub async fn vbd_create(&self, vbd: &VbdCreate) -> Result<OpaqueRef, CallError> {
+        self.typed("VBD.create", vec![record(vbd)]).await
+    }
+
+    /// `VBD.get_record`.
+    pub async fn vbd_get_record(&self, vbd: &OpaqueRef) -> Result<VbdRecord, CallError> {
+        self.typed("VBD.get_record", vec![refv(vbd)]).await
+    }
+
+    /// `VBD.plug`.
+    pub async fn vbd_plug(&self, vbd: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VBD.plug", vec![refv(vbd)]).await
+    }
+
+    /// `VBD.unplug`.
+    pub async fn vbd_unplug(&self, vbd: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VBD.unplug", vec![refv(vbd)]).await
+    }
+
+    /// `VBD.destroy`.
+    pub async fn vbd_destroy(&self, vbd: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VBD.destroy", vec![refv(vbd)]).await
+    }
+
+    /// `VDI.get_record`.
+    pub async fn vdi_get_record(&self, vdi: &OpaqueRef) -> Result<VdiRecord, CallError> {
+        self.typed("VDI.get_record", vec![refv(vdi)]).await
+    }
+
+    /// `VDI.destroy`.
+    pub async fn vdi_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VDI.destroy", vec![refv(vdi)]).await
+    }
+}
+
+fn refv(r: &OpaqueRef) -> Value {
+    Value::from(r.as_str())
+}
+
+fn record<T: serde::Serialize>(r: &T) -> Value {
+    serde_json::to_value(r).expect("records serialize")
+}
+
+fn decode<T: DeserializeOwned>(method: &str, v: Value) -> Result<T, CallError> {
+    serde_json::from_value(v).map_err(|e| CallError::Decode {
+        method: method.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// An int64 result: a JSON number, or a string as XML-RPC carries it.
+fn int64(method: &str, v: &Value) -> Result<i64, CallError> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .ok_or_else(|| CallError::Decode {
+            method: method.to_string(),
+            detail: format!("expected an int64, got {v}"),
+        })
+}

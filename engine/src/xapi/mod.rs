@@ -1,0 +1,43 @@
+//! How the engine talks XAPI: a transport that carries one call, and a typed
+//! client with a session on top of it.
+
+mod client;
+
+pub use client::{Credentials, XapiClient};
+
+use async_trait::async_trait;
+use xapi_proto::{Value, XapiError};
+
+/// Carries one XAPI call to a pool master and brings back its result.
+///
+/// The in-process simulator adapter and the HTTP transport implement this;
+/// the engine never knows which one it talks to.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Performs `method` with `params` (session first, as on the wire).
+    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError>;
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// XAPI answered with an error.
+    #[error("{0}")]
+    Xapi(#[from] XapiError),
+    /// The call did not get through (connection, timeout, malformed reply).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The reply did not have the shape the method promises.
+    #[error("unexpected reply to {method}: {detail}")]
+    Decode { method: String, detail: String },
+}
+
+impl CallError {
+    /// The XAPI error code, if XAPI answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CallError::Xapi(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}

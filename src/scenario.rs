@@ -1,0 +1,429 @@
+//! Scenario files: a simulated world, how the engine uses each pool, the jobs
+//! to run and when, operator actions, and the outcomes to expect.
+
+use engine::{EngineConfig, PoolConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use toml::Spanned;
+use xapi_sim::spec::{ApplianceSpec, CredentialsSpec, PoolSpec, TimingSpec, WorldSpec};
+
+/// A parsed and checked scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seed used when the command line gives none.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub timing: TimingSpec,
+    #[serde(default)]
+    pub appliance: ApplianceSpec,
+    #[serde(default)]
+    pub credentials: CredentialsSpec,
+    /// The simulated pools.
+    #[serde(rename = "pool")]
+    pub pools: Vec<PoolSpec>,
+    /// How the engine uses each pool (by name); pools not listed use defaults.
+    #[serde(default, rename = "delegates")]
+    pub delegates: Vec<Spanned<PoolConfig>>,
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<ScenarioJob>,
+    #[serde(default, rename = "action")]
+    pub actions: Vec<Action>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// What kind of job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    #[default]
+    Backup,
+    /// The diagnostic job (template, provision, boot, address, identity, teardown).
+    Diag,
+}
+
+/// A job and when it starts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioJob {
+    pub name: String,
+    pub pool: Spanned<String>,
+    #[serde(default)]
+    pub kind: JobKind,
+    /// VM names; a trailing `*` matches every VM of the pool with that prefix.
+    #[serde(default)]
+    pub vms: Option<Spanned<Vec<String>>>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Simulated time the job starts at, in seconds since the run began.
+    #[serde(default)]
+    pub start_s: f64,
+}
+
+fn default_concurrency() -> usize {
+    1
+}
+
+/// An operator action at a simulated time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Simulated time of the action, in seconds since the run began.
+    pub at_s: f64,
+    pub pool: Spanned<String>,
+    /// `move_vm_disks`: storage-migrate `vm`'s disks to `sr`.
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub sr: Option<String>,
+}
+
+/// Outcomes the run must show; absent keys are not checked.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Final status per job name: success, success_with_warnings, partial, failed.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, String>,
+    /// Exact peak of concurrent delegates per pool.
+    #[serde(default)]
+    pub peak_delegates: BTreeMap<String, usize>,
+    pub delegates_created: Option<usize>,
+    pub delegates_created_at_most: Option<usize>,
+    pub delegates_left: Option<usize>,
+    pub addresses_left: Option<usize>,
+    pub vms_failed: Option<usize>,
+    pub reclaimed: Option<usize>,
+    /// Diagnostic outcome per pool.
+    #[serde(default)]
+    pub diag_passed: BTreeMap<String, bool>,
+    /// Template deployments expected in the run, per pool.
+    #[serde(default)]
+    pub templates_deployed: BTreeMap<String, usize>,
+    /// Lines the job logs must contain (substring match, any job).
+    #[serde(default)]
+    pub log_contains: Vec<String>,
+}
+
+/// A scenario that cannot run; names the file, the line and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{line}: {message}", line = .line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            file: file.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parses and checks scenario text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError {
+            file: file.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().to_string(),
+        })?;
+        scenario.check(file, text)?;
+        Ok(scenario)
+    }
+
+    /// The world the simulator builds.
+    pub fn world(&self) -> WorldSpec {
+        WorldSpec {
+            timing: self.timing.clone(),
+            appliance: self.appliance.clone(),
+            credentials: self.credentials.clone(),
+            pools: self.pools.clone(),
+        }
+    }
+
+    /// The engine's settings for a pool (defaults when none are given).
+    pub fn pool_config(&self, pool: &str) -> PoolConfig {
+        self.delegates
+            .iter()
+            .map(|d| d.get_ref())
+            .find(|d| d.name == pool)
+            .cloned()
+            .unwrap_or_else(|| PoolConfig::new(pool))
+    }
+
+    /// Every VM name of a pool, as the simulator will create them.
+    pub fn vm_names(&self, pool: &str) -> Vec<String> {
+        self.pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| {
+                p.vm_groups
+                    .iter()
+                    .filter(|g| !g.template)
+                    .flat_map(|g| g.names())
+            })
+            .collect()
+    }
+
+    /// The job's VM list with `prefix*` patterns expanded, in order, without repeats.
+    pub fn job_vms(&self, job: &ScenarioJob) -> Vec<String> {
+        let all = self.vm_names(job.pool.get_ref());
+        let mut out: Vec<String> = Vec::new();
+        let patterns = job
+            .vms
+            .as_ref()
+            .map(|v| v.get_ref().as_slice())
+            .unwrap_or_default();
+        for pattern in patterns {
+            let matches: Vec<String> = match pattern.strip_suffix('*') {
+                Some(prefix) => all
+                    .iter()
+                    .filter(|n| n.starts_with(prefix))
+                    .cloned()
+                    .collect(),
+                None => vec![pattern.clone()],
+            };
+            for m in matches {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    fn check(&self, file: &str, text: &str) -> Result<(), ScenarioError> {
+        let err = |line: Option<usize>, message: String| ScenarioError {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        self.world()
+            .check()
+            .map_err(|e| err(locate_spec_error(text, &e.message), e.message))?;
+        let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        for d in &self.delegates {
+            if !pools.contains(&d.get_ref().name.as_str()) {
+                let line = Some(line_of(text, d.span().start));
+                return Err(err(
+                    line,
+                    format!("delegates.name: no pool named {:?}", d.get_ref().name),
+                ));
+            }
+        }
+        let mut job_names = Vec::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            let line = Some(line_of(text, job.pool.span().start));
+            if !pools.contains(&job.pool.get_ref().as_str()) {
+                return Err(err(
+                    line,
+                    format!("job[{i}].pool: no pool named {:?}", job.pool.get_ref()),
+                ));
+            }
+            if job_names.contains(&job.name) {
+                return Err(err(
+                    line,
+                    format!("job[{i}].name: duplicate job name {:?}", job.name),
+                ));
+            }
+            job_names.push(job.name.clone());
+            if job.concurrency == 0 {
+                return Err(err(
+                    line,
+                    format!("job[{i}].concurrency: must be at least 1"),
+                ));
+            }
+            if !(job.start_s >= 0.0 && job.start_s.is_finite()) {
+                return Err(err(line, format!("job[{i}].start_s: must be a time >= 0")));
+            }
+            if job.kind == JobKind::Backup && self.job_vms(job).is_empty() {
+                let at = job
+                    .vms
+                    .as_ref()
+                    .map(|v| v.span().start)
+                    .unwrap_or(job.pool.span().start);
+                let line = Some(line_of(text, at));
+                return Err(err(
+                    line,
+                    format!(
+                        "job[{i}].vms: selects no VM of pool {:?}",
+                        job.pool.get_ref()
+                    ),
+                ));
+            }
+        }
+        for (i, action) in self.actions.iter().enumerate() {
+            let line = Some(line_of(text, action.kind.span().start));
+            if !pools.contains(&action.pool.get_ref().as_str()) {
+                return Err(err(
+                    line,
+                    format!(
+                        "action[{i}].pool: no pool named {:?}",
+                        action.pool.get_ref()
+                    ),
+                ));
+            }
+            match (action.kind.get_ref().as_str(), &action.vm, &action.sr) {
+                ("move_vm_disks", Some(_), Some(_)) => {}
+                ("move_vm_disks", _, _) => {
+                    return Err(err(
+                        line,
+                        format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
+                    ));
+                }
+                (other, _, _) => {
+                    return Err(err(
+                        line,
+                        format!(
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for job in self.expect.jobs.keys() {
+            if !job_names.contains(job) {
+                return Err(err(None, format!("expect.jobs: no job named {job:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line a simulator spec error points at (`pool[i] ... .vms[j]`),
+/// by counting table headers.
+fn locate_spec_error(text: &str, message: &str) -> Option<usize> {
+    let index_after = |key: &str, from: &str| -> Option<usize> {
+        let rest = &from[from.find(key)? + key.len()..];
+        rest[..rest.find(']')?].parse().ok()
+    };
+    let pool = index_after("pool[", message)?;
+    let headers: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| l.starts_with("[["))
+        .collect();
+    let pool_positions: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, l))| *l == "[[pool]]")
+        .map(|(i, _)| i)
+        .collect();
+    let start = *pool_positions.get(pool)?;
+    let end = pool_positions
+        .get(pool + 1)
+        .copied()
+        .unwrap_or(headers.len());
+    for (key, header) in [
+        (".vms[", "[[pool.vms]]"),
+        (".sr[", "[[pool.sr]]"),
+        (".network[", "[[pool.network]]"),
+    ] {
+        if let Some(j) = index_after(key, message) {
+            return headers[start..end]
+                .iter()
+                .filter(|(_, l)| *l == header)
+                .nth(j)
+                .map(|(n, _)| *n);
+        }
+    }
+    Some(headers[start].0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[[pool]]
+name = "lab"
+hosts = 2
+[[pool.sr]]
+name = "nfs"
+size_gib = 100
+[[pool.vms]]
+name = "vm"
+count = 3
+[[job]]
+name = "nightly"
+pool = "lab"
+vms = ["vm-*"]
+"#;
+
+    fn check_error(text: &str, expect_line: usize, expect_in_message: &str) {
+        let e = Scenario::parse("s.toml", text).expect_err("should be rejected");
+        assert_eq!(e.line, Some(expect_line), "{e}");
+        assert!(e.message.contains(expect_in_message), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("s.toml:{expect_line}: ")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_good_scenario_parses_and_expands_patterns() {
+        let s = Scenario::parse("s.toml", MINIMAL).unwrap();
+        assert_eq!(s.job_vms(&s.jobs[0]), ["vm-01", "vm-02", "vm-03"]);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        check_error(
+            &MINIMAL.replace("hosts = 2", "hosts = 2\nhostz = 3"),
+            6,
+            "unknown field `hostz`",
+        );
+        check_error(
+            &MINIMAL.replace("size_gib = 100", "size_gib = \"big\""),
+            9,
+            "invalid type",
+        );
+        check_error(
+            &MINIMAL.replace("pool = \"lab\"\nvms", "pool = \"nope\"\nvms"),
+            15,
+            "job[0].pool: no pool named \"nope\"",
+        );
+        check_error(
+            &MINIMAL.replace("vms = [\"vm-*\"]", "vms = [\"db-*\"]"),
+            16,
+            "selects no VM",
+        );
+        check_error(
+            &MINIMAL.replace("count = 3", "count = 3\nsr = \"missing\""),
+            10,
+            "vms[0].sr: no SR named \"missing\"",
+        );
+        check_error(
+            &MINIMAL.replace("name = \"nfs\"", "name = \"nfs\"\nhost = 9"),
+            7,
+            "host 9 does not exist",
+        );
+    }
+}

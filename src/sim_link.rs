@@ -1,0 +1,134 @@
+//! Joins the engine to the simulator: an XAPI transport and a delegate-agent
+//! channel that carry calls into the in-process simulator, taking the
+//! simulated time each operation costs on tokio's (paused) clock.
+
+use async_trait::async_trait;
+use engine::agent::{AgentError, DelegateAgent, DiskProgress, ReadReport};
+use engine::xapi::{CallError, Transport};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use xapi_proto::Value;
+use xapi_sim::time::SimTime;
+use xapi_sim::{ApplianceAnswer, PoolId, Sim};
+
+/// The simulator shared by every link of a run.
+pub type SharedSim = Arc<Mutex<Sim>>;
+
+/// Simulated time: tokio time since the run started.
+#[derive(Clone, Copy)]
+pub struct SimClock {
+    start: Instant,
+}
+
+impl SimClock {
+    /// A clock whose zero is now.
+    pub fn start() -> Self {
+        SimClock {
+            start: Instant::now(),
+        }
+    }
+
+    /// The tokio instant at simulated time `t`.
+    pub fn instant_at(&self, t: Duration) -> Instant {
+        self.start + t
+    }
+
+    /// Simulated time now.
+    pub fn now(&self) -> SimTime {
+        SimTime::from(Instant::now().duration_since(self.start))
+    }
+}
+
+fn lock(sim: &SharedSim) -> std::sync::MutexGuard<'_, Sim> {
+    sim.lock().expect("simulator lock poisoned")
+}
+
+/// XAPI calls to one simulated pool master.
+pub struct SimTransport {
+    pub sim: SharedSim,
+    pub pool: PoolId,
+    pub clock: SimClock,
+}
+
+#[async_trait]
+impl Transport for SimTransport {
+    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+        // The call takes its time first; its effect lands when it completes.
+        let duration = lock(&self.sim).call_duration(method);
+        tokio::time::sleep(duration).await;
+        let now = self.clock.now();
+        lock(&self.sim)
+            .dispatch(self.pool, now, method, &params)
+            .map_err(CallError::Xapi)
+    }
+}
+
+/// Requests to appliance agents in one simulated pool.
+pub struct SimAgent {
+    pub sim: SharedSim,
+    pub pool: PoolId,
+    pub clock: SimClock,
+}
+
+/// Progress is reported at these fractions of each disk.
+const PROGRESS_STEPS: u64 = 4;
+
+impl SimAgent {
+    async fn round_trip(&self) -> SimTime {
+        let duration = lock(&self.sim).agent_duration();
+        tokio::time::sleep(duration).await;
+        self.clock.now()
+    }
+}
+
+#[async_trait]
+impl DelegateAgent for SimAgent {
+    async fn identity(&self, ip: Ipv4Addr) -> Result<String, AgentError> {
+        let now = self.round_trip().await;
+        match lock(&self.sim).appliance_at(self.pool, now, ip) {
+            ApplianceAnswer::Appliance { vm_uuid } => Ok(vm_uuid),
+            ApplianceAnswer::Foreign => Err(AgentError::Foreign { ip }),
+            ApplianceAnswer::Nobody => Err(AgentError::Unreachable { ip }),
+        }
+    }
+
+    async fn read_disks(
+        &self,
+        ip: Ipv4Addr,
+        progress: &(dyn Fn(DiskProgress) + Send + Sync),
+    ) -> Result<ReadReport, AgentError> {
+        let now = self.round_trip().await;
+        let disks = lock(&self.sim)
+            .appliance_disks(self.pool, now, ip)
+            .ok_or(AgentError::Unreachable { ip })?;
+        let mut report = ReadReport::default();
+        for (i, disk) in disks.iter().enumerate() {
+            let total =
+                Duration::from_secs_f64(disk.virtual_size as f64 / disk.bandwidth_bytes_per_s);
+            for step in 1..=PROGRESS_STEPS {
+                tokio::time::sleep(total / PROGRESS_STEPS as u32).await;
+                // The disk must still be there: a detach or a dead delegate fails the read.
+                let still = lock(&self.sim)
+                    .appliance_disks(self.pool, self.clock.now(), ip)
+                    .is_some_and(|now| now.iter().any(|d| d.vdi_uuid == disk.vdi_uuid));
+                if !still {
+                    return Err(AgentError::Failed {
+                        ip,
+                        message: format!("disk {} went away during the read", disk.userdevice),
+                    });
+                }
+                progress(DiskProgress {
+                    disk_index: i + 1,
+                    disk_count: disks.len(),
+                    size_bytes: disk.virtual_size as u64,
+                    percent: (step * 100 / PROGRESS_STEPS) as u8,
+                });
+            }
+            report.disks += 1;
+            report.bytes_read += disk.virtual_size as u64;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,401 @@
+//! Routes an XAPI method call (`Class.method`, params) to the model, checking
+//! the session, the parameter count and the parameter types as XAPI does.
+
+use crate::ops::Ctx;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xapi_proto::records::StringMap;
+use xapi_proto::{OpaqueRef, Value, XapiError, codes};
+
+/// Classes whose records can be read with the generic getters.
+const CLASSES: &[&str] = &[
+    "pool",
+    "host",
+    "host_metrics",
+    "SR",
+    "PBD",
+    "network",
+    "PIF",
+    "VM",
+    "VM_guest_metrics",
+    "VIF",
+    "VBD",
+    "VDI",
+    "task",
+];
+
+/// Write calls: (method, parameter count including the session).
+const WRITES: &[(&str, usize)] = &[
+    ("VM.clone", 3),
+    ("VM.copy", 4),
+    ("VM.provision", 2),
+    ("VM.import", 5),
+    ("VM.start", 4),
+    ("VM.start_on", 5),
+    ("VM.clean_shutdown", 2),
+    ("VM.hard_shutdown", 2),
+    ("VM.destroy", 2),
+    ("VM.snapshot", 3),
+    ("VM.set_is_a_template", 3),
+    ("VM.set_name_label", 3),
+    ("VM.set_name_description", 3),
+    ("VM.add_to_other_config", 4),
+    ("VM.remove_from_other_config", 3),
+    ("VM.add_to_xenstore_data", 4),
+    ("VM.remove_from_xenstore_data", 3),
+    ("VDI.add_to_other_config", 4),
+    ("VDI.remove_from_other_config", 3),
+    ("VDI.set_name_label", 3),
+    ("VDI.destroy", 2),
+    ("VIF.create", 2),
+    ("VIF.destroy", 2),
+    ("VBD.create", 2),
+    ("VBD.plug", 2),
+    ("VBD.unplug", 2),
+    ("VBD.destroy", 2),
+    ("host.compute_free_memory", 2),
+    ("session.logout", 1),
+];
+
+/// Performs one call.
+pub(crate) fn dispatch(
+    ctx: &mut Ctx<'_>,
+    method: &str,
+    params: &[Value],
+) -> Result<Value, XapiError> {
+    if method == "session.login_with_password" {
+        return login(ctx, params);
+    }
+    let arity = expected_arity(method)
+        .ok_or_else(|| XapiError::new(codes::MESSAGE_METHOD_UNKNOWN, [method]))?;
+    if params.len() != arity {
+        return Err(XapiError::new(
+            codes::MESSAGE_PARAMETER_COUNT_MISMATCH,
+            [
+                method.to_string(),
+                arity.to_string(),
+                params.len().to_string(),
+            ],
+        ));
+    }
+    let session = string_param(params, 0, "session_id")?;
+    if !ctx.m.sessions.contains_key(&OpaqueRef(session.clone())) {
+        return Err(XapiError::new(codes::SESSION_INVALID, [session]));
+    }
+    if method == "session.logout" {
+        ctx.m.sessions.remove(&OpaqueRef(session));
+        return Ok(Value::Null);
+    }
+    let args = &params[1..];
+    match write(ctx, method, args)? {
+        Some(value) => Ok(value),
+        None => read(ctx, method, args),
+    }
+}
+
+fn expected_arity(method: &str) -> Option<usize> {
+    if let Some((_, n)) = WRITES.iter().find(|(m, _)| *m == method) {
+        return Some(*n);
+    }
+    let (class, name) = method.split_once('.')?;
+    if !CLASSES.contains(&class) {
+        return None;
+    }
+    match name {
+        "get_all" | "get_all_records" => Some(1),
+        n if n.starts_with("get_") => Some(2),
+        _ => None,
+    }
+}
+
+fn login(ctx: &mut Ctx<'_>, params: &[Value]) -> Result<Value, XapiError> {
+    if !(2..=4).contains(&params.len()) {
+        return Err(XapiError::new(
+            codes::MESSAGE_PARAMETER_COUNT_MISMATCH,
+            [
+                "session.login_with_password".to_string(),
+                "2".into(),
+                params.len().to_string(),
+            ],
+        ));
+    }
+    let user = string_param(params, 0, "uname")?;
+    let password = string_param(params, 1, "pwd")?;
+    let creds = &ctx.spec.credentials;
+    if user != creds.user || password != creds.password {
+        return Err(XapiError::new(
+            codes::SESSION_AUTHENTICATION_FAILED,
+            [user, "Authentication failure".into()],
+        ));
+    }
+    let session = OpaqueRef::from_uuid(&ctx.rng.uuid());
+    ctx.m.sessions.insert(session.clone(), user.clone());
+    ctx.log(format!("session.login_with_password {user}"));
+    Ok(Value::String(session.0))
+}
+
+/// Performs a write call; `Ok(None)` when `method` is not a write.
+fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, XapiError> {
+    let value = match method {
+        "VM.clone" => {
+            refv(ctx.vm_clone(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
+        }
+        "VM.copy" => {
+            let (vm, name, sr) = (
+                ref_param(a, 0, "vm")?,
+                string_param(a, 1, "new_name")?,
+                ref_param(a, 2, "sr")?,
+            );
+            refv(ctx.vm_copy(&vm, &name, &sr)?)
+        }
+        "VM.snapshot" => {
+            refv(ctx.vm_snapshot(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
+        }
+        "VM.provision" => void(ctx.vm_provision(&ref_param(a, 0, "vm")?)?),
+        "VM.import" => {
+            let refs = ctx.vm_import(&string_param(a, 0, "url")?, &ref_param(a, 1, "sr")?)?;
+            Value::Array(refs.into_iter().map(refv).collect())
+        }
+        "VM.start" => {
+            void(ctx.vm_start(&ref_param(a, 0, "vm")?, bool_param(a, 1, "start_paused")?)?)
+        }
+        "VM.start_on" => {
+            let (vm, host, paused) = (
+                ref_param(a, 0, "vm")?,
+                ref_param(a, 1, "host")?,
+                bool_param(a, 2, "start_paused")?,
+            );
+            void(ctx.vm_start_on(&vm, &host, paused)?)
+        }
+        "VM.clean_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, false)?),
+        "VM.hard_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, true)?),
+        "VM.destroy" => void(ctx.vm_destroy(&ref_param(a, 0, "self")?)?),
+        "VM.set_is_a_template" => {
+            void(ctx.vm_set_is_a_template(&ref_param(a, 0, "self")?, bool_param(a, 1, "value")?)?)
+        }
+        "VM.set_name_label" | "VM.set_name_description" | "VDI.set_name_label" => {
+            set_name(ctx, method, a)?
+        }
+        "VM.add_to_other_config" | "VDI.add_to_other_config" | "VM.add_to_xenstore_data" => {
+            map_edit(ctx, method, a, true)?
+        }
+        "VM.remove_from_other_config"
+        | "VDI.remove_from_other_config"
+        | "VM.remove_from_xenstore_data" => map_edit(ctx, method, a, false)?,
+        "VDI.destroy" => void(ctx.vdi_destroy(&ref_param(a, 0, "self")?)?),
+        "VIF.create" => refv(ctx.vif_create(record_param(a, 0, "args")?)?),
+        "VIF.destroy" => void(ctx.vif_destroy(&ref_param(a, 0, "self")?)?),
+        "VBD.create" => refv(ctx.vbd_create(record_param(a, 0, "args")?)?),
+        "VBD.plug" => void(ctx.vbd_plug(&ref_param(a, 0, "self")?)?),
+        "VBD.unplug" => void(ctx.vbd_unplug(&ref_param(a, 0, "self")?)?),
+        "VBD.destroy" => void(ctx.vbd_destroy(&ref_param(a, 0, "self")?)?),
+        "host.compute_free_memory" => {
+            let host = ref_param(a, 0, "host")?;
+            if !ctx.m.hosts.contains_key(&host) {
+                return Err(XapiError::handle_invalid("host", host.as_str()));
+            }
+            Value::from(ctx.m.host_free_memory(&host))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(value))
+}
+
+fn set_name(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Value, XapiError> {
+    let target = ref_param(a, 0, "self")?;
+    let value = string_param(a, 1, "value")?;
+    let (class, field) = method.split_once(".set_").expect("setter name");
+    match class {
+        "VM" => {
+            let vm = ctx.vm_mut(&target)?;
+            match field {
+                "name_label" => vm.name_label = value.clone(),
+                _ => vm.name_description = value.clone(),
+            }
+        }
+        _ => {
+            let vdi = ctx
+                .m
+                .vdis
+                .get_mut(&target)
+                .ok_or_else(|| XapiError::handle_invalid("VDI", target.as_str()))?;
+            vdi.name_label = value.clone();
+        }
+    }
+    ctx.log(format!("{method} {target} {value:?}"));
+    Ok(Value::Null)
+}
+
+fn map_edit(ctx: &mut Ctx<'_>, method: &str, a: &[Value], add: bool) -> Result<Value, XapiError> {
+    let target = ref_param(a, 0, "self")?;
+    let key = string_param(a, 1, "key")?;
+    let (class, op) = method.split_once('.').expect("method name");
+    let field = op
+        .strip_prefix("add_to_")
+        .or_else(|| op.strip_prefix("remove_from_"))
+        .expect("map edit name");
+    let map: &mut StringMap = match (class, field) {
+        ("VM", "other_config") => &mut ctx.vm_mut(&target)?.other_config,
+        ("VM", _) => &mut ctx.vm_mut(&target)?.xenstore_data,
+        _ => {
+            &mut ctx
+                .m
+                .vdis
+                .get_mut(&target)
+                .ok_or_else(|| XapiError::handle_invalid("VDI", target.as_str()))?
+                .other_config
+        }
+    };
+    if add {
+        let value = string_param(a, 2, "value")?;
+        if map.contains_key(&key) {
+            return Err(XapiError::new(
+                codes::MAP_DUPLICATE_KEY,
+                [class, field, target.as_str(), key.as_str()],
+            ));
+        }
+        map.insert(key.clone(), value.clone());
+        ctx.log(format!("{method} {target} {key}={value}"));
+    } else if map.remove(&key).is_some() {
+        ctx.log(format!("{method} {target} {key}"));
+    }
+    Ok(Value::Null)
+}
+
+fn read(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Value, XapiError> {
+    let (class, name) = method.split_once('.').expect("checked by arity");
+    match name {
+        "get_all" => Ok(Value::Array(
+            class_records(ctx, class)
+                .into_keys()
+                .map(|r| Value::String(r.0))
+                .collect(),
+        )),
+        "get_all_records" => Ok(Value::Object(
+            class_records(ctx, class)
+                .into_iter()
+                .map(|(r, v)| (r.0, v))
+                .collect(),
+        )),
+        "get_by_uuid" => {
+            let uuid = string_param(a, 0, "uuid")?;
+            class_records(ctx, class)
+                .into_iter()
+                .find(|(_, v)| v["uuid"] == uuid.as_str())
+                .map(|(r, _)| Value::String(r.0))
+                .ok_or_else(|| XapiError::uuid_invalid(class, &uuid))
+        }
+        "get_by_name_label" => {
+            let label = string_param(a, 0, "label")?;
+            Ok(Value::Array(
+                class_records(ctx, class)
+                    .into_iter()
+                    .filter(|(_, v)| v["name_label"] == label.as_str())
+                    .map(|(r, _)| Value::String(r.0))
+                    .collect(),
+            ))
+        }
+        _ => {
+            let target = ref_param(a, 0, "self")?;
+            let record = record_of(ctx, class, &target)
+                .ok_or_else(|| XapiError::handle_invalid(class, target.as_str()))?;
+            if name == "get_record" {
+                return Ok(record);
+            }
+            let field = name.strip_prefix("get_").expect("getter");
+            record
+                .get(field)
+                .cloned()
+                .ok_or_else(|| XapiError::new(codes::MESSAGE_METHOD_UNKNOWN, [method]))
+        }
+    }
+}
+
+fn to_value<R: Serialize>(r: &R) -> Value {
+    serde_json::to_value(r).expect("records serialize")
+}
+
+fn table_values<R: Serialize>(t: &crate::model::Table<R>) -> Vec<(OpaqueRef, Value)> {
+    t.iter().map(|(r, v)| (r.clone(), to_value(v))).collect()
+}
+
+/// Every record of a class, ordered by reference.
+fn class_records(ctx: &Ctx<'_>, class: &str) -> std::collections::BTreeMap<OpaqueRef, Value> {
+    let m = &*ctx.m;
+    let rows = match class {
+        "pool" => vec![(m.pool_ref.clone(), to_value(&m.pool))],
+        "host" => table_values(&m.hosts),
+        "host_metrics" => table_values(&m.host_metrics),
+        "SR" => table_values(&m.srs),
+        "PBD" => table_values(&m.pbds),
+        "network" => table_values(&m.networks),
+        "PIF" => table_values(&m.pifs),
+        "VM" => table_values(&m.vms),
+        "VM_guest_metrics" => table_values(&m.guest_metrics),
+        "VIF" => table_values(&m.vifs),
+        "VBD" => table_values(&m.vbds),
+        "VDI" => table_values(&m.vdis),
+        "task" => table_values(&m.tasks),
+        _ => vec![],
+    };
+    rows.into_iter().collect()
+}
+
+/// One record, without serializing the whole class.
+fn record_of(ctx: &Ctx<'_>, class: &str, r: &OpaqueRef) -> Option<Value> {
+    let m = &*ctx.m;
+    match class {
+        "pool" => (r == &m.pool_ref).then(|| to_value(&m.pool)),
+        "host" => m.hosts.get(r).map(to_value),
+        "host_metrics" => m.host_metrics.get(r).map(to_value),
+        "SR" => m.srs.get(r).map(to_value),
+        "PBD" => m.pbds.get(r).map(to_value),
+        "network" => m.networks.get(r).map(to_value),
+        "PIF" => m.pifs.get(r).map(to_value),
+        "VM" => m.vms.get(r).map(to_value),
+        "VM_guest_metrics" => m.guest_metrics.get(r).map(to_value),
+        "VIF" => m.vifs.get(r).map(to_value),
+        "VBD" => m.vbds.get(r).map(to_value),
+        "VDI" => m.vdis.get(r).map(to_value),
+        "task" => m.tasks.get(r).map(to_value),
+        _ => None,
+    }
+}
+
+/// XAPI's void result.
+fn void(_: ()) -> Value {
+    Value::Null
+}
+
+fn refv(r: OpaqueRef) -> Value {
+    Value::String(r.0)
+}
+
+fn field_type_error(name: &str) -> XapiError {
+    XapiError::new(codes::FIELD_TYPE_ERROR, [name])
+}
+
+fn string_param(a: &[Value], i: usize, name: &str) -> Result<String, XapiError> {
+    match a.get(i) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(field_type_error(name)),
+    }
+}
+
+fn ref_param(a: &[Value], i: usize, name: &str) -> Result<OpaqueRef, XapiError> {
+    string_param(a, i, name).map(OpaqueRef)
+}
+
+fn bool_param(a: &[Value], i: usize, name: &str) -> Result<bool, XapiError> {
+    match a.get(i) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
+        Some(Value::String(s)) if s == "false" || s == "0" => Ok(false),
+        _ => Err(field_type_error(name)),
+    }
+}
+
+fn record_param<T: DeserializeOwned>(a: &[Value], i: usize, name: &str) -> Result<T, XapiError> {
+    let v = a.get(i).ok_or_else(|| field_type_error(name))?;
+    serde_json::from_value(v.clone()).map_err(|e| field_type_error(&format!("{name}: {e}")))
+}

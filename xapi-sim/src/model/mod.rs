@@ -1,0 +1,164 @@
+//! The objects of one simulated pool, as XAPI records plus what only the
+//! simulator knows (guest state, SR bandwidth, DHCP servers).
+
+pub(crate) mod build;
+
+use crate::dhcp::DhcpServer;
+use crate::spec::GuestKind;
+use crate::time::SimTime;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use xapi_proto::OpaqueRef;
+use xapi_proto::records::*;
+
+pub(crate) use build::build_pool;
+
+/// A class's objects by reference; ordered, so every listing is deterministic.
+pub type Table<R> = BTreeMap<OpaqueRef, R>;
+
+/// What the simulator knows of a VM's guest beyond its XAPI record.
+#[derive(Clone, Debug, Default)]
+pub struct GuestState {
+    /// How the guest behaves once booted.
+    pub kind: GuestKind,
+    /// Address a generic guest configures on boot.
+    pub static_ip: Option<Ipv4Addr>,
+    /// Bumped on every start and stop, so scheduled guest events of an earlier
+    /// boot are ignored.
+    pub epoch: u64,
+    /// The address the guest holds now, and since when.
+    pub address: Option<(Ipv4Addr, SimTime)>,
+}
+
+/// One pool's objects.
+pub struct PoolModel {
+    pub name: String,
+    pub pool_ref: OpaqueRef,
+    pub pool: PoolRecord,
+    pub hosts: Table<HostRecord>,
+    pub host_metrics: Table<HostMetricsRecord>,
+    pub srs: Table<SrRecord>,
+    pub pbds: Table<PbdRecord>,
+    pub networks: Table<NetworkRecord>,
+    pub pifs: Table<PifRecord>,
+    pub vms: Table<VmRecord>,
+    pub guest_metrics: Table<VmGuestMetricsRecord>,
+    pub vifs: Table<VifRecord>,
+    pub vbds: Table<VbdRecord>,
+    pub vdis: Table<VdiRecord>,
+    pub tasks: Table<TaskRecord>,
+    /// Live sessions and their user.
+    pub sessions: BTreeMap<OpaqueRef, String>,
+    pub guests: BTreeMap<OpaqueRef, GuestState>,
+    /// Sequential read bandwidth of each SR, bytes per second.
+    pub sr_bandwidth_bytes_per_s: BTreeMap<OpaqueRef, f64>,
+    /// DHCP servers by network.
+    pub dhcp: BTreeMap<OpaqueRef, DhcpServer>,
+    /// Bytes used on each SR by things the model does not track as VDIs.
+    pub sr_base_bytes: BTreeMap<OpaqueRef, i64>,
+    /// Every time a guest configured an address another running guest held.
+    pub address_conflicts: Vec<AddressConflict>,
+}
+
+/// Two running guests on one address at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressConflict {
+    pub at: SimTime,
+    pub ip: Ipv4Addr,
+    /// The guest that held the address first: (name_label, other_config).
+    pub holder: (String, xapi_proto::records::StringMap),
+    /// The guest that configured it second.
+    pub newcomer: (String, xapi_proto::records::StringMap),
+}
+
+impl PoolModel {
+    /// The SRs a host can reach (attached PBDs).
+    pub fn host_srs(&self, host: &OpaqueRef) -> Vec<OpaqueRef> {
+        self.pbds
+            .values()
+            .filter(|p| &p.host == host && p.currently_attached)
+            .map(|p| p.sr.clone())
+            .collect()
+    }
+
+    /// True when `host` has an attached PBD for `sr`.
+    pub fn host_sees_sr(&self, host: &OpaqueRef, sr: &OpaqueRef) -> bool {
+        self.pbds
+            .values()
+            .any(|p| &p.host == host && &p.sr == sr && p.currently_attached)
+    }
+
+    /// Memory a host can still give to a new VM, in bytes.
+    pub fn host_free_memory(&self, host: &OpaqueRef) -> i64 {
+        let Some(h) = self.hosts.get(host) else {
+            return 0;
+        };
+        let total = self
+            .host_metrics
+            .get(&h.metrics)
+            .map(|m| m.memory_total)
+            .unwrap_or(0);
+        let used: i64 = self
+            .vms
+            .values()
+            .filter(|vm| &vm.resident_on == host && vm.power_state != PowerState::Halted)
+            .map(|vm| vm.memory_static_max + vm.memory_overhead)
+            .sum();
+        (total - h.memory_overhead - used).max(0)
+    }
+
+    /// True when the host is enabled and live.
+    pub fn host_usable(&self, host: &OpaqueRef) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|h| h.enabled && self.host_metrics.get(&h.metrics).is_some_and(|m| m.live))
+    }
+
+    /// Distinct SRs holding the VDIs of the VM's non-empty VBDs.
+    pub fn vm_srs(&self, vm: &VmRecord) -> Vec<OpaqueRef> {
+        let mut srs: Vec<OpaqueRef> = vm
+            .vbds
+            .iter()
+            .filter_map(|b| self.vbds.get(b))
+            .filter(|b| !b.empty)
+            .filter_map(|b| self.vdis.get(&b.vdi))
+            .map(|d| d.sr.clone())
+            .collect();
+        srs.sort();
+        srs.dedup();
+        srs
+    }
+
+    /// The VM (running, appliance or not) whose guest holds `ip` longest.
+    pub fn guest_at(&self, ip: Ipv4Addr) -> Option<&OpaqueRef> {
+        self.guests
+            .iter()
+            .filter_map(|(vm, g)| match g.address {
+                Some((a, since)) if a == ip => Some((since, vm)),
+                _ => None,
+            })
+            .filter(|(_, vm)| {
+                self.vms
+                    .get(*vm)
+                    .is_some_and(|r| r.power_state == PowerState::Running)
+            })
+            .min()
+            .map(|(_, vm)| vm)
+    }
+
+    /// Recomputes an SR's utilisation from its VDIs.
+    pub fn refresh_sr_usage(&mut self, sr: &OpaqueRef) {
+        let (phys, virt) = self
+            .vdis
+            .values()
+            .filter(|d| &d.sr == sr)
+            .fold((0i64, 0i64), |(p, v), d| {
+                (p + d.physical_utilisation, v + d.virtual_size)
+            });
+        if let Some(rec) = self.srs.get_mut(sr) {
+            let base = self.sr_base_bytes.get(sr).copied().unwrap_or(0);
+            rec.physical_utilisation = base + phys;
+            rec.virtual_allocation = base + virt;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! What guests do on their own once booted: the appliance reads its network
+//! settings from `vm-data/...`, gets an address and reports it.
+
+use super::Ctx;
+use crate::schedule::Scheduled;
+use crate::spec::GuestKind;
+use std::net::Ipv4Addr;
+use xapi_proto::OpaqueRef;
+use xapi_proto::records::{PowerState, VmGuestMetricsRecord};
+use xapi_proto::tags::*;
+
+impl Ctx<'_> {
+    /// Applies a guest happening that has come due.
+    pub(crate) fn apply_scheduled(&mut self, event: Scheduled) {
+        match event {
+            Scheduled::GuestBooted { vm, epoch } if self.guest_current(&vm, epoch) => {
+                self.guest_booted(&vm, epoch)
+            }
+            Scheduled::DhcpAttempt { vm, epoch } if self.guest_current(&vm, epoch) => {
+                self.dhcp_attempt(&vm, epoch)
+            }
+            Scheduled::AddressUp { vm, epoch, ip } if self.guest_current(&vm, epoch) => {
+                self.address_up(&vm, ip)
+            }
+            // The VM was stopped, restarted or destroyed since: the event is stale.
+            _ => {}
+        }
+    }
+
+    fn guest_current(&self, vm: &OpaqueRef, epoch: u64) -> bool {
+        let running = self
+            .m
+            .vms
+            .get(vm)
+            .is_some_and(|v| v.power_state == PowerState::Running);
+        running && self.m.guests.get(vm).is_some_and(|g| g.epoch == epoch)
+    }
+
+    fn guest_booted(&mut self, vm: &OpaqueRef, epoch: u64) {
+        let guest = self.m.guests[vm].clone();
+        self.log(format!("guest {} booted", self.vm_label(vm)));
+        match guest.kind {
+            GuestKind::Generic => {
+                if let Some(ip) = guest.static_ip {
+                    self.address_up(vm, ip);
+                }
+            }
+            GuestKind::Appliance => {
+                let data = self.m.vms[vm].xenstore_data.clone();
+                let static_ip = data
+                    .get(VM_DATA_IP)
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok());
+                if data.get(VM_DATA_DHCP).map(String::as_str) == Some("true") {
+                    let delay = self.rng.duration(self.spec.timing.dhcp_s);
+                    let event = Scheduled::DhcpAttempt {
+                        vm: vm.clone(),
+                        epoch,
+                    };
+                    self.schedule.at(self.now.after(delay), self.pool, event);
+                } else if let Some(ip) = static_ip {
+                    let delay = self.rng.duration(self.spec.timing.static_ip_s);
+                    let event = Scheduled::AddressUp {
+                        vm: vm.clone(),
+                        epoch,
+                        ip,
+                    };
+                    self.schedule.at(self.now.after(delay), self.pool, event);
+                } else {
+                    self.log(format!(
+                        "guest {} has no network settings in vm-data",
+                        self.vm_label(vm)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn dhcp_attempt(&mut self, vm: &OpaqueRef, epoch: u64) {
+        let primary = self.m.vms[vm]
+            .vifs
+            .iter()
+            .filter_map(|v| self.m.vifs.get(v))
+            .find(|v| v.device == "0" && v.currently_attached)
+            .map(|v| (v.network.clone(), v.mac.clone()));
+        let offer = primary.as_ref().and_then(|(net, mac)| {
+            let now = self.now;
+            self.m.dhcp.get_mut(net).and_then(|s| s.request(mac, now))
+        });
+        match offer {
+            Some(ip) => {
+                let mac = primary.map(|p| p.1).unwrap_or_default();
+                self.log(format!(
+                    "DHCP leased {ip} to {} (MAC {mac})",
+                    self.vm_label(vm)
+                ));
+                self.address_up(vm, ip);
+            }
+            None => {
+                self.log(format!("DHCP: no offer for {}", self.vm_label(vm)));
+                let delay = self.rng.duration(self.spec.timing.dhcp_retry_s);
+                let event = Scheduled::DhcpAttempt {
+                    vm: vm.clone(),
+                    epoch,
+                };
+                self.schedule.at(self.now.after(delay), self.pool, event);
+            }
+        }
+    }
+
+    fn address_up(&mut self, vm: &OpaqueRef, ip: Ipv4Addr) {
+        let now = self.now;
+        if let Some(holder) = self.m.guest_at(ip).cloned() {
+            let who = |r: &OpaqueRef| {
+                let v = &self.m.vms[r];
+                (v.name_label.clone(), v.other_config.clone())
+            };
+            let conflict = crate::model::AddressConflict {
+                at: now,
+                ip,
+                holder: who(&holder),
+                newcomer: who(vm),
+            };
+            self.log(format!(
+                "address conflict on {ip}: {} already holds it",
+                self.vm_label(&holder)
+            ));
+            self.m.address_conflicts.push(conflict);
+        }
+        let kind = {
+            let guest = self.m.guests.get_mut(vm).expect("guest of a running VM");
+            guest.address = Some((ip, now));
+            guest.kind
+        };
+        self.log(format!("guest {} configured {ip}", self.vm_label(vm)));
+        if kind != GuestKind::Appliance {
+            return;
+        }
+        let metrics = self.guest_metrics_of(vm);
+        let gm = self
+            .m
+            .guest_metrics
+            .get_mut(&metrics)
+            .expect("just ensured");
+        gm.networks.insert("0/ip".into(), ip.to_string());
+        gm.networks.insert("0/ipv4/0".into(), ip.to_string());
+        gm.live = true;
+        let record = self.m.vms.get_mut(vm).expect("running VM");
+        record
+            .xenstore_data
+            .insert(VM_DATA_ASSIGNED_IP.into(), ip.to_string());
+        self.log(format!(
+            "guest {} wrote {VM_DATA_ASSIGNED_IP}={ip}",
+            self.vm_label(vm)
+        ));
+    }
+
+    fn guest_metrics_of(&mut self, vm: &OpaqueRef) -> OpaqueRef {
+        let current = self.m.vms[vm].guest_metrics.clone();
+        if self.m.guest_metrics.contains_key(&current) {
+            return current;
+        }
+        let (gm_ref, gm_uuid) = super::new_ids(self.rng);
+        self.m.guest_metrics.insert(
+            gm_ref.clone(),
+            VmGuestMetricsRecord {
+                uuid: gm_uuid,
+                live: true,
+                ..Default::default()
+            },
+        );
+        self.m.vms.get_mut(vm).expect("running VM").guest_metrics = gm_ref.clone();
+        gm_ref
+    }
+}

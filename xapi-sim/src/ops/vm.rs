@@ -1,0 +1,775 @@
+//! VM calls: clone, copy, provision, import, start, shutdown, destroy, snapshot,
+//! and edits of the VM's maps.
+
+use super::{Ctx, new_ids};
+use crate::model::GuestState;
+use crate::schedule::Scheduled;
+use crate::spec::GuestKind;
+use xapi_proto::records::*;
+use xapi_proto::{OpaqueRef, XapiError, codes};
+
+const MIB: i64 = 1024 * 1024;
+/// Space a copy-on-write child (clone or snapshot) takes at first.
+const COW_CHILD_BYTES: i64 = 8 * MIB;
+
+/// How a VM's disks are duplicated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DiskCopy {
+    /// Copy-on-write children on the same SR (clone).
+    CowClone,
+    /// Copy-on-write snapshots (snapshot).
+    Snapshot,
+    /// Full copies onto another SR (copy).
+    FullTo,
+}
+
+impl Ctx<'_> {
+    fn require_power(&self, vm: &OpaqueRef, expected: PowerState) -> Result<(), XapiError> {
+        let actual = self.vm(vm)?.power_state;
+        if actual != expected {
+            return Err(XapiError::vm_bad_power_state(
+                vm.as_str(),
+                expected.lowercase(),
+                actual.lowercase(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn require_not_template(&self, vm: &OpaqueRef, op: &str) -> Result<(), XapiError> {
+        if self.vm(vm)?.is_a_template {
+            return Err(XapiError::new(codes::VM_IS_TEMPLATE, [vm.as_str(), op]));
+        }
+        Ok(())
+    }
+
+    fn require_space(&self, sr: &OpaqueRef, bytes: i64) -> Result<(), XapiError> {
+        let rec = self
+            .m
+            .srs
+            .get(sr)
+            .ok_or_else(|| XapiError::handle_invalid("SR", sr.as_str()))?;
+        if rec.physical_utilisation + bytes > rec.physical_size {
+            return Err(XapiError::new(
+                codes::SR_FULL,
+                [bytes.to_string(), rec.physical_size.to_string()],
+            ));
+        }
+        Ok(())
+    }
+
+    /// `VM.clone(vm, new_name)`: copy-on-write clone on the same SRs.
+    pub(crate) fn vm_clone(&mut self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, XapiError> {
+        self.require_power(vm, PowerState::Halted)?;
+        let new = self.duplicate_vm(vm, name, DiskCopy::CowClone, None)?;
+        self.log(format!("VM.clone {} -> {new} {name:?}", self.vm_label(vm)));
+        Ok(new)
+    }
+
+    /// `VM.copy(vm, new_name, sr)`: full copy of the disks onto `sr`.
+    pub(crate) fn vm_copy(
+        &mut self,
+        vm: &OpaqueRef,
+        name: &str,
+        sr: &OpaqueRef,
+    ) -> Result<OpaqueRef, XapiError> {
+        self.require_power(vm, PowerState::Halted)?;
+        let target = if sr.is_null() { None } else { Some(sr.clone()) };
+        let new = self.duplicate_vm(vm, name, DiskCopy::FullTo, target)?;
+        self.log(format!("VM.copy {} -> {new} {name:?}", self.vm_label(vm)));
+        Ok(new)
+    }
+
+    /// `VM.snapshot(vm, new_name)`: a snapshot VM with snapshot VDIs.
+    pub(crate) fn vm_snapshot(
+        &mut self,
+        vm: &OpaqueRef,
+        name: &str,
+    ) -> Result<OpaqueRef, XapiError> {
+        self.require_not_template(vm, "snapshot")?;
+        let power = self.vm(vm)?.power_state;
+        if !matches!(
+            power,
+            PowerState::Running | PowerState::Halted | PowerState::Suspended
+        ) {
+            return Err(XapiError::vm_bad_power_state(
+                vm.as_str(),
+                "running",
+                power.lowercase(),
+            ));
+        }
+        let snap = self.duplicate_vm(vm, name, DiskCopy::Snapshot, None)?;
+        self.vm_mut(vm)?.snapshots.push(snap.clone());
+        self.log(format!(
+            "VM.snapshot {} -> {snap} {name:?}",
+            self.vm_label(vm)
+        ));
+        Ok(snap)
+    }
+
+    fn duplicate_vm(
+        &mut self,
+        vm: &OpaqueRef,
+        name: &str,
+        how: DiskCopy,
+        target_sr: Option<OpaqueRef>,
+    ) -> Result<OpaqueRef, XapiError> {
+        let source = self.vm(vm)?.clone();
+        // Space check first: nothing is created unless everything fits.
+        let mut needed: std::collections::BTreeMap<OpaqueRef, i64> = Default::default();
+        for vdi in self.vm_disk_vdis(&source) {
+            let rec = &self.m.vdis[&vdi];
+            let sr = target_sr.clone().unwrap_or(rec.sr.clone());
+            let bytes = match how {
+                DiskCopy::FullTo => rec.physical_utilisation,
+                DiskCopy::CowClone | DiskCopy::Snapshot => COW_CHILD_BYTES.min(rec.virtual_size),
+            };
+            *needed.entry(sr).or_default() += bytes;
+        }
+        for (sr, bytes) in &needed {
+            self.require_space(sr, *bytes)?;
+        }
+        let (new_ref, new_uuid) = new_ids(self.rng);
+        let mut record = VmRecord {
+            uuid: new_uuid,
+            name_label: name.to_string(),
+            name_description: source.name_description.clone(),
+            power_state: PowerState::Halted,
+            is_a_template: how != DiskCopy::Snapshot && source.is_a_template,
+            is_a_snapshot: how == DiskCopy::Snapshot,
+            snapshot_of: if how == DiskCopy::Snapshot {
+                vm.clone()
+            } else {
+                OpaqueRef::null()
+            },
+            snapshot_time: if how == DiskCopy::Snapshot {
+                self.xapi_datetime()
+            } else {
+                String::new()
+            },
+            memory_overhead: source.memory_overhead,
+            memory_target: source.memory_target,
+            memory_static_max: source.memory_static_max,
+            memory_dynamic_max: source.memory_dynamic_max,
+            memory_dynamic_min: source.memory_dynamic_min,
+            memory_static_min: source.memory_static_min,
+            vcpus_max: source.vcpus_max,
+            vcpus_at_startup: source.vcpus_at_startup,
+            other_config: source.other_config.clone(),
+            xenstore_data: source.xenstore_data.clone(),
+            platform: source.platform.clone(),
+            tags: source.tags.clone(),
+            domain_type: source.domain_type.clone(),
+            domid: -1,
+            ..Default::default()
+        };
+        for vbd in source.vbds.clone() {
+            let new_vbd = self.duplicate_vbd(&vbd, &new_ref, how, target_sr.as_ref())?;
+            record.vbds.push(new_vbd);
+        }
+        for vif in source.vifs.clone() {
+            let new_vif = self.duplicate_vif(&vif, &new_ref);
+            record.vifs.push(new_vif);
+        }
+        let kind = self.m.guests.get(vm).map(|g| g.kind).unwrap_or_default();
+        let static_ip = self.m.guests.get(vm).and_then(|g| g.static_ip);
+        self.m.guests.insert(
+            new_ref.clone(),
+            GuestState {
+                kind,
+                static_ip,
+                ..Default::default()
+            },
+        );
+        self.m.vms.insert(new_ref.clone(), record);
+        for sr in needed.keys() {
+            self.m.refresh_sr_usage(sr);
+        }
+        Ok(new_ref)
+    }
+
+    fn vm_disk_vdis(&self, vm: &VmRecord) -> Vec<OpaqueRef> {
+        vm.vbds
+            .iter()
+            .filter_map(|b| self.m.vbds.get(b))
+            .filter(|b| !b.empty && b.vbd_type == VbdType::Disk)
+            .map(|b| b.vdi.clone())
+            .collect()
+    }
+
+    fn duplicate_vbd(
+        &mut self,
+        vbd: &OpaqueRef,
+        new_vm: &OpaqueRef,
+        how: DiskCopy,
+        target_sr: Option<&OpaqueRef>,
+    ) -> Result<OpaqueRef, XapiError> {
+        let source = self.m.vbds[vbd].clone();
+        let new_vdi = if source.empty || source.vbd_type != VbdType::Disk {
+            source.vdi.clone()
+        } else {
+            self.duplicate_vdi(&source.vdi, how, target_sr)
+        };
+        let (vbd_ref, vbd_uuid) = new_ids(self.rng);
+        self.m.vbds.insert(
+            vbd_ref.clone(),
+            VbdRecord {
+                uuid: vbd_uuid,
+                vm: new_vm.clone(),
+                vdi: new_vdi.clone(),
+                userdevice: source.userdevice.clone(),
+                bootable: source.bootable,
+                mode: source.mode,
+                vbd_type: source.vbd_type,
+                unpluggable: source.unpluggable,
+                empty: source.empty,
+                other_config: source.other_config.clone(),
+                ..Default::default()
+            },
+        );
+        if let Some(v) = self.m.vdis.get_mut(&new_vdi) {
+            v.vbds.push(vbd_ref.clone());
+        }
+        Ok(vbd_ref)
+    }
+
+    fn duplicate_vdi(
+        &mut self,
+        vdi: &OpaqueRef,
+        how: DiskCopy,
+        target_sr: Option<&OpaqueRef>,
+    ) -> OpaqueRef {
+        let source = self.m.vdis[vdi].clone();
+        let (vdi_ref, vdi_uuid) = new_ids(self.rng);
+        let sr = target_sr.cloned().unwrap_or(source.sr.clone());
+        let record = VdiRecord {
+            uuid: vdi_uuid,
+            name_label: source.name_label.clone(),
+            name_description: source.name_description.clone(),
+            sr: sr.clone(),
+            virtual_size: source.virtual_size,
+            physical_utilisation: match how {
+                DiskCopy::FullTo => source.physical_utilisation,
+                _ => COW_CHILD_BYTES.min(source.virtual_size),
+            },
+            vdi_type: source.vdi_type,
+            sharable: source.sharable,
+            read_only: source.read_only,
+            managed: true,
+            is_a_snapshot: how == DiskCopy::Snapshot,
+            snapshot_of: if how == DiskCopy::Snapshot {
+                vdi.clone()
+            } else {
+                OpaqueRef::null()
+            },
+            snapshot_time: if how == DiskCopy::Snapshot {
+                self.xapi_datetime()
+            } else {
+                String::new()
+            },
+            other_config: source.other_config.clone(),
+            sm_config: source.sm_config.clone(),
+            ..Default::default()
+        };
+        self.m.vdis.insert(vdi_ref.clone(), record);
+        if how == DiskCopy::Snapshot {
+            if let Some(v) = self.m.vdis.get_mut(vdi) {
+                v.snapshots.push(vdi_ref.clone());
+            }
+        }
+        if let Some(s) = self.m.srs.get_mut(&sr) {
+            s.vdis.push(vdi_ref.clone());
+        }
+        vdi_ref
+    }
+
+    fn duplicate_vif(&mut self, vif: &OpaqueRef, new_vm: &OpaqueRef) -> OpaqueRef {
+        let source = self.m.vifs[vif].clone();
+        let (vif_ref, vif_uuid) = new_ids(self.rng);
+        let mac = self.rng.mac();
+        self.m.vifs.insert(
+            vif_ref.clone(),
+            VifRecord {
+                uuid: vif_uuid,
+                device: source.device.clone(),
+                network: source.network.clone(),
+                vm: new_vm.clone(),
+                mac,
+                mtu: source.mtu,
+                other_config: source.other_config.clone(),
+                qos_algorithm_type: source.qos_algorithm_type.clone(),
+                qos_algorithm_params: source.qos_algorithm_params.clone(),
+                mac_autogenerated: true,
+                ..Default::default()
+            },
+        );
+        if let Some(n) = self.m.networks.get_mut(&source.network) {
+            n.vifs.push(vif_ref.clone());
+        }
+        vif_ref
+    }
+
+    /// XAPI datetime text for now (the simulated epoch is 2026-01-01).
+    pub(crate) fn xapi_datetime(&self) -> String {
+        let s = self.now.as_ms() / 1000;
+        let (days, rem) = (s / 86_400, s % 86_400);
+        // Good for the first 31 days of a run, which is all a scenario covers.
+        format!(
+            "202601{:02}T{:02}:{:02}:{:02}Z",
+            1 + days.min(30),
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+
+    /// `VM.provision(vm)`: turns a template clone into a VM.
+    pub(crate) fn vm_provision(&mut self, vm: &OpaqueRef) -> Result<(), XapiError> {
+        self.require_power(vm, PowerState::Halted)?;
+        self.vm_mut(vm)?.is_a_template = false;
+        self.log(format!("VM.provision {}", self.vm_label(vm)));
+        Ok(())
+    }
+
+    /// `VM.set_is_a_template(vm, value)`.
+    pub(crate) fn vm_set_is_a_template(
+        &mut self,
+        vm: &OpaqueRef,
+        value: bool,
+    ) -> Result<(), XapiError> {
+        if value {
+            self.require_power(vm, PowerState::Halted)?;
+        }
+        self.vm_mut(vm)?.is_a_template = value;
+        self.log(format!(
+            "VM.set_is_a_template {} {value}",
+            self.vm_label(vm)
+        ));
+        Ok(())
+    }
+
+    /// `VM.import(url, sr, full_restore, force)`: only the appliance image is known.
+    pub(crate) fn vm_import(
+        &mut self,
+        url: &str,
+        sr: &OpaqueRef,
+    ) -> Result<Vec<OpaqueRef>, XapiError> {
+        let appliance = self.spec.appliance.clone();
+        if url != appliance.url {
+            return Err(XapiError::new(
+                codes::IMPORT_ERROR,
+                [format!("cannot fetch {url}: not found")],
+            ));
+        }
+        let sr = if sr.is_null() {
+            self.m.pool.default_sr.clone()
+        } else {
+            sr.clone()
+        };
+        let disk_bytes = appliance.disk_mib as i64 * MIB;
+        self.require_space(&sr, disk_bytes)?;
+        let (vm_ref, vm_uuid) = new_ids(self.rng);
+        let (vdi_ref, vdi_uuid) = new_ids(self.rng);
+        let (vbd_ref, vbd_uuid) = new_ids(self.rng);
+        let (vif_ref, vif_uuid) = new_ids(self.rng);
+        let mem = appliance.memory_mib as i64 * MIB;
+        self.m.vdis.insert(
+            vdi_ref.clone(),
+            VdiRecord {
+                uuid: vdi_uuid,
+                name_label: "abd-appliance system disk".into(),
+                sr: sr.clone(),
+                vbds: vec![vbd_ref.clone()],
+                virtual_size: disk_bytes,
+                physical_utilisation: disk_bytes,
+                vdi_type: VdiType::System,
+                managed: true,
+                ..Default::default()
+            },
+        );
+        self.m
+            .srs
+            .get_mut(&sr)
+            .expect("checked")
+            .vdis
+            .push(vdi_ref.clone());
+        self.m.vbds.insert(
+            vbd_ref.clone(),
+            VbdRecord {
+                uuid: vbd_uuid,
+                vm: vm_ref.clone(),
+                vdi: vdi_ref,
+                userdevice: "0".into(),
+                bootable: true,
+                mode: VbdMode::RW,
+                vbd_type: VbdType::Disk,
+                unpluggable: false,
+                ..Default::default()
+            },
+        );
+        let network = self.management_network();
+        let mac = self.rng.mac();
+        self.m.vifs.insert(
+            vif_ref.clone(),
+            VifRecord {
+                uuid: vif_uuid,
+                device: "0".into(),
+                network: network.clone(),
+                vm: vm_ref.clone(),
+                mac,
+                mtu: 1500,
+                mac_autogenerated: true,
+                ..Default::default()
+            },
+        );
+        if let Some(n) = self.m.networks.get_mut(&network) {
+            n.vifs.push(vif_ref.clone());
+        }
+        self.m.vms.insert(
+            vm_ref.clone(),
+            VmRecord {
+                uuid: vm_uuid,
+                name_label: "abd-appliance".into(),
+                memory_static_max: mem,
+                memory_dynamic_max: mem,
+                memory_dynamic_min: mem,
+                memory_static_min: mem,
+                memory_target: mem,
+                vcpus_max: appliance.vcpus,
+                vcpus_at_startup: appliance.vcpus,
+                vbds: vec![vbd_ref],
+                vifs: vec![vif_ref],
+                domain_type: "pv".into(),
+                domid: -1,
+                ..Default::default()
+            },
+        );
+        self.m.guests.insert(
+            vm_ref.clone(),
+            GuestState {
+                kind: GuestKind::Appliance,
+                ..Default::default()
+            },
+        );
+        self.m.refresh_sr_usage(&sr);
+        self.log(format!(
+            "VM.import {url} -> {vm_ref} on SR {:?}",
+            self.m.srs[&sr].name_label
+        ));
+        Ok(vec![vm_ref])
+    }
+
+    fn management_network(&self) -> OpaqueRef {
+        self.m
+            .pifs
+            .values()
+            .find(|p| p.management)
+            .map(|p| p.network.clone())
+            .or_else(|| self.m.networks.keys().next().cloned())
+            .unwrap_or_else(OpaqueRef::null)
+    }
+
+    /// Why `host` cannot run `vm` now, if it cannot.
+    fn host_refusal(&self, vm: &OpaqueRef, host: &OpaqueRef) -> Option<XapiError> {
+        let h = self.m.hosts.get(host)?;
+        if !self.m.host_metrics.get(&h.metrics).is_some_and(|m| m.live) {
+            return Some(XapiError::new(codes::HOST_OFFLINE, [host.as_str()]));
+        }
+        if !h.enabled {
+            return Some(XapiError::new(codes::HOST_DISABLED, [host.as_str()]));
+        }
+        let record = &self.m.vms[vm];
+        for sr in self.m.vm_srs(record) {
+            if !self.m.host_sees_sr(host, &sr) {
+                return Some(XapiError::new(
+                    codes::VM_REQUIRES_SR,
+                    [vm.as_str(), sr.as_str()],
+                ));
+            }
+        }
+        for vif in &record.vifs {
+            let Some(net) = self.m.vifs.get(vif).map(|v| &v.network) else {
+                continue;
+            };
+            let reachable = self
+                .m
+                .pifs
+                .values()
+                .any(|p| &p.host == host && &p.network == net && p.currently_attached);
+            if !reachable {
+                return Some(XapiError::new(
+                    codes::VM_REQUIRES_NETWORK,
+                    [vm.as_str(), net.as_str()],
+                ));
+            }
+        }
+        let needed = record.memory_static_max + record.memory_overhead;
+        let available = self.m.host_free_memory(host);
+        if needed > available {
+            return Some(XapiError::new(
+                codes::HOST_NOT_ENOUGH_FREE_MEMORY,
+                [needed.to_string(), available.to_string()],
+            ));
+        }
+        None
+    }
+
+    /// `VM.start(vm, paused, force)`: XAPI picks the host with the most free memory.
+    pub(crate) fn vm_start(&mut self, vm: &OpaqueRef, paused: bool) -> Result<(), XapiError> {
+        self.check_startable(vm)?;
+        let mut candidates: Vec<(i64, OpaqueRef)> = self
+            .m
+            .hosts
+            .keys()
+            .filter(|h| self.host_refusal(vm, h).is_none())
+            .map(|h| (self.m.host_free_memory(h), h.clone()))
+            .collect();
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let Some((_, host)) = candidates.into_iter().next() else {
+            return Err(XapiError::new::<String>(codes::NO_HOSTS_AVAILABLE, []));
+        };
+        self.power_on(vm, &host, paused)
+    }
+
+    /// `VM.start_on(vm, host, paused, force)`.
+    pub(crate) fn vm_start_on(
+        &mut self,
+        vm: &OpaqueRef,
+        host: &OpaqueRef,
+        paused: bool,
+    ) -> Result<(), XapiError> {
+        if !self.m.hosts.contains_key(host) {
+            return Err(XapiError::handle_invalid("host", host.as_str()));
+        }
+        self.check_startable(vm)?;
+        if let Some(refusal) = self.host_refusal(vm, host) {
+            return Err(refusal);
+        }
+        self.power_on(vm, host, paused)
+    }
+
+    fn check_startable(&self, vm: &OpaqueRef) -> Result<(), XapiError> {
+        let record = self.vm(vm)?;
+        if record.is_control_domain {
+            return Err(XapiError::not_allowed(
+                "the control domain cannot be started",
+            ));
+        }
+        if record.is_a_snapshot {
+            return Err(XapiError::not_allowed("a snapshot cannot be started"));
+        }
+        self.require_not_template(vm, "start")?;
+        self.require_power(vm, PowerState::Halted)
+    }
+
+    fn power_on(
+        &mut self,
+        vm: &OpaqueRef,
+        host: &OpaqueRef,
+        paused: bool,
+    ) -> Result<(), XapiError> {
+        let domid = 1 + self.m.vms.values().map(|v| v.domid).max().unwrap_or(0);
+        let record = self.vm_mut(vm)?;
+        record.power_state = if paused {
+            PowerState::Paused
+        } else {
+            PowerState::Running
+        };
+        record.resident_on = host.clone();
+        record.domid = domid;
+        let (vbds, vifs) = (record.vbds.clone(), record.vifs.clone());
+        for vbd in vbds {
+            if let Some(b) = self.m.vbds.get_mut(&vbd) {
+                b.currently_attached = !b.empty;
+                b.device = userdevice_to_device(&b.userdevice);
+            }
+        }
+        for vif in vifs {
+            if let Some(v) = self.m.vifs.get_mut(&vif) {
+                v.currently_attached = true;
+            }
+        }
+        if let Some(h) = self.m.hosts.get_mut(host) {
+            h.resident_vms.push(vm.clone());
+        }
+        let guest = self.m.guests.entry(vm.clone()).or_default();
+        guest.epoch += 1;
+        guest.address = None;
+        let epoch = guest.epoch;
+        let host_name = self.m.hosts[host].name_label.clone();
+        self.log(format!(
+            "VM.start {} on {host_name} domid {domid}",
+            self.vm_label(vm)
+        ));
+        if !paused {
+            let boot = self.rng.duration(self.spec.timing.boot_s);
+            self.schedule.at(
+                self.now.after(boot),
+                self.pool,
+                Scheduled::GuestBooted {
+                    vm: vm.clone(),
+                    epoch,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// `VM.clean_shutdown` / `VM.hard_shutdown`.
+    pub(crate) fn vm_shutdown(&mut self, vm: &OpaqueRef, hard: bool) -> Result<(), XapiError> {
+        let power = self.vm(vm)?.power_state;
+        let allowed = match hard {
+            true => matches!(power, PowerState::Running | PowerState::Paused),
+            false => power == PowerState::Running,
+        };
+        if !allowed {
+            return Err(XapiError::vm_bad_power_state(
+                vm.as_str(),
+                "running",
+                power.lowercase(),
+            ));
+        }
+        if self.vm(vm)?.is_control_domain {
+            return Err(XapiError::not_allowed(
+                "the control domain cannot be shut down",
+            ));
+        }
+        self.power_off(vm);
+        let how = if hard {
+            "hard_shutdown"
+        } else {
+            "clean_shutdown"
+        };
+        self.log(format!("VM.{how} {}", self.vm_label(vm)));
+        Ok(())
+    }
+
+    /// Halts a VM: detaches its devices, stops its guest, lets its leases lapse.
+    pub(crate) fn power_off(&mut self, vm: &OpaqueRef) {
+        let Some(record) = self.m.vms.get_mut(vm) else {
+            return;
+        };
+        let host = std::mem::replace(&mut record.resident_on, OpaqueRef::null());
+        record.power_state = PowerState::Halted;
+        record.domid = -1;
+        record
+            .xenstore_data
+            .remove(xapi_proto::tags::VM_DATA_ASSIGNED_IP);
+        let (vbds, vifs, metrics) = (
+            record.vbds.clone(),
+            record.vifs.clone(),
+            record.guest_metrics.clone(),
+        );
+        if let Some(h) = self.m.hosts.get_mut(&host) {
+            h.resident_vms.retain(|v| v != vm);
+        }
+        for vbd in vbds {
+            if let Some(b) = self.m.vbds.get_mut(&vbd) {
+                b.currently_attached = false;
+            }
+        }
+        for vif in vifs {
+            let Some(v) = self.m.vifs.get_mut(&vif) else {
+                continue;
+            };
+            v.currently_attached = false;
+            let (network, mac) = (v.network.clone(), v.mac.clone());
+            if let Some(server) = self.m.dhcp.get_mut(&network) {
+                server.guest_stopped(&mac, self.now);
+            }
+        }
+        if let Some(g) = self.m.guest_metrics.get_mut(&metrics) {
+            g.live = false;
+        }
+        if let Some(guest) = self.m.guests.get_mut(vm) {
+            guest.epoch += 1;
+            guest.address = None;
+        }
+    }
+
+    /// `VM.destroy(vm)`: removes the VM, its VBDs and VIFs; its VDIs stay.
+    pub(crate) fn vm_destroy(&mut self, vm: &OpaqueRef) -> Result<(), XapiError> {
+        let record = self.vm(vm)?.clone();
+        if record.is_control_domain {
+            return Err(XapiError::not_allowed(
+                "the control domain cannot be destroyed",
+            ));
+        }
+        if record.power_state != PowerState::Halted && record.power_state != PowerState::Suspended {
+            return Err(XapiError::vm_bad_power_state(
+                vm.as_str(),
+                "halted",
+                record.power_state.lowercase(),
+            ));
+        }
+        for vbd in &record.vbds {
+            self.remove_vbd(vbd);
+        }
+        for vif in &record.vifs {
+            self.remove_vif(vif);
+        }
+        self.m.guest_metrics.remove(&record.guest_metrics);
+        self.m.guests.remove(vm);
+        if let Some(parent) = self.m.vms.get_mut(&record.snapshot_of) {
+            parent.snapshots.retain(|s| s != vm);
+        }
+        for snap in &record.snapshots {
+            if let Some(s) = self.m.vms.get_mut(snap) {
+                s.snapshot_of = OpaqueRef::null();
+            }
+        }
+        let label = self.vm_label(vm);
+        self.m.vms.remove(vm);
+        self.log(format!("VM.destroy {label} {vm}"));
+        Ok(())
+    }
+
+    /// Operator action: storage-migrates every disk of a VM to another SR.
+    pub(crate) fn move_vm_disks(&mut self, vm_name: &str, sr_name: &str) -> Result<(), XapiError> {
+        let vm = self
+            .m
+            .vms
+            .iter()
+            .find(|(_, v)| v.name_label == vm_name)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| XapiError::internal(format!("no VM named {vm_name:?}")))?;
+        let sr = self
+            .m
+            .srs
+            .iter()
+            .find(|(_, s)| s.name_label == sr_name)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| XapiError::internal(format!("no SR named {sr_name:?}")))?;
+        let vdis = self.vm_disk_vdis(&self.m.vms[&vm].clone());
+        let mut touched = vec![sr.clone()];
+        for vdi in vdis {
+            let old_sr = self.m.vdis[&vdi].sr.clone();
+            if let Some(s) = self.m.srs.get_mut(&old_sr) {
+                s.vdis.retain(|v| v != &vdi);
+            }
+            self.m.vdis.get_mut(&vdi).expect("listed").sr = sr.clone();
+            self.m
+                .srs
+                .get_mut(&sr)
+                .expect("found")
+                .vdis
+                .push(vdi.clone());
+            touched.push(old_sr);
+        }
+        for s in touched {
+            self.m.refresh_sr_usage(&s);
+        }
+        self.log(format!(
+            "operator moved the disks of {vm_name:?} to SR {sr_name:?}"
+        ));
+        Ok(())
+    }
+}
+
+/// Linux device name of a `userdevice` number: 0 -> xvda, 1 -> xvdb...
+pub(crate) fn userdevice_to_device(userdevice: &str) -> String {
+    match userdevice.parse::<u8>() {
+        Ok(n) if n < 26 => format!("xvd{}", (b'a' + n) as char),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,45 @@
+//! Guest-side happenings due at a later simulated time.
+
+use crate::PoolId;
+use crate::time::SimTime;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use xapi_proto::OpaqueRef;
+
+/// Something a guest does on its own, after a delay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Scheduled {
+    /// The guest OS finished booting (boot `epoch` of the VM).
+    GuestBooted { vm: OpaqueRef, epoch: u64 },
+    /// The guest sends a DHCP request.
+    DhcpAttempt { vm: OpaqueRef, epoch: u64 },
+    /// The guest has configured `ip`.
+    AddressUp {
+        vm: OpaqueRef,
+        epoch: u64,
+        ip: Ipv4Addr,
+    },
+}
+
+/// Due events ordered by (time, insertion order): ties resolve the same way every run.
+#[derive(Default)]
+pub(crate) struct Schedule {
+    next_seq: u64,
+    due: BTreeMap<(SimTime, u64), (PoolId, Scheduled)>,
+}
+
+impl Schedule {
+    pub(crate) fn at(&mut self, at: SimTime, pool: PoolId, event: Scheduled) {
+        self.due.insert((at, self.next_seq), (pool, event));
+        self.next_seq += 1;
+    }
+
+    pub(crate) fn pop_due(&mut self, now: SimTime) -> Option<(SimTime, PoolId, Scheduled)> {
+        let (&(at, seq), _) = self.due.first_key_value()?;
+        if at > now {
+            return None;
+        }
+        let (pool, event) = self.due.remove(&(at, seq)).expect("first key exists");
+        Some((at, pool, event))
+    }
+}

@@ -1,0 +1,26 @@
+//! How long each XAPI method takes, by kind of work.
+
+use crate::spec::{SecondsRange, TimingSpec};
+
+/// The duration range for `method` (`Class.name`, `Async.` prefix ignored).
+pub(crate) fn range_for(t: &TimingSpec, method: &str) -> SecondsRange {
+    let method = method.strip_prefix("Async.").unwrap_or(method);
+    let (class, name) = method.split_once('.').unwrap_or(("", method));
+    match (class, name) {
+        ("session", "login_with_password") => t.login_s,
+        ("VM", "clone") => t.clone_s,
+        ("VM", "copy") => t.copy_s,
+        ("VM", "provision") => t.provision_s,
+        ("VM", "import") => t.import_s,
+        ("VM", "start" | "start_on") => t.start_s,
+        ("VM", "clean_shutdown") => t.shutdown_s,
+        ("VM", "hard_shutdown") => t.hard_shutdown_s,
+        ("VM", "destroy") => t.destroy_s,
+        ("VM", "snapshot") => t.snapshot_s,
+        ("VBD", "plug") => t.vbd_plug_s,
+        ("VBD", "unplug") => t.vbd_unplug_s,
+        ("VDI", "destroy") => t.vdi_destroy_s,
+        (_, n) if n.starts_with("get_") || n == "compute_free_memory" => t.read_s,
+        _ => t.write_s,
+    }
+}
