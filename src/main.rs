@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf, seed: Option<u64>, json: bool, quiet: bool) -> ExitCode {
+fn run(path: &std::path::Path, seed: Option<u64>, json: bool, quiet: bool) -> ExitCode {
     let scenario = match Scenario::load(path) {
         Ok(s) => s,
         Err(e) => {

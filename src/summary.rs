@@ -237,10 +237,10 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
         }
     }
     let mut exact = |name: &str, want: Option<usize>, got: usize| {
-        if let Some(want) = want {
-            if got != want {
-                failures.push(format!("{name}: {got}, expected {want}"));
-            }
+        if let Some(want) = want
+            && got != want
+        {
+            failures.push(format!("{name}: {got}, expected {want}"));
         }
     };
     exact(
@@ -256,13 +256,13 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
         e.reclaimed,
         s.pools.values().map(|p| p.delegates_reclaimed).sum(),
     );
-    if let Some(max) = e.delegates_created_at_most {
-        if s.delegates_created > max {
-            failures.push(format!(
-                "delegates_created: {}, expected at most {max}",
-                s.delegates_created
-            ));
-        }
+    if let Some(max) = e.delegates_created_at_most
+        && s.delegates_created > max
+    {
+        failures.push(format!(
+            "delegates_created: {}, expected at most {max}",
+            s.delegates_created
+        ));
     }
     for (pool, want) in &e.diag_passed {
         let got = out

@@ -142,18 +142,18 @@ pub fn choose_sr(pool: &PoolRuntime, topo: &Topology) -> Result<OpaqueRef, Engin
             });
     }
     let is_user_sr = |sr: &xapi_proto::records::SrRecord| sr.content_type != "iso";
-    if let Some(default) = topo.srs.get(&topo.default_sr) {
-        if default.shared || topo.hosts.len() == 1 {
-            return Ok(topo.default_sr.clone());
-        }
+    if let Some(default) = topo.srs.get(&topo.default_sr)
+        && (default.shared || topo.hosts.len() == 1)
+    {
+        return Ok(topo.default_sr.clone());
     }
     if let Some((r, _)) = topo.srs.iter().find(|(_, s)| s.shared && is_user_sr(s)) {
         return Ok(r.clone());
     }
-    if topo.hosts.len() == 1 {
-        if let Some((r, _)) = topo.srs.iter().find(|(_, s)| is_user_sr(s)) {
-            return Ok(r.clone());
-        }
+    if topo.hosts.len() == 1
+        && let Some((r, _)) = topo.srs.iter().find(|(_, s)| is_user_sr(s))
+    {
+        return Ok(r.clone());
     }
     Err(EngineError::Template(format!(
         "pool {} has {} hosts and no shared SR to hold the template",

@@ -400,14 +400,14 @@ impl PoolSpec {
             )));
         }
         for (j, sr) in self.srs.iter().enumerate() {
-            if let Some(h) = sr.host {
-                if h == 0 || h > self.hosts {
-                    return Err(SpecError::new(format!(
-                        "{}: host {h} does not exist (the pool has {} hosts)",
-                        at(&format!("sr[{j}].host")),
-                        self.hosts
-                    )));
-                }
+            if let Some(h) = sr.host
+                && (h == 0 || h > self.hosts)
+            {
+                return Err(SpecError::new(format!(
+                    "{}: host {h} does not exist (the pool has {} hosts)",
+                    at(&format!("sr[{j}].host")),
+                    self.hosts
+                )));
             }
             if sr.size_gib <= 0.0 || sr.used_gib < 0.0 || sr.used_gib > sr.size_gib {
                 return Err(SpecError::new(format!(
@@ -417,42 +417,43 @@ impl PoolSpec {
             }
         }
         for (j, net) in self.networks.iter().enumerate() {
-            if let Some(d) = &net.dhcp {
-                if u32::from(d.first) > u32::from(d.last) {
-                    return Err(SpecError::new(format!(
-                        "{}: first {} is after last {}",
-                        at(&format!("network[{j}].dhcp")),
-                        d.first,
-                        d.last
-                    )));
-                }
+            if let Some(d) = &net.dhcp
+                && u32::from(d.first) > u32::from(d.last)
+            {
+                return Err(SpecError::new(format!(
+                    "{}: first {} is after last {}",
+                    at(&format!("network[{j}].dhcp")),
+                    d.first,
+                    d.last
+                )));
             }
         }
         for (j, group) in self.vm_groups.iter().enumerate() {
-            if let Some(sr) = &group.sr {
-                if !self.srs.iter().any(|s| &s.name == sr) && !self.is_local_sr_name(sr) {
-                    return Err(SpecError::new(format!(
-                        "{}: no SR named {sr:?} in this pool",
-                        at(&format!("vms[{j}].sr"))
-                    )));
-                }
+            if let Some(sr) = &group.sr
+                && !self.srs.iter().any(|s| &s.name == sr)
+                && !self.is_local_sr_name(sr)
+            {
+                return Err(SpecError::new(format!(
+                    "{}: no SR named {sr:?} in this pool",
+                    at(&format!("vms[{j}].sr"))
+                )));
             }
-            if let Some(net) = &group.network {
-                if !self.networks.iter().any(|n| &n.name == net) {
-                    return Err(SpecError::new(format!(
-                        "{}: no network named {net:?} in this pool",
-                        at(&format!("vms[{j}].network"))
-                    )));
-                }
+            if let Some(net) = &group.network
+                && !self.networks.iter().any(|n| &n.name == net)
+            {
+                return Err(SpecError::new(format!(
+                    "{}: no network named {net:?} in this pool",
+                    at(&format!("vms[{j}].network"))
+                )));
             }
-            if let Some(h) = group.host {
-                if h == 0 || h > self.hosts {
-                    return Err(SpecError::new(format!(
-                        "{}: host {h} does not exist (the pool has {} hosts)",
-                        at(&format!("vms[{j}].host")),
-                        self.hosts
-                    )));
-                }
+            if let Some(h) = group.host
+                && (h == 0 || h > self.hosts)
+            {
+                return Err(SpecError::new(format!(
+                    "{}: host {h} does not exist (the pool has {} hosts)",
+                    at(&format!("vms[{j}].host")),
+                    self.hosts
+                )));
             }
         }
         Ok(())

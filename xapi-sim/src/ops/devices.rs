@@ -85,10 +85,10 @@ impl Ctx<'_> {
         if let Some(net) = self.m.networks.get_mut(&record.network) {
             net.vifs.retain(|v| v != vif);
         }
-        if let Some(server) = self.m.dhcp.get_mut(&record.network) {
-            if let Some(ip) = server.release_mac(&record.mac) {
-                self.log(format!("DHCP released {ip} (MAC {})", record.mac));
-            }
+        if let Some(server) = self.m.dhcp.get_mut(&record.network)
+            && let Some(ip) = server.release_mac(&record.mac)
+        {
+            self.log(format!("DHCP released {ip} (MAC {})", record.mac));
         }
     }
 

@@ -272,10 +272,10 @@ impl Ctx<'_> {
             ..Default::default()
         };
         self.m.vdis.insert(vdi_ref.clone(), record);
-        if how == DiskCopy::Snapshot {
-            if let Some(v) = self.m.vdis.get_mut(vdi) {
-                v.snapshots.push(vdi_ref.clone());
-            }
+        if how == DiskCopy::Snapshot
+            && let Some(v) = self.m.vdis.get_mut(vdi)
+        {
+            v.snapshots.push(vdi_ref.clone());
         }
         if let Some(s) = self.m.srs.get_mut(&sr) {
             s.vdis.push(vdi_ref.clone());
