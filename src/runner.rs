@@ -46,6 +46,8 @@ pub struct PoolEnd {
     pub templates_deployed: usize,
     /// Address conflicts between two of our delegates.
     pub delegate_conflicts: Vec<AddressConflict>,
+    /// Names of every VM in the pool at the end.
+    pub vm_names: Vec<String>,
 }
 
 /// Everything a run produced.
@@ -296,6 +298,7 @@ fn pool_ends(
                 .filter(|c| ours(&c.holder.1) && ours(&c.newcomer.1))
                 .cloned()
                 .collect(),
+            vm_names: m.vms.values().map(|v| v.name_label.clone()).collect(),
         };
         out.insert(m.name.clone(), end);
     }

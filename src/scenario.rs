@@ -116,6 +116,9 @@ pub struct Expect {
     /// Lines the job logs must contain (substring match, any job).
     #[serde(default)]
     pub log_contains: Vec<String>,
+    /// VMs (by name) that must still exist at the end, per pool.
+    #[serde(default)]
+    pub vms_present: BTreeMap<String, Vec<String>>,
 }
 
 /// A scenario that cannot run; names the file, the line and the field.

@@ -285,6 +285,16 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
             ));
         }
     }
+    for (pool, names) in &e.vms_present {
+        let present = out
+            .pools
+            .get(pool)
+            .map(|p| p.vm_names.as_slice())
+            .unwrap_or_default();
+        for name in names.iter().filter(|n| !present.contains(n)) {
+            failures.push(format!("pool {pool}: VM {name:?} is gone"));
+        }
+    }
     for needle in &e.log_contains {
         let found = out
             .jobs

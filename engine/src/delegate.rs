@@ -403,6 +403,12 @@ pub async fn provision(
                 let host_name = d.host_name.clone();
                 lease = d.lease.take();
                 teardown(pool, d, log).await;
+                // Someone else answers on that address: try another one. The
+                // released address goes to the back of the free list.
+                if matches!(e, EngineError::Identity { .. }) && lease.is_some() {
+                    drop(lease.take());
+                    lease = acquire_address(pool, holder, log).await?;
+                }
                 if attempt == attempts || matches!(e, EngineError::Placement(_)) {
                     drop(lease);
                     return Err(e);

@@ -14,7 +14,7 @@ use crate::pool::{PoolRuntime, Shared, VmLog};
 use crate::tags;
 use crate::xapi::{Credentials, Transport, XapiClient};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How to reach one pool.
 pub struct PoolConnection {
@@ -28,7 +28,6 @@ pub struct PoolConnection {
 pub struct Engine {
     shared: Arc<Shared>,
     pools: BTreeMap<String, Arc<PoolRuntime>>,
-    log: Arc<Mutex<JobLog>>,
 }
 
 impl Engine {
@@ -39,8 +38,7 @@ impl Engine {
         connections: Vec<PoolConnection>,
     ) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared::new(config));
-        let log = Arc::new(Mutex::new(JobLog::default()));
-        let engine_log = VmLog::new(Arc::clone(&log), Arc::clone(&shared), None);
+        let engine_log = VmLog::new(Arc::clone(&shared.log), Arc::clone(&shared), None);
         engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
         let mut pools = BTreeMap::new();
         for c in connections {
@@ -58,7 +56,7 @@ impl Engine {
             pools.insert(name, pool);
         }
         engine_log.ok(format!("Engine ready: {} pool(s)", pools.len()));
-        Ok(Engine { shared, pools, log })
+        Ok(Engine { shared, pools })
     }
 
     /// The pool named `name`.
@@ -119,7 +117,7 @@ impl Engine {
 
     /// Tears down idle delegates (persistent mode) and logs out.
     pub async fn shutdown(&self) {
-        let engine_log = VmLog::new(Arc::clone(&self.log), Arc::clone(&self.shared), None);
+        let engine_log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
         for pool in self.pools.values() {
             pool.drain_idle(&engine_log).await;
             if let Err(e) = pool.xapi.logout().await {
@@ -140,7 +138,11 @@ impl Engine {
 
     /// The engine's own log (start-up, reclaim, reaping, shutdown).
     pub fn log(&self) -> JobLog {
-        self.log.lock().expect("engine log lock poisoned").clone()
+        self.shared
+            .log
+            .lock()
+            .expect("engine log lock poisoned")
+            .clone()
     }
 
     /// XAPI calls made so far, all pools.

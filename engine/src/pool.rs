@@ -26,6 +26,8 @@ pub struct Shared {
     /// Engine time zero. The engine reads time only from `tokio::time`.
     pub epoch: Instant,
     pub accounting: Mutex<Accounting>,
+    /// The engine's own log: start-up, reclaim, reaping, shutdown.
+    pub log: Arc<Mutex<JobLog>>,
     next_holder: AtomicU64,
 }
 
@@ -35,6 +37,7 @@ impl Shared {
             config,
             epoch: Instant::now(),
             accounting: Mutex::new(Accounting::default()),
+            log: Arc::new(Mutex::new(JobLog::default())),
             next_holder: AtomicU64::new(1),
         }
     }
@@ -339,7 +342,7 @@ impl PoolRuntime {
                 generation,
             });
         let pool = Arc::clone(self);
-        let reaper_log = log.clone();
+        let reaper_log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
             let expired = {
@@ -349,16 +352,13 @@ impl PoolRuntime {
                     .map(|i| idle.remove(i).delegate)
             };
             if let Some(delegate) = expired {
-                let log = VmLog {
-                    vm: None,
-                    ..reaper_log
-                };
-                log.progress(format!(
-                    "{} idle for {}: reaping",
+                reaper_log.progress(format!(
+                    "Pool {}: {} idle for {}: reaping",
+                    pool.name(),
                     delegate.name,
                     crate::joblog::format_duration(limit)
                 ));
-                crate::delegate::teardown(&pool, delegate, &log).await;
+                crate::delegate::teardown(&pool, delegate, &reaper_log).await;
             }
         });
     }

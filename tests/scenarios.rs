@@ -1,0 +1,114 @@
+//! Every shipped scenario: its checks and expectations hold, the same seed
+//! gives the same event-log digest, and another seed changes timings but not
+//! outcomes.
+
+use abd::scenario::Scenario;
+use abd::summary::Summary;
+use std::path::PathBuf;
+
+fn scenario_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("scenarios/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 6,
+        "expected the shipped scenarios in {dir:?}"
+    );
+    files
+}
+
+fn run(path: &std::path::Path, seed: Option<u64>) -> Summary {
+    let scenario = Scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let seed = seed.unwrap_or(scenario.seed);
+    let (_, summary) = abd::run_and_check(&scenario, seed);
+    assert!(
+        summary.ok,
+        "{} seed {seed} failed; replay with: abd run {} --seed {seed}\n{}",
+        scenario.name,
+        path.display(),
+        summary.text()
+    );
+    summary
+}
+
+/// What must not depend on the seed: which jobs ended how, and how many
+/// delegates and addresses were used and left.
+fn outcomes(s: &Summary) -> String {
+    let jobs: Vec<String> = s
+        .jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "{}={} ok{} warn{} failed{}",
+                j.name, j.status, j.vms_ok, j.vms_warn, j.vms_failed
+            )
+        })
+        .collect();
+    format!(
+        "{jobs:?} created={} left={} addresses_left={} peak={:?}",
+        s.delegates_created, s.delegates_left, s.addresses_left, s.peak_delegates
+    )
+}
+
+#[test]
+fn every_scenario_holds_and_is_deterministic() {
+    for path in scenario_files() {
+        let first = run(&path, None);
+        let again = run(&path, None);
+        assert_eq!(
+            first.event_log_digest,
+            again.event_log_digest,
+            "{}: same seed, different event log",
+            path.display()
+        );
+        assert_eq!(first.events, again.events);
+    }
+}
+
+#[test]
+fn another_seed_changes_timings_not_outcomes() {
+    for path in scenario_files() {
+        let base = run(&path, None);
+        let other = run(&path, Some(base.seed + 1000));
+        assert_ne!(
+            base.event_log_digest,
+            other.event_log_digest,
+            "{}: a different seed should change timings",
+            path.display()
+        );
+        assert_eq!(
+            outcomes(&base),
+            outcomes(&other),
+            "{}: outcomes depend on the seed",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn json_summary_has_stable_keys() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/two-jobs.toml");
+    let summary = run(&path, None);
+    let json = serde_json::to_value(&summary).unwrap();
+    for key in [
+        "event_log_digest",
+        "peak_delegates",
+        "delegates_created",
+        "delegates_left",
+        "addresses_left",
+        "jobs",
+        "sim_duration_ms",
+        "wall_ms",
+    ] {
+        assert!(json.get(key).is_some(), "missing key {key}");
+    }
+    assert_eq!(
+        json["peak_delegates"]["prod"], 3,
+        "two jobs at 2 + 1 add up to exactly 3"
+    );
+    assert_eq!(json["jobs"][0]["status"], "success");
+}
