@@ -405,27 +405,27 @@ vms = ["vm-*"]
         );
         check_error(
             &MINIMAL.replace("size_gib = 100", "size_gib = \"big\""),
-            9,
+            8,
             "invalid type",
         );
         check_error(
             &MINIMAL.replace("pool = \"lab\"\nvms", "pool = \"nope\"\nvms"),
-            15,
+            14,
             "job[0].pool: no pool named \"nope\"",
         );
         check_error(
             &MINIMAL.replace("vms = [\"vm-*\"]", "vms = [\"db-*\"]"),
-            16,
+            15,
             "selects no VM",
         );
         check_error(
             &MINIMAL.replace("count = 3", "count = 3\nsr = \"missing\""),
-            10,
+            9,
             "vms[0].sr: no SR named \"missing\"",
         );
         check_error(
             &MINIMAL.replace("name = \"nfs\"", "name = \"nfs\"\nhost = 9"),
-            7,
+            6,
             "host 9 does not exist",
         );
     }

@@ -1,0 +1,411 @@
+//! XAPI semantics of the simulator, call by call: results, state changes and
+//! error codes as XAPI has them.
+
+use serde_json::json;
+use xapi_proto::Value;
+use xapi_proto::codes;
+use xapi_sim::spec::WorldSpec;
+use xapi_sim::time::SimTime;
+use xapi_sim::{ApplianceAnswer, PoolId, Sim};
+
+const WORLD: &str = r#"
+[[pool]]
+name = "lab"
+hosts = 2
+host_memory_gib = 8
+dom0_memory_gib = 2
+local_sr_gib = 100
+
+[[pool.sr]]
+name = "nfs"
+size_gib = 100
+default = true
+
+[[pool.network]]
+name = "net"
+management = true
+dhcp = { first = "10.0.0.10", last = "10.0.0.10" }
+
+[[pool.vms]]
+name = "vm"
+count = 2
+disks_gib = [10]
+memory_gib = 1
+
+[[pool.vms]]
+name = "huge"
+memory_gib = 7
+running = false
+
+[[pool.vms]]
+name = "local-vm"
+sr = "Local storage on lab-host-2"
+memory_gib = 1
+"#;
+
+struct World {
+    sim: Sim,
+    pool: PoolId,
+    session: String,
+    now_ms: u64,
+}
+
+impl World {
+    fn new() -> World {
+        let spec: WorldSpec = toml::from_str(WORLD).unwrap();
+        let mut sim = Sim::new(&spec, 1).unwrap();
+        let pool = sim.pool_id("lab").unwrap();
+        let session = sim
+            .dispatch(
+                pool,
+                SimTime(0),
+                "session.login_with_password",
+                &[json!("root"), json!("password")],
+            )
+            .unwrap();
+        World {
+            sim,
+            pool,
+            session: session.as_str().unwrap().to_string(),
+            now_ms: 0,
+        }
+    }
+
+    fn call(&mut self, method: &str, args: &[Value]) -> Result<Value, xapi_proto::XapiError> {
+        self.now_ms += 1000;
+        let mut params = vec![json!(self.session)];
+        params.extend_from_slice(args);
+        self.sim
+            .dispatch(self.pool, SimTime(self.now_ms), method, &params)
+    }
+
+    fn ok(&mut self, method: &str, args: &[Value]) -> Value {
+        self.call(method, args)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn err(&mut self, method: &str, args: &[Value]) -> Vec<String> {
+        self.call(method, args).expect_err(method).description()
+    }
+
+    fn vm(&mut self, name: &str) -> Value {
+        self.ok("VM.get_by_name_label", &[json!(name)])[0].clone()
+    }
+
+    fn wait(&mut self, seconds: u64) {
+        self.now_ms += seconds * 1000;
+        self.sim.advance_to(SimTime(self.now_ms));
+    }
+
+    /// Imports the appliance and clones a delegate-like VM from it.
+    fn appliance_clone(&mut self, name: &str) -> Value {
+        let url = xapi_sim::spec::ApplianceSpec::default().url;
+        let sr = self
+            .ok("pool.get_all_records", &[])
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["default_SR"]
+            .clone();
+        let imported = self.ok("VM.import", &[json!(url), sr, json!(false), json!(false)]);
+        self.ok("VM.clone", &[imported[0].clone(), json!(name)])
+    }
+}
+
+#[test]
+fn sessions_and_arity_are_checked() {
+    let mut w = World::new();
+    let bad = w.sim.dispatch(
+        w.pool,
+        SimTime(0),
+        "session.login_with_password",
+        &[json!("root"), json!("nope")],
+    );
+    assert_eq!(bad.unwrap_err().code, codes::SESSION_AUTHENTICATION_FAILED);
+    let stale = w.sim.dispatch(
+        w.pool,
+        SimTime(0),
+        "VM.get_all",
+        &[json!("OpaqueRef:stale")],
+    );
+    assert_eq!(
+        stale.unwrap_err().description(),
+        ["SESSION_INVALID", "OpaqueRef:stale"]
+    );
+    assert_eq!(
+        w.err("VM.get_record", &[]),
+        [
+            "MESSAGE_PARAMETER_COUNT_MISMATCH",
+            "VM.get_record",
+            "2",
+            "1"
+        ]
+    );
+    assert_eq!(
+        w.err("VM.frobnicate", &[json!("x")]),
+        ["MESSAGE_METHOD_UNKNOWN", "VM.frobnicate"]
+    );
+    assert_eq!(
+        w.err("VM.get_record", &[json!("OpaqueRef:nope")]),
+        ["HANDLE_INVALID", "VM", "OpaqueRef:nope"]
+    );
+    w.ok("session.logout", &[]);
+    assert_eq!(w.err("VM.get_all", &[])[0], "SESSION_INVALID");
+}
+
+#[test]
+fn records_and_getters_use_xapi_field_names() {
+    let mut w = World::new();
+    let vm = w.vm("vm-01");
+    let record = w.ok("VM.get_record", &[vm.clone()]);
+    assert_eq!(record["power_state"], "Running");
+    assert_eq!(w.ok("VM.get_power_state", &[vm.clone()]), "Running");
+    assert_eq!(w.ok("VM.get_VBDs", &[vm.clone()]), record["VBDs"]);
+    let uuid = record["uuid"].clone();
+    assert_eq!(w.ok("VM.get_by_uuid", &[uuid]), vm);
+    assert_eq!(
+        w.err("VM.get_by_uuid", &[json!("no-such-uuid")]),
+        ["UUID_INVALID", "VM", "no-such-uuid"]
+    );
+    let hosts = w.ok("host.get_all", &[]);
+    assert_eq!(hosts.as_array().unwrap().len(), 2);
+    let free = w.ok("host.compute_free_memory", &[hosts[0].clone()]);
+    assert!(free.as_i64().unwrap() > 0);
+}
+
+#[test]
+fn power_state_and_template_rules() {
+    let mut w = World::new();
+    let vm = w.vm("vm-01");
+    let ref_str = vm.as_str().unwrap().to_string();
+    assert_eq!(
+        w.err("VM.clone", &[vm.clone(), json!("x")]),
+        ["VM_BAD_POWER_STATE", &ref_str, "halted", "running"]
+    );
+    assert_eq!(
+        w.err("VM.destroy", &[vm.clone()]),
+        ["VM_BAD_POWER_STATE", &ref_str, "halted", "running"]
+    );
+    w.ok("VM.clean_shutdown", &[vm.clone()]);
+    assert_eq!(
+        w.err("VM.clean_shutdown", &[vm.clone()]),
+        ["VM_BAD_POWER_STATE", &ref_str, "running", "halted"]
+    );
+    w.ok("VM.set_is_a_template", &[vm.clone(), json!(true)]);
+    assert_eq!(
+        w.err("VM.start", &[vm.clone(), json!(false), json!(false)]),
+        ["VM_IS_TEMPLATE", &ref_str, "start"]
+    );
+    let clone = w.ok("VM.clone", &[vm.clone(), json!("copy")]);
+    assert_eq!(
+        w.ok("VM.get_is_a_template", &[clone.clone()]),
+        true,
+        "a clone of a template is a template"
+    );
+    w.ok("VM.provision", &[clone.clone()]);
+    assert_eq!(w.ok("VM.get_is_a_template", &[clone]), false);
+}
+
+#[test]
+fn other_config_edits_follow_xapi() {
+    let mut w = World::new();
+    let vm = w.vm("vm-02");
+    w.ok(
+        "VM.add_to_other_config",
+        &[vm.clone(), json!("k"), json!("v")],
+    );
+    let dup = w.err(
+        "VM.add_to_other_config",
+        &[vm.clone(), json!("k"), json!("w")],
+    );
+    assert_eq!(dup[0], "MAP_DUPLICATE_KEY");
+    w.ok("VM.remove_from_other_config", &[vm.clone(), json!("k")]);
+    w.ok(
+        "VM.remove_from_other_config",
+        &[vm.clone(), json!("missing")],
+    );
+    assert_eq!(w.ok("VM.get_other_config", &[vm]), json!({}));
+}
+
+#[test]
+fn start_on_checks_storage_and_memory() {
+    let mut w = World::new();
+    let local = w.vm("local-vm");
+    w.ok("VM.clean_shutdown", &[local.clone()]);
+    let hosts = w.ok("host.get_all_records", &[]);
+    let host = |name: &str| {
+        hosts
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(_, h)| h["name_label"] == name)
+            .map(|(r, _)| json!(r))
+            .unwrap()
+    };
+    let e = w.err(
+        "VM.start_on",
+        &[
+            local.clone(),
+            host("lab-host-1"),
+            json!(false),
+            json!(false),
+        ],
+    );
+    assert_eq!(
+        e[0],
+        codes::VM_REQUIRES_SR,
+        "host 1 cannot see host 2's local SR"
+    );
+    w.ok(
+        "VM.start_on",
+        &[
+            local.clone(),
+            host("lab-host-2"),
+            json!(false),
+            json!(false),
+        ],
+    );
+    assert_eq!(w.ok("VM.get_resident_on", &[local]), host("lab-host-2"));
+    // 8 GiB hosts with 2 GiB dom0 and a 1 GiB VM each: a 7 GiB VM fits nowhere.
+    let huge = w.vm("huge");
+    let e = w.err(
+        "VM.start_on",
+        &[huge.clone(), host("lab-host-1"), json!(false), json!(false)],
+    );
+    assert_eq!(e[0], codes::HOST_NOT_ENOUGH_FREE_MEMORY);
+    assert_eq!(e[1], (7i64 << 30).to_string(), "needed");
+    assert_eq!(
+        w.err("VM.start", &[huge, json!(false), json!(false)]),
+        ["NO_HOSTS_AVAILABLE"]
+    );
+}
+
+#[test]
+fn the_appliance_gets_a_dhcp_lease_reports_it_and_releases_it_with_its_vif() {
+    let mut w = World::new();
+    let a = w.appliance_clone("ABD 1");
+    w.ok("VM.provision", &[a.clone()]);
+    w.ok("VM.set_is_a_template", &[a.clone(), json!(false)]);
+    w.ok(
+        "VM.add_to_xenstore_data",
+        &[a.clone(), json!("vm-data/dhcp"), json!("true")],
+    );
+    w.ok("VM.start", &[a.clone(), json!(false), json!(false)]);
+    w.wait(60);
+    let data = w.ok("VM.get_xenstore_data", &[a.clone()]);
+    assert_eq!(data["vm-data/assigned-ip"], "10.0.0.10");
+    let uuid = w.ok("VM.get_uuid", &[a.clone()]);
+    let answer = w
+        .sim
+        .appliance_at(w.pool, SimTime(w.now_ms), "10.0.0.10".parse().unwrap());
+    assert_eq!(
+        answer,
+        ApplianceAnswer::Appliance {
+            vm_uuid: uuid.as_str().unwrap().into()
+        }
+    );
+
+    // The range holds one address: a second appliance gets no lease, so no address.
+    let b = w.appliance_clone("ABD 2");
+    w.ok("VM.provision", &[b.clone()]);
+    w.ok(
+        "VM.add_to_xenstore_data",
+        &[b.clone(), json!("vm-data/dhcp"), json!("true")],
+    );
+    w.ok("VM.start", &[b.clone(), json!(false), json!(false)]);
+    w.wait(60);
+    assert!(
+        w.ok("VM.get_xenstore_data", &[b.clone()])
+            .get("vm-data/assigned-ip")
+            .is_none()
+    );
+
+    // Destroying the first appliance's VIF releases the lease; the second one gets it on retry.
+    w.ok("VM.hard_shutdown", &[a.clone()]);
+    let vifs = w.ok("VM.get_VIFs", &[a.clone()]);
+    w.ok("VIF.destroy", &[vifs[0].clone()]);
+    w.wait(30);
+    assert_eq!(
+        w.ok("VM.get_xenstore_data", &[b])["vm-data/assigned-ip"],
+        "10.0.0.10"
+    );
+}
+
+#[test]
+fn snapshot_disks_plug_read_only_and_block_destroy_while_attached() {
+    let mut w = World::new();
+    let vm = w.vm("vm-01");
+    let snap = w.ok("VM.snapshot", &[vm.clone(), json!("snap")]);
+    let snap_rec = w.ok("VM.get_record", &[snap.clone()]);
+    assert_eq!(snap_rec["is_a_snapshot"], true);
+    assert_eq!(snap_rec["snapshot_of"], vm);
+    let vbd = w.ok("VBD.get_record", &[snap_rec["VBDs"][0].clone()]);
+    let vdi = vbd["VDI"].clone();
+    assert_eq!(w.ok("VDI.get_is_a_snapshot", &[vdi.clone()]), true);
+
+    let a = w.appliance_clone("worker");
+    w.ok("VM.provision", &[a.clone()]);
+    w.ok("VM.start", &[a.clone(), json!(false), json!(false)]);
+    let new_vbd = w.ok(
+        "VBD.create",
+        &[json!({"VM": a, "VDI": vdi, "userdevice": "1", "bootable": false, "mode": "RO", "type": "Disk",
+                  "unpluggable": true, "empty": false, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})],
+    );
+    w.ok("VBD.plug", &[new_vbd.clone()]);
+    assert_eq!(
+        w.err("VBD.plug", &[new_vbd.clone()])[0],
+        codes::DEVICE_ALREADY_ATTACHED
+    );
+    assert_eq!(
+        w.err("VDI.destroy", &[vdi.clone()]),
+        ["VDI_IN_USE", vdi.as_str().unwrap(), "destroy"]
+    );
+    w.ok("VBD.unplug", &[new_vbd.clone()]);
+    assert_eq!(
+        w.err("VBD.unplug", &[new_vbd.clone()])[0],
+        codes::DEVICE_ALREADY_DETACHED
+    );
+    w.ok("VBD.destroy", &[new_vbd]);
+    w.ok("VM.destroy", &[snap]);
+    w.ok("VDI.destroy", &[vdi]);
+}
+
+#[test]
+fn sr_full_refuses_a_clone_and_creates_nothing() {
+    let mut w = World::new();
+    let vm = w.vm("vm-02");
+    w.ok("VM.clean_shutdown", &[vm.clone()]);
+    let before = w.ok("VM.get_all", &[]).as_array().unwrap().len();
+    let sr = w
+        .ok("pool.get_all_records", &[])
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["default_SR"]
+        .clone();
+    // Full 10 GiB copies fill the 100 GiB SR within a few rounds.
+    for i in 0..20 {
+        if w.call("VM.copy", &[vm.clone(), json!(format!("c{i}")), sr.clone()])
+            .is_err()
+        {
+            break;
+        }
+    }
+    let after_fill = w.ok("VM.get_all", &[]).as_array().unwrap().len();
+    assert!(after_fill > before);
+    let vdis_before = w.ok("VDI.get_all", &[]).as_array().unwrap().len();
+    let full = w.err("VM.copy", &[vm, json!("one-more"), sr]);
+    assert_eq!(full[0], codes::SR_FULL);
+    assert_eq!(
+        w.ok("VM.get_all", &[]).as_array().unwrap().len(),
+        after_fill,
+        "no VM created"
+    );
+    assert_eq!(
+        w.ok("VDI.get_all", &[]).as_array().unwrap().len(),
+        vdis_before,
+        "no VDI created"
+    );
+}
