@@ -1,6 +1,8 @@
 //! XAPI semantics of the simulator, call by call: results, state changes and
 //! error codes as XAPI has them.
 
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in call lists
+
 use serde_json::json;
 use xapi_proto::Value;
 use xapi_proto::codes;
