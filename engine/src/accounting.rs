@@ -26,16 +26,6 @@ pub struct PoolCounts {
     pub allowed: usize,
 }
 
-/// One moment of a pool's counters, for checkers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Sample {
-    pub at_ms: u64,
-    pub pool: String,
-    pub live: usize,
-    pub busy: usize,
-    pub allowed: usize,
-}
-
 /// What changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -53,7 +43,6 @@ pub enum Change {
 pub struct Accounting {
     pools: BTreeMap<String, PoolCounts>,
     persistent: BTreeMap<String, bool>,
-    samples: Vec<Sample>,
     violations: Vec<String>,
 }
 
@@ -130,13 +119,6 @@ impl Accounting {
                 format!("{} busy delegates but only {} exist", c.busy, c.live),
             );
         }
-        self.samples.push(Sample {
-            at_ms,
-            pool: pool.to_string(),
-            live: c.live,
-            busy: c.busy,
-            allowed: c.allowed,
-        });
     }
 
     fn violate(&mut self, at_ms: u64, pool: &str, what: String) {
@@ -154,11 +136,6 @@ impl Accounting {
     /// Counters of every pool, by name.
     pub fn pools(&self) -> &BTreeMap<String, PoolCounts> {
         &self.pools
-    }
-
-    /// Every change, in order.
-    pub fn samples(&self) -> &[Sample] {
-        &self.samples
     }
 
     /// Bounds that were broken (empty in a correct run).

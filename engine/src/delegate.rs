@@ -410,7 +410,6 @@ pub async fn provision(
                     lease = acquire_address(pool, holder, log).await?;
                 }
                 if attempt == attempts || matches!(e, EngineError::Placement(_)) {
-                    drop(lease);
                     return Err(e);
                 }
                 let elsewhere = if e.is_host_related() && !host.is_null() {

@@ -96,13 +96,7 @@ impl Engine {
             vms: spec
                 .vms
                 .iter()
-                .map(|vm| job::VmOutcome {
-                    vm: vm.clone(),
-                    status: job::VmStatus::Failed,
-                    reason: Some(e.to_string()),
-                    delegate: None,
-                    bytes_read: 0,
-                })
+                .map(|vm| job::failed(vm, e.to_string(), None))
                 .collect(),
             log,
             started_ms: now.as_millis() as u64,

@@ -238,13 +238,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     release(pool, delegate, work.is_ok(), log).await;
     match work {
         Ok(report) => {
-            let warned = log
-                .log
-                .lock()
-                .expect("job log lock poisoned")
-                .lines
-                .iter()
-                .any(|l| l.status == LineStatus::Warn && l.vm.as_deref() == Some(vm_name));
+            let warned = log.warned();
             log.ok(format!(
                 "VM done: {} read from {} disk(s) in {}",
                 format_bytes(report.bytes_read),
@@ -324,7 +318,8 @@ async fn release(pool: &Arc<PoolRuntime>, d: Delegate, healthy: bool, log: &VmLo
     }
 }
 
-fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOutcome {
+/// The outcome of a VM that could not be processed.
+pub(crate) fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOutcome {
     VmOutcome {
         vm: vm.to_string(),
         status: VmStatus::Failed,

@@ -68,16 +68,31 @@ pub struct VmLog {
     pub(crate) log: Arc<Mutex<JobLog>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) vm: Option<String>,
+    /// Set once this logger (or a clone) wrote a warning.
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl VmLog {
     /// A logger writing into `log`, about `vm` (None: about the job).
     pub fn new(log: Arc<Mutex<JobLog>>, shared: Arc<Shared>, vm: Option<String>) -> Self {
-        VmLog { log, shared, vm }
+        VmLog {
+            log,
+            shared,
+            vm,
+            warned: Arc::default(),
+        }
+    }
+
+    /// True once a warning was written through this logger or a clone of it.
+    pub fn warned(&self) -> bool {
+        self.warned.load(Ordering::Relaxed)
     }
 
     /// Appends a line now.
     pub fn line(&self, status: LineStatus, text: impl Into<String>) {
+        if status == LineStatus::Warn {
+            self.warned.store(true, Ordering::Relaxed);
+        }
         let at = self.shared.now();
         self.log
             .lock()

@@ -112,16 +112,11 @@ fn build_hosts(m: &mut PoolModel, spec: &PoolSpec, rng: &mut SimRng) -> Vec<Opaq
                 power_state: PowerState::Running,
                 is_control_domain: true,
                 resident_on: host_ref.clone(),
-                memory_static_max: dom0_mem,
-                memory_dynamic_max: dom0_mem,
-                memory_dynamic_min: dom0_mem,
-                memory_static_min: dom0_mem,
-                memory_target: dom0_mem,
                 vcpus_max: 4,
                 vcpus_at_startup: 4,
                 domid: 0,
                 domain_type: "pv".into(),
-                ..Default::default()
+                ..super::fixed_memory(dom0_mem)
             },
         );
         m.guests.insert(dom0_ref.clone(), GuestState::default());
@@ -320,131 +315,130 @@ fn build_vms(
                     next_host += 1;
                     h
                 });
-            let (vm_ref, vm_uuid) = new_ids(rng);
-            let mem = gib(group.memory_gib);
-            let mut vm = VmRecord {
-                uuid: vm_uuid,
-                name_label: name.clone(),
-                power_state: if group.running && !group.template {
-                    PowerState::Running
-                } else {
-                    PowerState::Halted
-                },
-                is_a_template: group.template,
-                memory_static_max: mem,
-                memory_dynamic_max: mem,
-                memory_dynamic_min: mem,
-                memory_static_min: mem,
-                memory_target: mem,
-                vcpus_max: 2,
-                vcpus_at_startup: 2,
-                other_config: group.other_config.clone(),
-                domain_type: "hvm".into(),
-                domid: -1,
-                ..Default::default()
-            };
-            if vm.power_state == PowerState::Running {
-                vm.resident_on = hosts[host_index].clone();
-                vm.domid = 1;
-                m.hosts
-                    .get_mut(&hosts[host_index])
-                    .expect("host exists")
-                    .resident_vms
-                    .push(vm_ref.clone());
-            } else {
-                vm.resident_on = OpaqueRef::null();
-            }
-            if let Some(sr_ref) = &sr_ref {
-                for (d, size_gib) in group.disks_gib.iter().enumerate() {
-                    let (vdi_ref, vdi_uuid) = new_ids(rng);
-                    let (vbd_ref, vbd_uuid) = new_ids(rng);
-                    let size = gib(*size_gib);
-                    m.vdis.insert(
-                        vdi_ref.clone(),
-                        VdiRecord {
-                            uuid: vdi_uuid,
-                            name_label: format!("{name} disk {d}"),
-                            sr: sr_ref.clone(),
-                            vbds: vec![vbd_ref.clone()],
-                            virtual_size: size,
-                            physical_utilisation: size,
-                            vdi_type: if d == 0 {
-                                VdiType::System
-                            } else {
-                                VdiType::User
-                            },
-                            managed: true,
-                            snapshot_of: OpaqueRef::null(),
-                            ..Default::default()
-                        },
-                    );
-                    m.srs
-                        .get_mut(sr_ref)
-                        .expect("sr exists")
-                        .vdis
-                        .push(vdi_ref.clone());
-                    m.vbds.insert(
-                        vbd_ref.clone(),
-                        VbdRecord {
-                            uuid: vbd_uuid,
-                            vm: vm_ref.clone(),
-                            vdi: vdi_ref,
-                            device: if vm.power_state == PowerState::Running {
-                                format!("xvd{}", (b'a' + d as u8) as char)
-                            } else {
-                                String::new()
-                            },
-                            userdevice: d.to_string(),
-                            bootable: d == 0,
-                            mode: VbdMode::RW,
-                            vbd_type: VbdType::Disk,
-                            unpluggable: true,
-                            currently_attached: vm.power_state == PowerState::Running,
-                            ..Default::default()
-                        },
-                    );
-                    vm.vbds.push(vbd_ref);
-                }
-            }
-            let (vif_ref, vif_uuid) = new_ids(rng);
-            m.vifs.insert(
-                vif_ref.clone(),
-                VifRecord {
-                    uuid: vif_uuid,
-                    device: "0".into(),
-                    network: network.clone(),
-                    vm: vm_ref.clone(),
-                    mac: rng.mac(),
-                    mtu: 1500,
-                    currently_attached: vm.power_state == PowerState::Running,
-                    mac_autogenerated: true,
-                    ..Default::default()
-                },
-            );
-            m.networks
-                .get_mut(&network)
-                .expect("network exists")
-                .vifs
-                .push(vif_ref.clone());
-            vm.vifs.push(vif_ref);
-            let address = match (vm.power_state, group.ip) {
-                (PowerState::Running, Some(ip)) => Some((ip, crate::time::SimTime::ZERO)),
-                _ => None,
-            };
-            m.guests.insert(
-                vm_ref.clone(),
-                GuestState {
-                    kind: group.guest,
-                    static_ip: group.ip,
-                    epoch: 0,
-                    address,
-                },
-            );
-            vm.snapshot_of = OpaqueRef::null();
-            vm.affinity = OpaqueRef::null();
-            vm.guest_metrics = OpaqueRef::null();
-            vm.metrics = OpaqueRef::null();
-            m.vms.insert(vm_ref, vm);
+            let host = &hosts[host_index];
+            build_vm(m, rng, &name, group, host, sr_ref.as_ref(), &network);
         }
     }
+}
+
+/// One VM of a group: its record, disks on `sr`, one VIF on `network`, its guest.
+fn build_vm(
+    m: &mut PoolModel,
+    rng: &mut SimRng,
+    name: &str,
+    group: &crate::spec::VmGroupSpec,
+    host: &OpaqueRef,
+    sr: Option<&OpaqueRef>,
+    network: &OpaqueRef,
+) {
+    let (vm_ref, vm_uuid) = new_ids(rng);
+    let running = group.running && !group.template;
+    m.vms.insert(
+        vm_ref.clone(),
+        VmRecord {
+            uuid: vm_uuid,
+            name_label: name.to_string(),
+            power_state: if running {
+                PowerState::Running
+            } else {
+                PowerState::Halted
+            },
+            is_a_template: group.template,
+            resident_on: if running {
+                host.clone()
+            } else {
+                OpaqueRef::null()
+            },
+            vcpus_max: 2,
+            vcpus_at_startup: 2,
+            other_config: group.other_config.clone(),
+            domain_type: "hvm".into(),
+            domid: if running { 1 } else { -1 },
+            ..super::fixed_memory(gib(group.memory_gib))
+        },
+    );
+    if running {
+        m.hosts
+            .get_mut(host)
+            .expect("host exists")
+            .resident_vms
+            .push(vm_ref.clone());
+    }
+    let disks = if sr.is_some() {
+        group.disks_gib.as_slice()
+    } else {
+        &[]
+    };
+    for (d, size_gib) in disks.iter().enumerate() {
+        let sr = sr.expect("disks only with an SR");
+        let (vdi_ref, vdi_uuid) = new_ids(rng);
+        let (vbd_ref, vbd_uuid) = new_ids(rng);
+        let size = gib(*size_gib);
+        m.insert_vdi(
+            vdi_ref.clone(),
+            VdiRecord {
+                uuid: vdi_uuid,
+                name_label: format!("{name} disk {d}"),
+                sr: sr.clone(),
+                virtual_size: size,
+                physical_utilisation: size,
+                vdi_type: if d == 0 {
+                    VdiType::System
+                } else {
+                    VdiType::User
+                },
+                managed: true,
+                ..Default::default()
+            },
+        );
+        let userdevice = d.to_string();
+        m.insert_vbd(
+            vbd_ref,
+            VbdRecord {
+                uuid: vbd_uuid,
+                vm: vm_ref.clone(),
+                vdi: vdi_ref,
+                device: if running {
+                    super::device_name(&userdevice)
+                } else {
+                    String::new()
+                },
+                userdevice,
+                bootable: d == 0,
+                mode: VbdMode::RW,
+                vbd_type: VbdType::Disk,
+                unpluggable: true,
+                currently_attached: running,
+                ..Default::default()
+            },
+        );
+    }
+    let (vif_ref, vif_uuid) = new_ids(rng);
+    m.insert_vif(
+        vif_ref,
+        VifRecord {
+            uuid: vif_uuid,
+            device: "0".into(),
+            network: network.clone(),
+            vm: vm_ref.clone(),
+            mac: rng.mac(),
+            mtu: 1500,
+            currently_attached: running,
+            mac_autogenerated: true,
+            ..Default::default()
+        },
+    );
+    let address = match (running, group.ip) {
+        (true, Some(ip)) => Some((ip, crate::time::SimTime::ZERO)),
+        _ => None,
+    };
+    m.guests.insert(
+        vm_ref,
+        GuestState {
+            kind: group.guest,
+            static_ip: group.ip,
+            epoch: 0,
+            address,
+        },
+    );
 }

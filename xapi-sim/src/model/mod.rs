@@ -71,7 +71,60 @@ pub struct AddressConflict {
     pub newcomer: (String, xapi_proto::records::StringMap),
 }
 
+/// Linux device name of a `userdevice` number: 0 -> xvda, 1 -> xvdb...
+pub fn device_name(userdevice: &str) -> String {
+    match userdevice.parse::<u8>() {
+        Ok(n) if n < 26 => format!("xvd{}", (b'a' + n) as char),
+        _ => String::new(),
+    }
+}
+
+/// A VM record whose memory is fixed at `bytes` (static = dynamic = target).
+pub fn fixed_memory(bytes: i64) -> VmRecord {
+    VmRecord {
+        memory_static_max: bytes,
+        memory_dynamic_max: bytes,
+        memory_dynamic_min: bytes,
+        memory_static_min: bytes,
+        memory_target: bytes,
+        ..Default::default()
+    }
+}
+
 impl PoolModel {
+    /// Adds a VIF and links it from its VM and its network.
+    pub fn insert_vif(&mut self, vif: OpaqueRef, record: VifRecord) {
+        if let Some(vm) = self.vms.get_mut(&record.vm) {
+            vm.vifs.push(vif.clone());
+        }
+        if let Some(net) = self.networks.get_mut(&record.network) {
+            net.vifs.push(vif.clone());
+        }
+        self.vifs.insert(vif, record);
+    }
+
+    /// Adds a VBD and links it from its VM and its VDI.
+    pub fn insert_vbd(&mut self, vbd: OpaqueRef, record: VbdRecord) {
+        if let Some(vm) = self.vms.get_mut(&record.vm) {
+            vm.vbds.push(vbd.clone());
+        }
+        if let Some(vdi) = self.vdis.get_mut(&record.vdi) {
+            vdi.vbds.push(vbd.clone());
+        }
+        self.vbds.insert(vbd, record);
+    }
+
+    /// Adds a VDI and links it from its SR (and from the VDI it is a snapshot of).
+    pub fn insert_vdi(&mut self, vdi: OpaqueRef, record: VdiRecord) {
+        if let Some(sr) = self.srs.get_mut(&record.sr) {
+            sr.vdis.push(vdi.clone());
+        }
+        if let Some(parent) = self.vdis.get_mut(&record.snapshot_of) {
+            parent.snapshots.push(vdi.clone());
+        }
+        self.vdis.insert(vdi, record);
+    }
+
     /// The SRs a host can reach (attached PBDs).
     pub fn host_srs(&self, host: &OpaqueRef) -> Vec<OpaqueRef> {
         self.pbds

@@ -130,62 +130,63 @@ impl Ctx<'_> {
             self.require_space(sr, *bytes)?;
         }
         let (new_ref, new_uuid) = new_ids(self.rng);
-        let mut record = VmRecord {
-            uuid: new_uuid,
-            name_label: name.to_string(),
-            name_description: source.name_description.clone(),
-            power_state: PowerState::Halted,
-            is_a_template: how != DiskCopy::Snapshot && source.is_a_template,
-            is_a_snapshot: how == DiskCopy::Snapshot,
-            snapshot_of: if how == DiskCopy::Snapshot {
-                vm.clone()
-            } else {
-                OpaqueRef::null()
-            },
-            snapshot_time: if how == DiskCopy::Snapshot {
-                self.xapi_datetime()
-            } else {
-                String::new()
-            },
-            memory_overhead: source.memory_overhead,
-            memory_target: source.memory_target,
-            memory_static_max: source.memory_static_max,
-            memory_dynamic_max: source.memory_dynamic_max,
-            memory_dynamic_min: source.memory_dynamic_min,
-            memory_static_min: source.memory_static_min,
-            vcpus_max: source.vcpus_max,
-            vcpus_at_startup: source.vcpus_at_startup,
-            other_config: source.other_config.clone(),
-            xenstore_data: source.xenstore_data.clone(),
-            platform: source.platform.clone(),
-            tags: source.tags.clone(),
-            domain_type: source.domain_type.clone(),
-            domid: -1,
-            ..Default::default()
-        };
-        for vbd in source.vbds.clone() {
-            let new_vbd = self.duplicate_vbd(&vbd, &new_ref, how, target_sr.as_ref())?;
-            record.vbds.push(new_vbd);
-        }
-        for vif in source.vifs.clone() {
-            let new_vif = self.duplicate_vif(&vif, &new_ref);
-            record.vifs.push(new_vif);
-        }
-        let kind = self.m.guests.get(vm).map(|g| g.kind).unwrap_or_default();
-        let static_ip = self.m.guests.get(vm).and_then(|g| g.static_ip);
-        self.m.guests.insert(
+        let (is_a_snapshot, snapshot_of, snapshot_time) = self.provenance(how, vm);
+        // The VM goes in first: its VBDs and VIFs link themselves to it.
+        self.m.vms.insert(
             new_ref.clone(),
-            GuestState {
-                kind,
-                static_ip,
+            VmRecord {
+                uuid: new_uuid,
+                name_label: name.to_string(),
+                name_description: source.name_description.clone(),
+                power_state: PowerState::Halted,
+                is_a_template: how != DiskCopy::Snapshot && source.is_a_template,
+                is_a_snapshot,
+                snapshot_of,
+                snapshot_time,
+                memory_overhead: source.memory_overhead,
+                memory_target: source.memory_target,
+                memory_static_max: source.memory_static_max,
+                memory_dynamic_max: source.memory_dynamic_max,
+                memory_dynamic_min: source.memory_dynamic_min,
+                memory_static_min: source.memory_static_min,
+                vcpus_max: source.vcpus_max,
+                vcpus_at_startup: source.vcpus_at_startup,
+                other_config: source.other_config.clone(),
+                xenstore_data: source.xenstore_data.clone(),
+                platform: source.platform.clone(),
+                tags: source.tags.clone(),
+                domain_type: source.domain_type.clone(),
+                domid: -1,
                 ..Default::default()
             },
         );
-        self.m.vms.insert(new_ref.clone(), record);
+        for vbd in &source.vbds {
+            self.duplicate_vbd(vbd, &new_ref, how, target_sr.as_ref());
+        }
+        for vif in &source.vifs {
+            self.duplicate_vif(vif, &new_ref);
+        }
+        let guest = self.m.guests.get(vm).cloned().unwrap_or_default();
+        self.m.guests.insert(
+            new_ref.clone(),
+            GuestState {
+                kind: guest.kind,
+                static_ip: guest.static_ip,
+                ..Default::default()
+            },
+        );
         for sr in needed.keys() {
             self.m.refresh_sr_usage(sr);
         }
         Ok(new_ref)
+    }
+
+    /// `(is_a_snapshot, snapshot_of, snapshot_time)` of a duplicate of `of`.
+    fn provenance(&self, how: DiskCopy, of: &OpaqueRef) -> (bool, OpaqueRef, String) {
+        match how {
+            DiskCopy::Snapshot => (true, of.clone(), self.xapi_datetime()),
+            DiskCopy::CowClone | DiskCopy::FullTo => (false, OpaqueRef::null(), String::new()),
+        }
     }
 
     fn vm_disk_vdis(&self, vm: &VmRecord) -> Vec<OpaqueRef> {
@@ -203,7 +204,7 @@ impl Ctx<'_> {
         new_vm: &OpaqueRef,
         how: DiskCopy,
         target_sr: Option<&OpaqueRef>,
-    ) -> Result<OpaqueRef, XapiError> {
+    ) {
         let source = self.m.vbds[vbd].clone();
         let new_vdi = if source.empty || source.vbd_type != VbdType::Disk {
             source.vdi.clone()
@@ -211,12 +212,12 @@ impl Ctx<'_> {
             self.duplicate_vdi(&source.vdi, how, target_sr)
         };
         let (vbd_ref, vbd_uuid) = new_ids(self.rng);
-        self.m.vbds.insert(
-            vbd_ref.clone(),
+        self.m.insert_vbd(
+            vbd_ref,
             VbdRecord {
                 uuid: vbd_uuid,
                 vm: new_vm.clone(),
-                vdi: new_vdi.clone(),
+                vdi: new_vdi,
                 userdevice: source.userdevice.clone(),
                 bootable: source.bootable,
                 mode: source.mode,
@@ -227,10 +228,6 @@ impl Ctx<'_> {
                 ..Default::default()
             },
         );
-        if let Some(v) = self.m.vdis.get_mut(&new_vdi) {
-            v.vbds.push(vbd_ref.clone());
-        }
-        Ok(vbd_ref)
     }
 
     fn duplicate_vdi(
@@ -241,54 +238,38 @@ impl Ctx<'_> {
     ) -> OpaqueRef {
         let source = self.m.vdis[vdi].clone();
         let (vdi_ref, vdi_uuid) = new_ids(self.rng);
-        let sr = target_sr.cloned().unwrap_or(source.sr.clone());
+        let (is_a_snapshot, snapshot_of, snapshot_time) = self.provenance(how, vdi);
         let record = VdiRecord {
             uuid: vdi_uuid,
             name_label: source.name_label.clone(),
             name_description: source.name_description.clone(),
-            sr: sr.clone(),
+            sr: target_sr.cloned().unwrap_or(source.sr.clone()),
             virtual_size: source.virtual_size,
             physical_utilisation: match how {
                 DiskCopy::FullTo => source.physical_utilisation,
-                _ => COW_CHILD_BYTES.min(source.virtual_size),
+                DiskCopy::CowClone | DiskCopy::Snapshot => COW_CHILD_BYTES.min(source.virtual_size),
             },
             vdi_type: source.vdi_type,
             sharable: source.sharable,
             read_only: source.read_only,
             managed: true,
-            is_a_snapshot: how == DiskCopy::Snapshot,
-            snapshot_of: if how == DiskCopy::Snapshot {
-                vdi.clone()
-            } else {
-                OpaqueRef::null()
-            },
-            snapshot_time: if how == DiskCopy::Snapshot {
-                self.xapi_datetime()
-            } else {
-                String::new()
-            },
+            is_a_snapshot,
+            snapshot_of,
+            snapshot_time,
             other_config: source.other_config.clone(),
             sm_config: source.sm_config.clone(),
             ..Default::default()
         };
-        self.m.vdis.insert(vdi_ref.clone(), record);
-        if how == DiskCopy::Snapshot
-            && let Some(v) = self.m.vdis.get_mut(vdi)
-        {
-            v.snapshots.push(vdi_ref.clone());
-        }
-        if let Some(s) = self.m.srs.get_mut(&sr) {
-            s.vdis.push(vdi_ref.clone());
-        }
+        self.m.insert_vdi(vdi_ref.clone(), record);
         vdi_ref
     }
 
-    fn duplicate_vif(&mut self, vif: &OpaqueRef, new_vm: &OpaqueRef) -> OpaqueRef {
+    fn duplicate_vif(&mut self, vif: &OpaqueRef, new_vm: &OpaqueRef) {
         let source = self.m.vifs[vif].clone();
         let (vif_ref, vif_uuid) = new_ids(self.rng);
         let mac = self.rng.mac();
-        self.m.vifs.insert(
-            vif_ref.clone(),
+        self.m.insert_vif(
+            vif_ref,
             VifRecord {
                 uuid: vif_uuid,
                 device: source.device.clone(),
@@ -303,10 +284,6 @@ impl Ctx<'_> {
                 ..Default::default()
             },
         );
-        if let Some(n) = self.m.networks.get_mut(&source.network) {
-            n.vifs.push(vif_ref.clone());
-        }
-        vif_ref
     }
 
     /// XAPI datetime text for now (the simulated epoch is 2026-01-01).
@@ -373,13 +350,24 @@ impl Ctx<'_> {
         let (vbd_ref, vbd_uuid) = new_ids(self.rng);
         let (vif_ref, vif_uuid) = new_ids(self.rng);
         let mem = appliance.memory_mib as i64 * MIB;
-        self.m.vdis.insert(
+        self.m.vms.insert(
+            vm_ref.clone(),
+            VmRecord {
+                uuid: vm_uuid,
+                name_label: "abd-appliance".into(),
+                vcpus_max: appliance.vcpus,
+                vcpus_at_startup: appliance.vcpus,
+                domain_type: "pv".into(),
+                domid: -1,
+                ..crate::model::fixed_memory(mem)
+            },
+        );
+        self.m.insert_vdi(
             vdi_ref.clone(),
             VdiRecord {
                 uuid: vdi_uuid,
                 name_label: "abd-appliance system disk".into(),
                 sr: sr.clone(),
-                vbds: vec![vbd_ref.clone()],
                 virtual_size: disk_bytes,
                 physical_utilisation: disk_bytes,
                 vdi_type: VdiType::System,
@@ -387,14 +375,8 @@ impl Ctx<'_> {
                 ..Default::default()
             },
         );
-        self.m
-            .srs
-            .get_mut(&sr)
-            .expect("checked")
-            .vdis
-            .push(vdi_ref.clone());
-        self.m.vbds.insert(
-            vbd_ref.clone(),
+        self.m.insert_vbd(
+            vbd_ref,
             VbdRecord {
                 uuid: vbd_uuid,
                 vm: vm_ref.clone(),
@@ -409,38 +391,16 @@ impl Ctx<'_> {
         );
         let network = self.management_network();
         let mac = self.rng.mac();
-        self.m.vifs.insert(
-            vif_ref.clone(),
+        self.m.insert_vif(
+            vif_ref,
             VifRecord {
                 uuid: vif_uuid,
                 device: "0".into(),
-                network: network.clone(),
+                network,
                 vm: vm_ref.clone(),
                 mac,
                 mtu: 1500,
                 mac_autogenerated: true,
-                ..Default::default()
-            },
-        );
-        if let Some(n) = self.m.networks.get_mut(&network) {
-            n.vifs.push(vif_ref.clone());
-        }
-        self.m.vms.insert(
-            vm_ref.clone(),
-            VmRecord {
-                uuid: vm_uuid,
-                name_label: "abd-appliance".into(),
-                memory_static_max: mem,
-                memory_dynamic_max: mem,
-                memory_dynamic_min: mem,
-                memory_static_min: mem,
-                memory_target: mem,
-                vcpus_max: appliance.vcpus,
-                vcpus_at_startup: appliance.vcpus,
-                vbds: vec![vbd_ref],
-                vifs: vec![vif_ref],
-                domain_type: "pv".into(),
-                domid: -1,
                 ..Default::default()
             },
         );
@@ -581,7 +541,7 @@ impl Ctx<'_> {
         for vbd in vbds {
             if let Some(b) = self.m.vbds.get_mut(&vbd) {
                 b.currently_attached = !b.empty;
-                b.device = userdevice_to_device(&b.userdevice);
+                b.device = crate::model::device_name(&b.userdevice);
             }
         }
         for vif in vifs {
@@ -763,13 +723,5 @@ impl Ctx<'_> {
             "operator moved the disks of {vm_name:?} to SR {sr_name:?}"
         ));
         Ok(())
-    }
-}
-
-/// Linux device name of a `userdevice` number: 0 -> xvda, 1 -> xvdb...
-pub(crate) fn userdevice_to_device(userdevice: &str) -> String {
-    match userdevice.parse::<u8>() {
-        Ok(n) if n < 26 => format!("xvd{}", (b'a' + n) as char),
-        _ => String::new(),
     }
 }
