@@ -2,7 +2,7 @@
 //! it on a paused, auto-advancing tokio clock, runs the jobs and actions at
 //! their times, and collects what happened.
 
-use crate::scenario::{JobKind, Scenario};
+use crate::scenario::{Action, JobKind, Scenario};
 use crate::sim_link::{SharedSim, SimAgent, SimClock, SimTransport};
 use engine::accounting::Accounting;
 use engine::diag::DiagReport;
@@ -158,23 +158,15 @@ async fn drive(scenario: &Scenario, sim: SharedSim) -> Driven {
             );
         }
     };
-    for action in &scenario.actions {
+    let mut actions = Vec::new();
+    for action in scenario.actions.clone() {
         let sim = Arc::clone(&sim);
-        let (pool, vm, sr) = (
-            action.pool.get_ref().clone(),
-            action.vm.clone().unwrap_or_default(),
-            action.sr.clone().unwrap_or_default(),
-        );
+        let engine = Arc::clone(&engine);
         let at = Duration::from_secs_f64(action.at_s);
-        tokio::spawn(async move {
+        actions.push(tokio::spawn(async move {
             tokio::time::sleep_until(clock.instant_at(at)).await;
-            let mut s = sim.lock().expect("simulator lock");
-            let id = s.pool_id(&pool).expect("checked pool");
-            let now = clock.now();
-            if let Err(e) = s.move_vm_disks(id, now, &vm, &sr) {
-                tracing::warn!("action move_vm_disks failed: {e}");
-            }
-        });
+            perform(&action, &sim, &engine, clock).await;
+        }));
     }
     let mut tasks = Vec::new();
     for job in &scenario.jobs {
@@ -202,6 +194,9 @@ async fn drive(scenario: &Scenario, sim: SharedSim) -> Driven {
     for task in tasks {
         jobs.push(task.await.expect("job tasks do not panic"));
     }
+    for action in actions {
+        action.await.expect("actions do not panic");
+    }
     // Persistent delegates must be gone once the idle limit has passed.
     let idle_wait = scenario
         .pools
@@ -227,6 +222,32 @@ async fn drive(scenario: &Scenario, sim: SharedSim) -> Driven {
         static_leases,
         None,
     )
+}
+
+/// Performs an operator action. Refusals are logged by the engine, not raised:
+/// a scenario may expect an action to be refused.
+async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimClock) {
+    let pool = action.pool.get_ref();
+    match action.kind.get_ref().as_str() {
+        "move_vm_disks" => {
+            let mut s = sim.lock().expect("simulator lock");
+            let id = s.pool_id(pool).expect("checked pool");
+            let (vm, sr) = (
+                action.vm.as_deref().unwrap_or_default(),
+                action.sr.as_deref().unwrap_or_default(),
+            );
+            if let Err(e) = s.move_vm_disks(id, clock.now(), vm, sr) {
+                tracing::warn!("action move_vm_disks failed: {e}");
+            }
+        }
+        "template_delete" => {
+            let _ = engine.template_delete(pool).await;
+        }
+        "template_redeploy" => {
+            let _ = engine.template_redeploy(pool).await;
+        }
+        other => unreachable!("scenario check rejects action {other:?}"),
+    }
 }
 
 async fn run_diag(engine: &Engine, spec: &JobSpec) -> JobRun {

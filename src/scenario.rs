@@ -83,7 +83,8 @@ pub struct Action {
     /// Simulated time of the action, in seconds since the run began.
     pub at_s: f64,
     pub pool: Spanned<String>,
-    /// `move_vm_disks`: storage-migrate `vm`'s disks to `sr`.
+    /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `template_delete`
+    /// or `template_redeploy` (the operator's template actions, through the engine).
     pub kind: Spanned<String>,
     #[serde(default)]
     pub vm: Option<String>,
@@ -286,18 +287,28 @@ impl Scenario {
                 ));
             }
             match (action.kind.get_ref().as_str(), &action.vm, &action.sr) {
-                ("move_vm_disks", Some(_), Some(_)) => {}
+                ("move_vm_disks", Some(_), Some(_))
+                | ("template_delete" | "template_redeploy", None, None) => {}
                 ("move_vm_disks", _, _) => {
                     return Err(err(
                         line,
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
+                ("template_delete" | "template_redeploy", _, _) => {
+                    return Err(err(
+                        line,
+                        format!(
+                            "action[{i}]: {} takes no `vm` or `sr`",
+                            action.kind.get_ref()
+                        ),
+                    ));
+                }
                 (other, _, _) => {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy)"
                         ),
                     ));
                 }

@@ -109,6 +109,61 @@ impl Engine {
         Ok(diag::run(Arc::clone(self.pool(pool)?)).await)
     }
 
+    /// Operator action: deletes the pool's template (refused while delegates
+    /// exist). True if there was one to delete.
+    pub async fn template_delete(&self, pool: &str) -> Result<bool, EngineError> {
+        let pool = self.pool(pool)?;
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        let result = async {
+            let topo = pool.load_topology().await.map_err(|e| {
+                EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
+            })?;
+            crate::template::delete(pool, &topo).await
+        }
+        .await;
+        match &result {
+            Ok(true) => log.ok(format!("Pool {}: delegate template deleted", pool.name())),
+            Ok(false) => log.ok(format!(
+                "Pool {}: no delegate template to delete",
+                pool.name()
+            )),
+            Err(e) => log.fail(format!(
+                "Pool {}: template delete refused: {e}",
+                pool.name()
+            )),
+        }
+        result
+    }
+
+    /// Operator action: replaces the pool's template with a freshly imported one
+    /// (refused while delegates exist).
+    pub async fn template_redeploy(
+        &self,
+        pool: &str,
+    ) -> Result<crate::template::TemplateInfo, EngineError> {
+        let pool = self.pool(pool)?;
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        let result = async {
+            let topo = pool.load_topology().await.map_err(|e| {
+                EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
+            })?;
+            crate::template::redeploy(pool, &topo).await
+        }
+        .await;
+        match &result {
+            Ok(info) => log.ok(format!(
+                "Pool {}: delegate template redeployed on SR {:?}",
+                pool.name(),
+                info.sr_name
+            )),
+            Err(e) => log.fail(format!(
+                "Pool {}: template redeploy refused: {e}",
+                pool.name()
+            )),
+        }
+        result
+    }
+
     /// Tears down idle delegates (persistent mode) and logs out.
     pub async fn shutdown(&self) {
         let engine_log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
