@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod runner;
 pub mod scenario;
+pub mod serve;
 pub mod sim_link;
 pub mod summary;
 

@@ -32,6 +32,35 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// The pool simulator on its own.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Serves the scenario's pools over HTTP as XAPI pool masters (XML-RPC and JSON-RPC).
+    Serve {
+        /// The scenario file (TOML); only its pools are used.
+        scenario: PathBuf,
+        /// Address of the first pool; pool i listens on port + i (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// XAPI user (default: the scenario's, else root).
+        #[arg(long)]
+        user: Option<String>,
+        /// XAPI password (default: the scenario's, else "password").
+        #[arg(long)]
+        password: Option<String>,
+        /// Seed of the simulated world (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +75,17 @@ fn main() -> ExitCode {
             json,
             quiet,
         } => run(&scenario, seed, json, quiet),
+        Command::Sim {
+            command:
+                SimCommand::Serve {
+                    scenario,
+                    listen,
+                    user,
+                    password,
+                    seed,
+                    speed,
+                },
+        } => serve(&scenario, listen, user, password, seed, speed),
     }
 }
 
@@ -79,6 +119,37 @@ fn run(path: &std::path::Path, seed: Option<u64>, json: bool, quiet: bool) -> Ex
             path.display()
         );
         ExitCode::FAILURE
+    }
+}
+
+fn serve(
+    path: &std::path::Path,
+    listen: std::net::SocketAddr,
+    user: Option<String>,
+    password: Option<String>,
+    seed: Option<u64>,
+    speed: f64,
+) -> ExitCode {
+    let scenario = match Scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = abd::serve::ServeOptions {
+        listen,
+        user,
+        password,
+        seed: seed.unwrap_or(scenario.seed),
+        speed,
+    };
+    match abd::serve::serve(&scenario, options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod records;
 pub mod refs;
 pub mod tags;
+pub mod wire;
 
 pub use error::{XapiError, codes};
 pub use refs::OpaqueRef;

@@ -57,6 +57,22 @@ const WRITES: &[(&str, usize)] = &[
     ("session.logout", 1),
 ];
 
+/// Every method the dispatcher answers, for `system.listMethods`.
+pub(crate) fn method_names() -> Vec<String> {
+    let mut names: Vec<String> = vec![
+        "session.login_with_password".into(),
+        "system.listMethods".into(),
+    ];
+    names.extend(WRITES.iter().map(|(m, _)| m.to_string()));
+    for class in CLASSES {
+        for op in ["get_all", "get_all_records", "get_record", "get_by_uuid"] {
+            names.push(format!("{class}.{op}"));
+        }
+    }
+    names.sort();
+    names
+}
+
 /// Performs one call.
 pub(crate) fn dispatch(
     ctx: &mut Ctx<'_>,

@@ -14,6 +14,7 @@ pub mod model;
 mod ops;
 pub mod rng;
 mod schedule;
+pub mod server;
 pub mod spec;
 pub mod time;
 mod timing;

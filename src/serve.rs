@@ -1,0 +1,65 @@
+//! `abd sim serve`: the scenario's simulated pools served over HTTP as XAPI
+//! pool masters, one port per pool, in real time (or sped up).
+
+use crate::scenario::Scenario;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use xapi_sim::Sim;
+use xapi_sim::server::{PoolServer, ServeClock, router};
+
+/// How to serve.
+pub struct ServeOptions {
+    /// First address; pool `i` listens on port + i (port 0: any free port each).
+    pub listen: SocketAddr,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub seed: u64,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+}
+
+/// Serves until the process is stopped. Prints `pool <name> xapi http://ADDR` per pool.
+pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
+    let mut world = scenario.world();
+    if let Some(user) = options.user {
+        world.credentials.user = user;
+    }
+    if let Some(password) = options.password {
+        world.credentials.password = password;
+    }
+    let sim = Arc::new(Mutex::new(Sim::new(&world, options.seed)?));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let clock = ServeClock::new(options.speed);
+        let mut servers = Vec::new();
+        for (i, pool) in world.pools.iter().enumerate() {
+            let mut addr = options.listen;
+            if addr.port() != 0 {
+                addr.set_port(addr.port() + i as u16);
+            }
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let id = sim
+                .lock()
+                .expect("simulator lock")
+                .pool_id(&pool.name)
+                .expect("pool exists");
+            println!("pool {} xapi http://{}", pool.name, listener.local_addr()?);
+            let app = router(PoolServer {
+                sim: Arc::clone(&sim),
+                pool: id,
+                clock,
+            });
+            servers.push(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ));
+        }
+        std::io::stdout().flush()?;
+        for server in servers {
+            server.await??;
+        }
+        Ok(())
+    })
+}

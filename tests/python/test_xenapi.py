@@ -1,0 +1,101 @@
+"""The official XenAPI Python SDK against `abd sim serve`.
+
+Starts the simulator (the binary named by $ABD_BIN) on a free port and drives
+it as a client would drive a real pool master.
+"""
+
+import os
+import subprocess
+import unittest
+
+import XenAPI
+
+SCENARIO = os.path.join(os.path.dirname(__file__), "..", "..", "scenarios", "quickstart.toml")
+CLASSES = ["pool", "host", "host_metrics", "SR", "PBD", "network", "PIF", "VM",
+           "VM_guest_metrics", "VIF", "VBD", "VDI", "task"]
+
+
+class SimulatedPool(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = subprocess.Popen(
+            [os.environ["ABD_BIN"], "sim", "serve", SCENARIO,
+             "--listen", "127.0.0.1:0", "--speed", "1000"],
+            stdout=subprocess.PIPE, text=True)
+        line = cls.server.stdout.readline().split()
+        assert line[:3] == ["pool", "lab", "xapi"], line
+        cls.url = line[3]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.terminate()
+        cls.server.wait(timeout=10)
+        cls.server.stdout.close()
+
+    def setUp(self):
+        self.session = XenAPI.Session(self.url)
+        self.session.xenapi.login_with_password("root", "password", "2.21", "abd-tests")
+        self.x = self.session.xenapi
+
+    def tearDown(self):
+        self.session.xenapi.session.logout()
+        self.session("close")()
+
+    def failure(self, call, *args):
+        with self.assertRaises(XenAPI.Failure) as raised:
+            call(*args)
+        return raised.exception.details
+
+    def test_api_version_reads_pool_master_and_host(self):
+        self.assertEqual(self.session.API_version, "2.21")
+
+    def test_every_class_reads(self):
+        for cls in CLASSES:
+            records = getattr(self.x, cls).get_all_records()
+            refs = getattr(self.x, cls).get_all()
+            self.assertEqual(sorted(records.keys()), sorted(refs), cls)
+            for ref in refs[:3]:
+                self.assertEqual(getattr(self.x, cls).get_record(ref), records[ref], cls)
+        vms = self.x.VM.get_all_records()
+        names = sorted(r["name_label"] for r in vms.values() if not r["is_control_domain"])
+        self.assertEqual(names, ["vm-%02d" % i for i in range(1, 13)])
+        host = self.x.host.get_all()[0]
+        self.assertGreater(int(self.x.host.compute_free_memory(host)), 0)
+
+    def test_clone_start_shutdown_destroy(self):
+        vm = self.x.VM.get_by_name_label("vm-07")[0]
+        self.x.VM.clean_shutdown(vm)
+        self.assertEqual(self.x.VM.get_power_state(vm), "Halted")
+        clone = self.x.VM.clone(vm, "sdk-clone")
+        self.assertEqual(self.x.VM.get_name_label(clone), "sdk-clone")
+        self.x.VM.start(clone, False, False)
+        self.assertEqual(self.x.VM.get_power_state(clone), "Running")
+        self.x.VM.hard_shutdown(clone)
+        vdis = [self.x.VBD.get_VDI(vbd) for vbd in self.x.VM.get_VBDs(clone)]
+        self.x.VM.destroy(clone)
+        for vdi in vdis:
+            self.x.VDI.destroy(vdi)
+        self.assertEqual(self.x.VM.get_by_name_label("sdk-clone"), [])
+        self.x.VM.start(vm, False, False)
+
+    def test_errors_are_failures_with_xapi_codes(self):
+        bad = XenAPI.Session(self.url)
+        details = self.failure(bad.xenapi.login_with_password, "root", "wrong")
+        bad("close")()
+        self.assertEqual(details[0], "SESSION_AUTHENTICATION_FAILED")
+        self.assertEqual(self.failure(self.x.VM.get_record, "OpaqueRef:nope"),
+                         ["HANDLE_INVALID", "VM", "OpaqueRef:nope"])
+        running = self.x.VM.get_by_name_label("vm-01")[0]
+        self.assertEqual(self.failure(self.x.VM.start, running, False, False),
+                         ["VM_BAD_POWER_STATE", running, "halted", "running"])
+        self.assertEqual(self.failure(self.x.VM.get_record)[0], "MESSAGE_PARAMETER_COUNT_MISMATCH")
+        self.assertEqual(self.failure(self.x.VM.no_such_call, running),
+                         ["MESSAGE_METHOD_UNKNOWN", "VM.no_such_call"])
+
+    def test_list_methods(self):
+        methods = self.session.system.listMethods()
+        self.assertIn("VM.get_all_records", methods)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,130 @@
+//! The simulator served over HTTP as a XAPI pool master: XML-RPC at `/`,
+//! `/RPC2` and any other path, JSON-RPC at `/jsonrpc`. Each call takes its
+//! simulated duration (scaled by `speed`) in real time.
+
+use crate::time::SimTime;
+use crate::{PoolId, Sim};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use xapi_proto::wire::{jsonrpc, xmlrpc};
+use xapi_proto::{Value, XapiError};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Real time mapped onto simulated time, `speed` times faster.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeClock {
+    start: Instant,
+    speed: f64,
+}
+
+impl ServeClock {
+    /// A clock starting now; `speed` > 0 (1.0 = real time).
+    pub fn new(speed: f64) -> Self {
+        ServeClock {
+            start: Instant::now(),
+            speed: if speed > 0.0 { speed } else { 1.0 },
+        }
+    }
+
+    fn now(&self) -> SimTime {
+        SimTime::from(self.start.elapsed().mul_f64(self.speed))
+    }
+
+    fn real(&self, simulated: Duration) -> Duration {
+        simulated.div_f64(self.speed)
+    }
+}
+
+/// One pool of a shared simulator, as an HTTP service.
+#[derive(Clone)]
+pub struct PoolServer {
+    pub sim: Arc<Mutex<Sim>>,
+    pub pool: PoolId,
+    pub clock: ServeClock,
+}
+
+impl PoolServer {
+    /// Performs one call: waits its simulated duration, then dispatches it.
+    pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
+        if method == "system.listMethods" {
+            return Ok(Value::Array(
+                crate::dispatch::method_names()
+                    .into_iter()
+                    .map(Value::from)
+                    .collect(),
+            ));
+        }
+        let duration = self.lock().call_duration(method);
+        tokio::time::sleep(self.clock.real(duration)).await;
+        let mut sim = self.lock();
+        // Read the clock under the lock, so concurrent calls reach the model in time order.
+        let now = self.clock.now().max(sim.now());
+        sim.dispatch(self.pool, now, method, params)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sim> {
+        self.sim.lock().expect("simulator lock poisoned")
+    }
+}
+
+/// The HTTP routes of one pool master.
+pub fn router(server: PoolServer) -> Router {
+    Router::new()
+        .route("/jsonrpc", post(json_rpc))
+        .route("/", post(xml_rpc))
+        .fallback(post(xml_rpc))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(server)
+}
+
+fn bad_request(message: String) -> Response {
+    // XAPI answers an unparseable body with HTTP 500.
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain")],
+        message,
+    )
+        .into_response()
+}
+
+async fn xml_rpc(State(server): State<PoolServer>, body: Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad_request("request body is not UTF-8".into());
+    };
+    let (method, params) = match xmlrpc::parse_call(text) {
+        Ok(call) => call,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let result = server.call(&method, &params).await;
+    let body = match (&method[..], &result) {
+        ("system.listMethods", Ok(v)) => xmlrpc::render_bare_response(v),
+        _ => xmlrpc::render_response(&result),
+    };
+    ([(header::CONTENT_TYPE, "text/xml")], body).into_response()
+}
+
+async fn json_rpc(State(server): State<PoolServer>, body: Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad_request("request body is not UTF-8".into());
+    };
+    let request = match jsonrpc::parse_request(text) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let result = server.call(&request.method, &request.params).await;
+    let reply = jsonrpc::render_response(&request, &result);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+        .into_response()
+}

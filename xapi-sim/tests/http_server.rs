@@ -1,0 +1,90 @@
+//! The simulator's HTTP front: envelopes, content types and status codes as
+//! XAPI has them, and clean refusals of bad bodies.
+
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xapi_sim::Sim;
+use xapi_sim::server::{MAX_BODY_BYTES, PoolServer, ServeClock, router};
+use xapi_sim::spec::WorldSpec;
+
+async fn serve() -> std::net::SocketAddr {
+    let spec: WorldSpec =
+        toml::from_str("[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n")
+            .unwrap();
+    let sim = Sim::new(&spec, 1).unwrap();
+    let pool = sim.pool_id("p").unwrap();
+    let server = PoolServer {
+        sim: Arc::new(Mutex::new(sim)),
+        pool,
+        clock: ServeClock::new(1000.0),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(server)).await });
+    addr
+}
+
+/// Sends one POST and returns (status, content-type, body).
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, body.to_string())
+}
+
+const LOGIN: &str = "<methodCall><methodName>session.login_with_password</methodName><params><param><value>root</value></param><param><value>password</value></param></params></methodCall>";
+
+#[tokio::test]
+async fn xml_rpc_on_every_path_json_rpc_on_jsonrpc() {
+    let addr = serve().await;
+    for path in ["/", "/RPC2", "/xmlrpc"] {
+        let (status, content_type, body) = post(addr, path, LOGIN).await;
+        assert_eq!((status, content_type.as_str()), (200, "text/xml"), "{path}");
+        assert!(
+            body.contains("<name>Status</name><value>Success</value>"),
+            "{body}"
+        );
+    }
+    let (status, content_type, body) = post(
+        addr,
+        "/jsonrpc",
+        r#"{"jsonrpc":"2.0","method":"session.login_with_password","params":["root","x"],"id":3}"#,
+    )
+    .await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["message"], "SESSION_AUTHENTICATION_FAILED");
+    assert_eq!(v["id"], 3);
+}
+
+#[tokio::test]
+async fn bad_bodies_get_a_clean_error() {
+    let addr = serve().await;
+    let (status, _, body) = post(addr, "/", "<methodCall><oops").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("malformed"), "{body}");
+    let bomb =
+        "<!DOCTYPE x [<!ENTITY a \"aaaa\">]><methodCall><methodName>&a;</methodName></methodCall>";
+    let (status, _, body) = post(addr, "/", bomb).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("DTD"), "{body}");
+    let (status, _, _) = post(addr, "/jsonrpc", "{\"method\":").await;
+    assert_eq!(status, 500);
+    let huge = "x".repeat(MAX_BODY_BYTES + 1);
+    let (status, _, _) = post(addr, "/", &huge).await;
+    assert_eq!(status, 413);
+    // The server is still there.
+    assert_eq!(post(addr, "/", LOGIN).await.0, 200);
+}
