@@ -47,11 +47,7 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
                 .pool_id(&pool.name)
                 .expect("pool exists");
             println!("pool {} xapi http://{}", pool.name, listener.local_addr()?);
-            let app = router(PoolServer {
-                sim: Arc::clone(&sim),
-                pool: id,
-                clock,
-            });
+            let app = router(PoolServer::new(Arc::clone(&sim), id, clock));
             servers.push(tokio::spawn(
                 async move { axum::serve(listener, app).await },
             ));

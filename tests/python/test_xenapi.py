@@ -6,6 +6,7 @@ it as a client would drive a real pool master.
 
 import os
 import subprocess
+import time
 import unittest
 
 import XenAPI
@@ -91,6 +92,51 @@ class SimulatedPool(unittest.TestCase):
         self.assertEqual(self.failure(self.x.VM.get_record)[0], "MESSAGE_PARAMETER_COUNT_MISMATCH")
         self.assertEqual(self.failure(self.x.VM.no_such_call, running),
                          ["MESSAGE_METHOD_UNKNOWN", "VM.no_such_call"])
+
+    def wait_task(self, task):
+        deadline = time.time() + 10
+        while self.x.task.get_status(task) == "pending" and time.time() < deadline:
+            time.sleep(0.05)
+        return self.x.task.get_record(task)
+
+    def test_async_call_returns_a_task_that_completes(self):
+        vm = self.x.VM.get_by_name_label("vm-08")[0]
+        self.x.VM.clean_shutdown(vm)
+        task = self.x.Async.VM.clone(vm, "async-clone")
+        self.assertTrue(task.startswith("OpaqueRef:"))
+        record = self.wait_task(task)
+        self.assertEqual(record["status"], "success")
+        self.assertEqual(float(record["progress"]), 1.0)
+        clone = self.x.VM.get_by_name_label("async-clone")[0]
+        self.assertEqual(record["result"], "<value>%s</value>" % clone)
+        self.x.task.destroy(task)
+
+        running = self.x.VM.get_by_name_label("vm-01")[0]
+        failing = self.x.Async.VM.start(running, False, False)
+        record = self.wait_task(failing)
+        self.assertEqual(record["status"], "failure")
+        self.assertEqual(record["error_info"], ["VM_BAD_POWER_STATE", running, "halted", "running"])
+        self.x.task.destroy(failing)
+
+        vdis = [self.x.VBD.get_VDI(vbd) for vbd in self.x.VM.get_VBDs(clone)]
+        self.x.VM.destroy(clone)
+        for vdi in vdis:
+            self.x.VDI.destroy(vdi)
+        self.x.VM.start(vm, False, False)
+
+    def test_event_from_reports_changes(self):
+        everything = getattr(self.x.event, "from")(["vm"], "", 1.0)
+        adds = [e for e in everything["events"] if e["operation"] == "add"]
+        self.assertEqual(len(adds), int(everything["valid_ref_counts"]["vm"]))
+        token = everything["token"]
+        vm = self.x.VM.get_by_name_label("vm-09")[0]
+        self.x.VM.add_to_other_config(vm, "watched", "yes")
+        later = getattr(self.x.event, "from")(["vm"], token, 5.0)
+        mods = [e for e in later["events"] if e["ref"] == vm and e["operation"] == "mod"]
+        self.assertTrue(mods, later)
+        self.assertEqual(mods[-1]["snapshot"]["other_config"]["watched"], "yes")
+        injected = self.x.event.inject("pool", self.x.pool.get_all()[0])
+        self.assertGreater(injected, later["token"])
 
     def test_list_methods(self):
         methods = self.session.system.listMethods()

@@ -54,6 +54,9 @@ const WRITES: &[(&str, usize)] = &[
     ("VBD.unplug", 2),
     ("VBD.destroy", 2),
     ("host.compute_free_memory", 2),
+    ("task.destroy", 2),
+    ("event.from", 4),
+    ("event.inject", 3),
     ("session.logout", 1),
 ];
 
@@ -73,15 +76,9 @@ pub(crate) fn method_names() -> Vec<String> {
     names
 }
 
-/// Performs one call.
-pub(crate) fn dispatch(
-    ctx: &mut Ctx<'_>,
-    method: &str,
-    params: &[Value],
-) -> Result<Value, XapiError> {
-    if method == "session.login_with_password" {
-        return login(ctx, params);
-    }
+/// Checks that `method` exists, has the right parameter count and a live
+/// session, without performing it. Returns the session.
+pub(crate) fn precheck(ctx: &Ctx<'_>, method: &str, params: &[Value]) -> Result<String, XapiError> {
     let arity = expected_arity(method)
         .ok_or_else(|| XapiError::new(codes::MESSAGE_METHOD_UNKNOWN, [method]))?;
     if params.len() != arity {
@@ -98,6 +95,19 @@ pub(crate) fn dispatch(
     if !ctx.m.sessions.contains_key(&OpaqueRef(session.clone())) {
         return Err(XapiError::new(codes::SESSION_INVALID, [session]));
     }
+    Ok(session)
+}
+
+/// Performs one call.
+pub(crate) fn dispatch(
+    ctx: &mut Ctx<'_>,
+    method: &str,
+    params: &[Value],
+) -> Result<Value, XapiError> {
+    if method == "session.login_with_password" {
+        return login(ctx, params);
+    }
+    let session = precheck(ctx, method, params)?;
     if method == "session.logout" {
         ctx.m.sessions.remove(&OpaqueRef(session));
         return Ok(Value::Null);
@@ -205,6 +215,24 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
         "VBD.plug" => void(ctx.vbd_plug(&ref_param(a, 0, "self")?)?),
         "VBD.unplug" => void(ctx.vbd_unplug(&ref_param(a, 0, "self")?)?),
         "VBD.destroy" => void(ctx.vbd_destroy(&ref_param(a, 0, "self")?)?),
+        "task.destroy" => {
+            let task = ref_param(a, 0, "self")?;
+            ctx.m
+                .tasks
+                .remove(&task)
+                .ok_or_else(|| XapiError::handle_invalid("task", task.as_str()))?;
+            Value::Null
+        }
+        "event.from" => {
+            let classes: Vec<String> = record_param(a, 0, "classes")?;
+            let token = string_param(a, 1, "token")?;
+            events_of(ctx)?.from(&classes, &token)?
+        }
+        "event.inject" => {
+            let (class, reference) = (string_param(a, 0, "class")?, ref_param(a, 1, "ref")?);
+            let now = ctx.now;
+            Value::from(events_of(ctx)?.inject(now, &class, &reference)?)
+        }
         "host.compute_free_memory" => {
             let host = ref_param(a, 0, "host")?;
             if !ctx.m.hosts.contains_key(&host) {
@@ -215,6 +243,25 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
         _ => return Ok(None),
     };
     Ok(Some(value))
+}
+
+fn events_of<'a>(ctx: &'a mut Ctx<'_>) -> Result<&'a mut crate::events::EventTracker, XapiError> {
+    ctx.m
+        .events
+        .as_mut()
+        .ok_or_else(|| XapiError::not_allowed("events are served only by `abd sim serve`"))
+}
+
+/// Every record of the pool by (class, ref): what the event tracker compares.
+pub(crate) fn all_records(ctx: &Ctx<'_>) -> std::collections::BTreeMap<(String, OpaqueRef), Value> {
+    CLASSES
+        .iter()
+        .flat_map(|class| {
+            class_records(ctx, class)
+                .into_iter()
+                .map(move |(r, v)| ((class.to_string(), r), v))
+        })
+        .collect()
 }
 
 fn set_name(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Value, XapiError> {

@@ -9,6 +9,7 @@
 
 pub mod dhcp;
 mod dispatch;
+pub mod events;
 pub mod log;
 pub mod model;
 mod ops;
@@ -138,8 +139,90 @@ impl Sim {
         params: &[Value],
     ) -> Result<Value, XapiError> {
         self.advance_to(now);
+        self.sync_events(pool, now);
         let mut ctx = self.ctx(pool, now);
-        dispatch::dispatch(&mut ctx, method, params)
+        let result = dispatch::dispatch(&mut ctx, method, params);
+        self.sync_events(pool, now);
+        result
+    }
+
+    /// Starts keeping `pool`'s event stream (for `event.from`; served pools only).
+    pub fn enable_events(&mut self, pool: PoolId) {
+        self.pools[pool.0].events = Some(Default::default());
+        let now = self.now;
+        self.sync_events(pool, now);
+    }
+
+    fn sync_events(&mut self, pool: PoolId, now: SimTime) {
+        if self.pools[pool.0].events.is_none() {
+            return;
+        }
+        let records = dispatch::all_records(&self.ctx(pool, now));
+        if let Some(tracker) = self.pools[pool.0].events.as_mut() {
+            tracker.sync(now, records);
+        }
+    }
+
+    /// Checks that a call exists, has the right parameter count and a live
+    /// session, without performing it (for `Async.*`, which answers with a task).
+    pub fn precheck(
+        &mut self,
+        pool: PoolId,
+        method: &str,
+        params: &[Value],
+    ) -> Result<(), XapiError> {
+        let now = self.now;
+        dispatch::precheck(&self.ctx(pool, now), method, params).map(|_| ())
+    }
+
+    /// Creates a pending task for an `Async.*` call.
+    pub fn task_create(&mut self, pool: PoolId, now: SimTime, name: &str) -> xapi_proto::OpaqueRef {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        let (task, uuid) = model::build::new_ids(ctx.rng);
+        let record = xapi_proto::records::TaskRecord {
+            uuid,
+            name_label: name.to_string(),
+            status: xapi_proto::records::TaskStatus::Pending,
+            created: ctx.xapi_datetime(),
+            resident_on: ctx.m.pool.master.clone(),
+            ..Default::default()
+        };
+        ctx.m.tasks.insert(task.clone(), record);
+        ctx.log(format!("task {task} {name} pending"));
+        self.sync_events(pool, now);
+        task
+    }
+
+    /// Completes a task with the call's result (XML-RPC text of the value, or the error).
+    pub fn task_finish(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        task: &xapi_proto::OpaqueRef,
+        result: &Result<Value, XapiError>,
+    ) {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        let finished = ctx.xapi_datetime();
+        let Some(record) = ctx.m.tasks.get_mut(task) else {
+            return; // destroyed by the client meanwhile
+        };
+        record.progress = 1.0;
+        record.finished = finished;
+        match result {
+            Ok(v) => {
+                record.status = xapi_proto::records::TaskStatus::Success;
+                record.result = xapi_proto::wire::xmlrpc::render_value(v);
+            }
+            Err(e) => {
+                record.status = xapi_proto::records::TaskStatus::Failure;
+                record.error_info = e.description();
+            }
+        }
+        let status = format!("{:?}", record.status).to_lowercase();
+        ctx.log(format!("task {task} {status}"));
+        self.sync_events(pool, now);
     }
 
     /// Who answers the appliance protocol at `ip` in `pool` at `now`.

@@ -52,23 +52,87 @@ pub struct PoolServer {
     pub clock: ServeClock,
 }
 
+/// Longest `event.from` wait, in real seconds.
+const MAX_EVENT_WAIT_S: f64 = 60.0;
+/// How often a waiting `event.from` looks again.
+const EVENT_POLL: Duration = Duration::from_millis(50);
+
 impl PoolServer {
-    /// Performs one call: waits its simulated duration, then dispatches it.
+    /// Serves `pool` of `sim`, keeping its event stream for `event.from`.
+    pub fn new(sim: Arc<Mutex<Sim>>, pool: PoolId, clock: ServeClock) -> Self {
+        sim.lock()
+            .expect("simulator lock poisoned")
+            .enable_events(pool);
+        PoolServer { sim, pool, clock }
+    }
+
+    /// Performs one call as a pool master would.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
-        if method == "system.listMethods" {
-            return Ok(Value::Array(
+        match method {
+            "system.listMethods" => Ok(Value::Array(
                 crate::dispatch::method_names()
                     .into_iter()
                     .map(Value::from)
                     .collect(),
-            ));
+            )),
+            "event.from" => self.event_from(params).await,
+            _ => match method.strip_prefix("Async.") {
+                Some(inner) => self.start_task(method, inner, params),
+                None => self.call_sync(method, params).await,
+            },
         }
+    }
+
+    /// Waits the call's simulated duration, then dispatches it.
+    async fn call_sync(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
         let duration = self.lock().call_duration(method);
         tokio::time::sleep(self.clock.real(duration)).await;
+        self.dispatch_now(method, params)
+    }
+
+    fn dispatch_now(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
         let mut sim = self.lock();
         // Read the clock under the lock, so concurrent calls reach the model in time order.
         let now = self.clock.now().max(sim.now());
         sim.dispatch(self.pool, now, method, params)
+    }
+
+    /// `Async.X.y`: answers a task at once; the call runs and completes the task.
+    fn start_task(&self, method: &str, inner: &str, params: &[Value]) -> Result<Value, XapiError> {
+        let task = {
+            let mut sim = self.lock();
+            sim.precheck(self.pool, inner, params)?;
+            let now = self.clock.now().max(sim.now());
+            sim.task_create(self.pool, now, method)
+        };
+        let server = self.clone();
+        let (inner, params, reply) = (inner.to_string(), params.to_vec(), task.clone());
+        tokio::spawn(async move {
+            let result = server.call_sync(&inner, &params).await;
+            let mut sim = server.lock();
+            let now = server.clock.now().max(sim.now());
+            sim.task_finish(server.pool, now, &task, &result);
+        });
+        Ok(Value::from(reply.0))
+    }
+
+    /// `event.from(classes, token, timeout)`: waits up to `timeout` real
+    /// seconds for something to report.
+    async fn event_from(&self, params: &[Value]) -> Result<Value, XapiError> {
+        let timeout_s = params
+            .get(3)
+            .and_then(|t| t.as_f64().or_else(|| t.as_str()?.parse().ok()))
+            .unwrap_or(0.0);
+        let deadline =
+            Instant::now() + Duration::from_secs_f64(timeout_s.clamp(0.0, MAX_EVENT_WAIT_S));
+        loop {
+            let reply = self.dispatch_now("event.from", params)?;
+            let empty = reply["events"].as_array().is_none_or(Vec::is_empty);
+            if !empty || Instant::now() >= deadline {
+                return Ok(reply);
+            }
+            tokio::time::sleep(EVENT_POLL).await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sim> {

@@ -13,11 +13,7 @@ async fn serve() -> std::net::SocketAddr {
             .unwrap();
     let sim = Sim::new(&spec, 1).unwrap();
     let pool = sim.pool_id("p").unwrap();
-    let server = PoolServer {
-        sim: Arc::new(Mutex::new(sim)),
-        pool,
-        clock: ServeClock::new(1000.0),
-    };
+    let server = PoolServer::new(Arc::new(Mutex::new(sim)), pool, ServeClock::new(1000.0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(server)).await });

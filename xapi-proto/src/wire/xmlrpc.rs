@@ -348,6 +348,13 @@ pub fn render_call(method: &str, params: &[Value]) -> String {
     out
 }
 
+/// One `<value>` element, as XAPI writes task results.
+pub fn render_value(v: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v);
+    out
+}
+
 fn write_value(out: &mut String, v: &Value) {
     out.push_str("<value>");
     match v {

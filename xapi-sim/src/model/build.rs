@@ -52,6 +52,7 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         dhcp: BTreeMap::new(),
         sr_base_bytes: BTreeMap::new(),
         address_conflicts: Vec::new(),
+        events: None,
     };
     let hosts = build_hosts(&mut m, spec, rng);
     m.pool.master = hosts[0].clone();

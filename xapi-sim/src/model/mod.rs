@@ -58,6 +58,8 @@ pub struct PoolModel {
     pub sr_base_bytes: BTreeMap<OpaqueRef, i64>,
     /// Every time a guest configured an address another running guest held.
     pub address_conflicts: Vec<AddressConflict>,
+    /// The event stream, when the pool is served (None in in-process runs).
+    pub events: Option<crate::events::EventTracker>,
 }
 
 /// Two running guests on one address at once.
