@@ -14,7 +14,16 @@ use summary::Summary;
 /// Runs a scenario with a seed and checks it: the summary says whether the
 /// invariants and the expectations held.
 pub fn run_and_check(scenario: &Scenario, seed: u64) -> (runner::RunOutput, Summary) {
-    let out = runner::run(scenario, seed);
+    run_and_check_with(scenario, seed, runner::XapiLink::InProcess)
+}
+
+/// As [`run_and_check`], with the engine reaching the pools through `link`.
+pub fn run_and_check_with(
+    scenario: &Scenario,
+    seed: u64,
+    link: runner::XapiLink,
+) -> (runner::RunOutput, Summary) {
+    let out = runner::run_with(scenario, seed, link);
     let problems = checks::check(scenario, &out);
     let summary = Summary::new(scenario, &out, problems);
     (out, summary)

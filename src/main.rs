@@ -31,12 +31,34 @@ enum Command {
         /// Print only the summary, not the job logs.
         #[arg(long)]
         quiet: bool,
+        /// How the engine reaches the simulated pools: in process, or over HTTP
+        /// on loopback (XML-RPC or JSON-RPC) through its real HTTP transport.
+        #[arg(long, value_enum, default_value_t = Link::InProcess)]
+        xapi: Link,
     },
     /// The pool simulator on its own.
     Sim {
         #[command(subcommand)]
         command: SimCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Link {
+    InProcess,
+    XmlRpc,
+    JsonRpc,
+}
+
+impl From<Link> for abd::runner::XapiLink {
+    fn from(link: Link) -> Self {
+        use engine::xapi::Protocol;
+        match link {
+            Link::InProcess => abd::runner::XapiLink::InProcess,
+            Link::XmlRpc => abd::runner::XapiLink::Http(Protocol::XmlRpc),
+            Link::JsonRpc => abd::runner::XapiLink::Http(Protocol::JsonRpc),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -74,7 +96,8 @@ fn main() -> ExitCode {
             seed,
             json,
             quiet,
-        } => run(&scenario, seed, json, quiet),
+            xapi,
+        } => run(&scenario, seed, json, quiet, xapi.into()),
         Command::Sim {
             command:
                 SimCommand::Serve {
@@ -89,7 +112,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, seed: Option<u64>, json: bool, quiet: bool) -> ExitCode {
+fn run(
+    path: &std::path::Path,
+    seed: Option<u64>,
+    json: bool,
+    quiet: bool,
+    link: abd::runner::XapiLink,
+) -> ExitCode {
     let scenario = match Scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -98,7 +127,7 @@ fn run(path: &std::path::Path, seed: Option<u64>, json: bool, quiet: bool) -> Ex
         }
     };
     let seed = seed.unwrap_or(scenario.seed);
-    let (out, summary) = abd::run_and_check(&scenario, seed);
+    let (out, summary) = abd::run_and_check_with(&scenario, seed, link);
     if json {
         println!(
             "{}",

@@ -67,24 +67,43 @@ pub struct RunOutput {
     pub engine_error: Option<String>,
 }
 
-/// Runs `scenario` with `seed`. Deterministic: same inputs, same output
-/// (apart from `wall`).
+/// How the engine reaches the simulated pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XapiLink {
+    /// Calls go straight into the simulator.
+    #[default]
+    InProcess,
+    /// Calls go over HTTP on loopback to the simulator served as XAPI, in this encoding.
+    Http(engine::xapi::Protocol),
+}
+
+/// Runs `scenario` with `seed`, in process. Deterministic: same inputs, same
+/// output (apart from `wall`).
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutput {
+    run_with(scenario, seed, XapiLink::InProcess)
+}
+
+/// Runs `scenario` with `seed`, the engine reaching the pools through `link`.
+pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
     let wall_start = std::time::Instant::now();
     let sim = Sim::new(&scenario.world(), seed).expect("the scenario was checked");
     let sim: SharedSim = Arc::new(Mutex::new(sim));
+    let served = match link {
+        XapiLink::InProcess => None,
+        XapiLink::Http(protocol) => Some(ServedPools::start(scenario, &sim, protocol)),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
     let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) =
-        runtime.block_on(drive(scenario, Arc::clone(&sim)));
-    let mut sim = Arc::try_unwrap(sim)
-        .ok()
-        .expect("every link is dropped with the runtime")
-        .into_inner()
-        .expect("simulator lock poisoned");
+        runtime.block_on(drive(scenario, Arc::clone(&sim), served.as_ref()));
+    drop(runtime);
+    if let Some(served) = served {
+        served.stop();
+    }
+    let mut sim = sim.lock().expect("simulator lock poisoned");
     let end = sim.now();
     sim.advance_to(end);
     let pools = pool_ends(scenario, &sim, &static_leases);
@@ -115,7 +134,65 @@ type Driven = (
     Option<String>,
 );
 
-async fn drive(scenario: &Scenario, sim: SharedSim) -> Driven {
+/// The simulated pools served over HTTP on loopback, on a real-time runtime
+/// of their own, with the simulated clock set by the callers.
+pub struct ServedPools {
+    io: tokio::runtime::Runtime,
+    time_ms: Arc<std::sync::atomic::AtomicU64>,
+    transports: BTreeMap<String, Arc<engine::xapi::HttpTransport>>,
+}
+
+impl ServedPools {
+    fn start(
+        scenario: &Scenario,
+        sim: &SharedSim,
+        protocol: engine::xapi::Protocol,
+    ) -> ServedPools {
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("an I/O runtime");
+        let time_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut transports = BTreeMap::new();
+        for p in &scenario.pools {
+            let pool = sim
+                .lock()
+                .expect("simulator lock")
+                .pool_id(&p.name)
+                .expect("pool exists");
+            let clock = xapi_sim::server::ServeClock::External(Arc::clone(&time_ms));
+            let app = xapi_sim::server::router(xapi_sim::server::PoolServer::new(
+                Arc::clone(sim),
+                pool,
+                clock,
+            ));
+            let listener = io
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("a loopback port");
+            let url = format!("http://{}", listener.local_addr().expect("bound"));
+            io.spawn(async move { axum::serve(listener, app).await });
+            let options = engine::xapi::HttpOptions {
+                protocol,
+                ..Default::default()
+            };
+            let transport =
+                engine::xapi::HttpTransport::new(&url, &options).expect("a loopback URL");
+            transports.insert(p.name.clone(), Arc::new(transport));
+        }
+        ServedPools {
+            io,
+            time_ms,
+            transports,
+        }
+    }
+
+    fn stop(self) {
+        self.io.shutdown_background();
+    }
+}
+
+async fn drive(scenario: &Scenario, sim: SharedSim, served: Option<&ServedPools>) -> Driven {
     let clock = SimClock::start();
     let connections = scenario
         .pools
@@ -126,13 +203,23 @@ async fn drive(scenario: &Scenario, sim: SharedSim) -> Driven {
                 .expect("simulator lock")
                 .pool_id(&p.name)
                 .expect("pool exists");
-            PoolConnection {
-                config: scenario.pool_config(&p.name),
-                transport: Arc::new(SimTransport {
+            let transport: Arc<dyn engine::xapi::Transport> = match served {
+                None => Arc::new(SimTransport {
                     sim: Arc::clone(&sim),
                     pool,
                     clock,
                 }),
+                Some(served) => Arc::new(crate::sim_link::HttpLink {
+                    sim: Arc::clone(&sim),
+                    clock,
+                    served_time_ms: Arc::clone(&served.time_ms),
+                    http: Arc::clone(&served.transports[&p.name]),
+                    io: served.io.handle().clone(),
+                }),
+            };
+            PoolConnection {
+                config: scenario.pool_config(&p.name),
+                transport,
                 agent: Arc::new(SimAgent {
                     sim: Arc::clone(&sim),
                     pool,

@@ -47,7 +47,7 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
                 .pool_id(&pool.name)
                 .expect("pool exists");
             println!("pool {} xapi http://{}", pool.name, listener.local_addr()?);
-            let app = router(PoolServer::new(Arc::clone(&sim), id, clock));
+            let app = router(PoolServer::new(Arc::clone(&sim), id, clock.clone()));
             servers.push(tokio::spawn(
                 async move { axum::serve(listener, app).await },
             ));

@@ -132,3 +132,40 @@ impl DelegateAgent for SimAgent {
         Ok(report)
     }
 }
+
+/// XAPI calls to a simulated pool served over HTTP on loopback, through the
+/// engine's real HTTP transport and wire codec.
+///
+/// The call's simulated duration is still taken on the paused clock; then the
+/// served pools' clock is set to "now" and this thread blocks until the reply
+/// is in, so simulated time cannot move while the call is on the wire. Same
+/// calls at the same simulated times: the run is the in-process run, byte for byte.
+pub struct HttpLink {
+    pub sim: SharedSim,
+    pub clock: SimClock,
+    /// The served pools' simulated time, in milliseconds.
+    pub served_time_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub http: Arc<engine::xapi::HttpTransport>,
+    /// The real-time runtime the HTTP client and the servers run on.
+    pub io: tokio::runtime::Handle,
+}
+
+#[async_trait]
+impl Transport for HttpLink {
+    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+        let duration = lock(&self.sim).call_duration(method);
+        tokio::time::sleep(duration).await;
+        self.served_time_ms.store(
+            self.clock.now().as_ms(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        let (http, method) = (Arc::clone(&self.http), method.to_string());
+        self.io.spawn(async move {
+            let _ = reply_tx.send(http.call(&method, params).await);
+        });
+        reply_rx
+            .recv()
+            .unwrap_or_else(|_| Err(CallError::Transport("the HTTP worker stopped".into())))
+    }
+}

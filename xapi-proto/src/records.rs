@@ -296,6 +296,7 @@ pub struct VmRecord {
     pub domid: i64,
     pub domain_type: String,
     pub ha_always_run: bool,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
     pub user_version: i64,
 }
 
@@ -460,6 +461,48 @@ mod tests {
             serde_json::from_value(serde_json::json!({"virtual_size": 1073741824})).unwrap();
         assert_eq!(from_xmlrpc.virtual_size, 1 << 30);
         assert_eq!(from_jsonrpc, from_xmlrpc);
+    }
+
+    /// XML-RPC carries every int64 as a string: each record must read back
+    /// from its own serialization with all numbers turned into strings.
+    fn reads_with_ints_as_strings<
+        R: Serialize + serde::de::DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+    >() {
+        fn stringify(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Number(n) if n.is_i64() => {
+                    serde_json::Value::String(n.to_string())
+                }
+                serde_json::Value::Object(m) => {
+                    m.into_iter().map(|(k, v)| (k, stringify(v))).collect()
+                }
+                serde_json::Value::Array(a) => a.into_iter().map(stringify).collect(),
+                other => other,
+            }
+        }
+        let as_xmlrpc = stringify(serde_json::to_value(R::default()).unwrap());
+        let back: R = serde_json::from_value(as_xmlrpc)
+            .unwrap_or_else(|e| panic!("{}: {e}", std::any::type_name::<R>()));
+        assert_eq!(back, R::default());
+    }
+
+    #[test]
+    fn every_record_reads_int64_as_strings() {
+        reads_with_ints_as_strings::<PoolRecord>();
+        reads_with_ints_as_strings::<HostRecord>();
+        reads_with_ints_as_strings::<HostMetricsRecord>();
+        reads_with_ints_as_strings::<SrRecord>();
+        reads_with_ints_as_strings::<PbdRecord>();
+        reads_with_ints_as_strings::<NetworkRecord>();
+        reads_with_ints_as_strings::<PifRecord>();
+        reads_with_ints_as_strings::<VmRecord>();
+        reads_with_ints_as_strings::<VmGuestMetricsRecord>();
+        reads_with_ints_as_strings::<VifRecord>();
+        reads_with_ints_as_strings::<VbdRecord>();
+        reads_with_ints_as_strings::<VdiRecord>();
+        reads_with_ints_as_strings::<TaskRecord>();
+        reads_with_ints_as_strings::<VifCreate>();
+        reads_with_ints_as_strings::<VbdCreate>();
     }
 
     #[test]

@@ -245,11 +245,15 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
     Ok(Some(value))
 }
 
+/// The pool's event stream, started on the first `event.*` call (runs that
+/// never ask pay nothing for it).
 fn events_of<'a>(ctx: &'a mut Ctx<'_>) -> Result<&'a mut crate::events::EventTracker, XapiError> {
-    ctx.m
-        .events
-        .as_mut()
-        .ok_or_else(|| XapiError::not_allowed("events are served only by `abd sim serve`"))
+    if ctx.m.events.is_none() {
+        let mut tracker = crate::events::EventTracker::default();
+        tracker.sync(ctx.now, all_records(ctx));
+        ctx.m.events = Some(tracker);
+    }
+    Ok(ctx.m.events.as_mut().expect("just started"))
 }
 
 /// Every record of the pool by (class, ref): what the event tracker compares.

@@ -146,13 +146,6 @@ impl Sim {
         result
     }
 
-    /// Starts keeping `pool`'s event stream (for `event.from`; served pools only).
-    pub fn enable_events(&mut self, pool: PoolId) {
-        self.pools[pool.0].events = Some(Default::default());
-        let now = self.now;
-        self.sync_events(pool, now);
-    }
-
     fn sync_events(&mut self, pool: PoolId, now: SimTime) {
         if self.pools[pool.0].events.is_none() {
             return;

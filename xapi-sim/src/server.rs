@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -19,28 +20,42 @@ use xapi_proto::{Value, XapiError};
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Real time mapped onto simulated time, `speed` times faster.
-#[derive(Clone, Copy, Debug)]
-pub struct ServeClock {
-    start: Instant,
-    speed: f64,
+/// Where a served pool's simulated time comes from.
+#[derive(Clone, Debug)]
+pub enum ServeClock {
+    /// Real time, `speed` times faster; each call takes its simulated duration.
+    Real { start: Instant, speed: f64 },
+    /// Simulated time set by the caller, in milliseconds; calls take no time of
+    /// their own here, because the caller already waited their duration. The
+    /// scenario runner uses this to drive the engine over HTTP deterministically.
+    External(Arc<AtomicU64>),
 }
 
 impl ServeClock {
-    /// A clock starting now; `speed` > 0 (1.0 = real time).
+    /// Real time starting now; `speed` > 0 (1.0 = real time).
     pub fn new(speed: f64) -> Self {
-        ServeClock {
+        ServeClock::Real {
             start: Instant::now(),
             speed: if speed > 0.0 { speed } else { 1.0 },
         }
     }
 
     fn now(&self) -> SimTime {
-        SimTime::from(self.start.elapsed().mul_f64(self.speed))
+        match self {
+            ServeClock::Real { start, speed } => SimTime::from(start.elapsed().mul_f64(*speed)),
+            ServeClock::External(ms) => SimTime(ms.load(Ordering::SeqCst)),
+        }
+    }
+
+    fn is_external(&self) -> bool {
+        matches!(self, ServeClock::External(_))
     }
 
     fn real(&self, simulated: Duration) -> Duration {
-        simulated.div_f64(self.speed)
+        match self {
+            ServeClock::Real { speed, .. } => simulated.div_f64(*speed),
+            ServeClock::External(_) => Duration::ZERO,
+        }
     }
 }
 
@@ -58,11 +73,8 @@ const MAX_EVENT_WAIT_S: f64 = 60.0;
 const EVENT_POLL: Duration = Duration::from_millis(50);
 
 impl PoolServer {
-    /// Serves `pool` of `sim`, keeping its event stream for `event.from`.
+    /// Serves `pool` of `sim`. Its event stream starts with the first `event.*` call.
     pub fn new(sim: Arc<Mutex<Sim>>, pool: PoolId, clock: ServeClock) -> Self {
-        sim.lock()
-            .expect("simulator lock poisoned")
-            .enable_events(pool);
         PoolServer { sim, pool, clock }
     }
 
@@ -85,8 +97,10 @@ impl PoolServer {
 
     /// Waits the call's simulated duration, then dispatches it.
     async fn call_sync(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
-        let duration = self.lock().call_duration(method);
-        tokio::time::sleep(self.clock.real(duration)).await;
+        if !self.clock.is_external() {
+            let duration = self.lock().call_duration(method);
+            tokio::time::sleep(self.clock.real(duration)).await;
+        }
         self.dispatch_now(method, params)
     }
 

@@ -2,8 +2,10 @@
 //! client with a session on top of it.
 
 mod client;
+mod http;
 
 pub use client::{Credentials, XapiClient};
+pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
 use async_trait::async_trait;
 use xapi_proto::{Value, XapiError};

@@ -1,0 +1,202 @@
+//! XAPI over HTTP(S): XML-RPC (the default) or JSON-RPC to a pool master, with
+//! keep-alive, timeouts, certificate verification by default, and redirection
+//! to the master when a pool member answers HOST_IS_SLAVE.
+
+use super::{CallError, Transport};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use xapi_proto::wire::{jsonrpc, xmlrpc};
+use xapi_proto::{Value, XapiError, codes};
+
+/// Which XAPI encoding to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// XML-RPC at `/` (what XAPI has always served).
+    #[default]
+    XmlRpc,
+    /// JSON-RPC 2.0 at `/jsonrpc`.
+    JsonRpc,
+}
+
+/// How the server's certificate is checked (HTTPS only).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// Verify against the system's trusted roots.
+    #[default]
+    Verify,
+    /// Also trust this PEM certificate (a pool's self-signed certificate).
+    Trust(PathBuf),
+    /// Accept any certificate (lab pools only).
+    SkipVerification,
+}
+
+/// Settings of an HTTP transport.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub protocol: Protocol,
+    pub tls: TlsPolicy,
+    /// Longest a single call may take.
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            protocol: Protocol::XmlRpc,
+            tls: TlsPolicy::Verify,
+            call_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Redirections to a new master followed for one call.
+const MAX_REDIRECTS: usize = 3;
+/// How much of an unexpected reply an error message quotes.
+const QUOTE_BYTES: usize = 200;
+
+/// Carries XAPI calls to a pool master over HTTP(S).
+pub struct HttpTransport {
+    client: reqwest::Client,
+    base: Mutex<reqwest::Url>,
+    protocol: Protocol,
+    next_id: AtomicU64,
+}
+
+impl HttpTransport {
+    /// A transport to the pool at `url` (`http://host[:port]` or `https://...`).
+    pub fn new(url: &str, options: &HttpOptions) -> Result<Self, CallError> {
+        let base = reqwest::Url::parse(url)
+            .map_err(|e| CallError::Transport(format!("bad pool URL {url:?}: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(CallError::Transport(format!(
+                "pool URL {url:?} is neither http nor https"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(options.call_timeout)
+            .connect_timeout(options.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90));
+        match &options.tls {
+            TlsPolicy::Verify => {}
+            TlsPolicy::Trust(pem) => {
+                let bytes = std::fs::read(pem).map_err(|e| {
+                    CallError::Transport(format!("cannot read certificate {}: {e}", pem.display()))
+                })?;
+                let cert = reqwest::Certificate::from_pem(&bytes).map_err(|e| {
+                    CallError::Transport(format!("bad certificate {}: {e}", pem.display()))
+                })?;
+                builder = builder.add_root_certificate(cert);
+            }
+            TlsPolicy::SkipVerification => builder = builder.danger_accept_invalid_certs(true),
+        }
+        let client = builder
+            .build()
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        Ok(HttpTransport {
+            client,
+            base: Mutex::new(base),
+            protocol: options.protocol,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The master this transport talks to now.
+    pub fn url(&self) -> String {
+        self.base.lock().expect("url lock poisoned").to_string()
+    }
+
+    async fn post_once(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Result<Value, XapiError>, CallError> {
+        let base = self.base.lock().expect("url lock poisoned").clone();
+        let (url, content_type, body) = match self.protocol {
+            Protocol::XmlRpc => (base, "text/xml", xmlrpc::render_call(method, params)),
+            Protocol::JsonRpc => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let url = base
+                    .join("/jsonrpc")
+                    .map_err(|e| CallError::Transport(e.to_string()))?;
+                (
+                    url,
+                    "application/json",
+                    jsonrpc::render_request(method, params, id).to_string(),
+                )
+            }
+        };
+        let reply = self
+            .client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Transport(format!("{method} to {url}: {}", describe(e))))?;
+        let status = reply.status();
+        let text = reply.text().await.map_err(|e| {
+            CallError::Transport(format!("{method}: reading the reply: {}", describe(e)))
+        })?;
+        if !status.is_success() {
+            let quote: String = text.chars().take(QUOTE_BYTES).collect();
+            return Err(CallError::Transport(format!(
+                "{method}: HTTP {status}: {quote}"
+            )));
+        }
+        let parsed = match self.protocol {
+            Protocol::XmlRpc => xmlrpc::parse_response(&text),
+            Protocol::JsonRpc => jsonrpc::parse_response(&text),
+        };
+        parsed.map_err(|e| CallError::Decode {
+            method: method.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn redirect_to_master(&self, master: &str) -> Result<(), CallError> {
+        let mut base = self.base.lock().expect("url lock poisoned");
+        base.set_host(Some(master)).map_err(|e| {
+            CallError::Transport(format!("HOST_IS_SLAVE names a bad master {master:?}: {e}"))
+        })?;
+        tracing::info!(
+            master,
+            "pool member answered HOST_IS_SLAVE; talking to the master"
+        );
+        Ok(())
+    }
+}
+
+/// A reqwest error without the request URL's query (which may carry a session).
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "failed"
+    };
+    format!("{kind}: {}", e.without_url())
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+        for _ in 0..=MAX_REDIRECTS {
+            match self.post_once(method, &params).await? {
+                Err(e) if e.is(codes::HOST_IS_SLAVE) => {
+                    let master = e.params.first().cloned().unwrap_or_default();
+                    self.redirect_to_master(&master)?;
+                }
+                result => return result.map_err(CallError::Xapi),
+            }
+        }
+        Err(CallError::Transport(format!(
+            "{method}: too many HOST_IS_SLAVE redirections"
+        )))
+    }
+}
