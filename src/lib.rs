@@ -2,6 +2,7 @@
 //! to the simulator.
 
 pub mod checks;
+pub mod real_pool;
 pub mod runner;
 pub mod scenario;
 pub mod serve;

@@ -36,10 +36,43 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Link::InProcess)]
         xapi: Link,
     },
+    /// Checks a real pool (or `abd sim serve`) without changing anything:
+    /// API version, hosts, default SR, networks, template, what would block jobs.
+    Validate {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The delegate template of a real pool.
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+    },
     /// The pool simulator on its own.
     Sim {
         #[command(subcommand)]
         command: SimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Finds the template, or deploys one on the pool's default shared SR.
+    Deploy {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+    },
+    /// Replaces the template with a fresh one (refused while delegates exist).
+    Redeploy {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+    },
+    /// Deletes the template (only ours; refused while delegates exist).
+    Delete {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
     },
 }
 
@@ -98,6 +131,8 @@ fn main() -> ExitCode {
             quiet,
             xapi,
         } => run(&scenario, seed, json, quiet, xapi.into()),
+        Command::Validate { pool, json } => real_pool(validate(pool, json)),
+        Command::Template { action } => real_pool(template(action)),
         Command::Sim {
             command:
                 SimCommand::Serve {
@@ -180,6 +215,89 @@ fn serve(
             ExitCode::FAILURE
         }
     }
+}
+
+fn real_pool(job: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    match abd::real_pool::block_on(job) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn validate(args: abd::real_pool::PoolArgs, json: bool) -> anyhow::Result<bool> {
+    let (engine, name) = abd::real_pool::connect(&args).await?;
+    let report = engine.validate(&name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("Pool {} (XAPI {})", args.pool, report.api_version);
+        report.hosts.iter().for_each(|h| println!("  host {h}"));
+        println!(
+            "  default SR: {}",
+            report.default_sr.as_deref().unwrap_or("none")
+        );
+        println!("  networks: {}", report.networks.join(", "));
+        println!(
+            "  delegate network: {}",
+            report.delegate_network.as_deref().unwrap_or("?")
+        );
+        match &report.template {
+            Some(sr) => println!("  delegate template: present on SR {sr:?}"),
+            None => println!("  delegate template: not deployed (a job deploys it)"),
+        }
+        match report.delegates_allowed {
+            Some(n) => println!("  delegates at once: {n} (static addresses)"),
+            None => println!("  delegates at once: as many as the DHCP range allows"),
+        }
+        match report.blockers.as_slice() {
+            [] => println!("Nothing blocks jobs."),
+            blockers => blockers.iter().for_each(|b| println!("BLOCKS JOBS: {b}")),
+        }
+    }
+    engine.shutdown().await;
+    Ok(report.blockers.is_empty())
+}
+
+async fn template(action: TemplateAction) -> anyhow::Result<bool> {
+    let args = match &action {
+        TemplateAction::Deploy { pool }
+        | TemplateAction::Redeploy { pool }
+        | TemplateAction::Delete { pool } => pool,
+    };
+    let (engine, name) = abd::real_pool::connect(args).await?;
+    let result = match action {
+        TemplateAction::Deploy { .. } => {
+            engine
+                .template_deploy(&name)
+                .await
+                .map(|(info, outcome)| match outcome {
+                    engine::template::TemplateOutcome::Deployed => {
+                        format!("deployed on SR {:?}", info.sr_name)
+                    }
+                    _ => format!("already present on SR {:?}", info.sr_name),
+                })
+        }
+        TemplateAction::Redeploy { .. } => engine
+            .template_redeploy(&name)
+            .await
+            .map(|info| format!("redeployed on SR {:?}", info.sr_name)),
+        TemplateAction::Delete { .. } => {
+            engine
+                .template_delete(&name)
+                .await
+                .map(|deleted| match deleted {
+                    true => "deleted".to_string(),
+                    false => "none to delete".to_string(),
+                })
+        }
+    };
+    engine.shutdown().await;
+    println!("delegate template: {}", result?);
+    Ok(true)
 }
 
 fn print_logs(out: &abd::runner::RunOutput) {

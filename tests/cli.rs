@@ -74,3 +74,136 @@ fn an_unmet_expectation_fails_and_prints_the_replay_command() {
     assert!(stderr.contains("--seed 3"), "{stderr}");
     assert!(stderr.contains("abd run"), "{stderr}");
 }
+
+/// `abd sim serve` on a free port, killed on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Served {
+    fn start(scenario_file: &str) -> Served {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_abd"))
+            .args([
+                "sim",
+                "serve",
+                &scenario(scenario_file),
+                "--listen",
+                "127.0.0.1:0",
+                "--speed",
+                "1000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("abd sim serve starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .nth(3)
+            .expect("pool <name> xapi <url>")
+            .to_string();
+        Served { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many VMs the served pool has with this name (over XML-RPC).
+fn vms_named(url: &str, name: &str) -> usize {
+    use engine::xapi::{HttpOptions, HttpTransport, Transport};
+    use serde_json::json;
+    let http = HttpTransport::new(url, &HttpOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = http
+            .call(
+                "session.login_with_password",
+                vec![json!("root"), json!("password")],
+            )
+            .await
+            .unwrap();
+        let vms = http
+            .call("VM.get_by_name_label", vec![session, json!(name)])
+            .await
+            .unwrap();
+        vms.as_array().unwrap().len()
+    })
+}
+
+fn password_file(name: &str, password: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("abd-cli-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn real_pool_mode_validates_and_manages_only_its_own_template() {
+    let served = Served::start("leftovers.toml");
+    let pw = password_file("good", "password");
+    let pool = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend([
+            "--pool",
+            served.url.as_str(),
+            "--password-file",
+            pw.as_str(),
+        ]);
+        abd(&args)
+    };
+    let (code, stdout, _) = pool(&["validate"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("XAPI 2.21")
+            && stdout.contains("not deployed")
+            && stdout.contains("Nothing blocks jobs"),
+        "{stdout}"
+    );
+    assert_eq!(
+        pool(&["template", "deploy"]).1,
+        "delegate template: deployed on SR \"nfs\"\n"
+    );
+    assert_eq!(
+        pool(&["template", "deploy", "--json-rpc"]).1,
+        "delegate template: already present on SR \"nfs\"\n"
+    );
+    assert_eq!(
+        pool(&["template", "delete"]).1,
+        "delegate template: deleted\n"
+    );
+    assert_eq!(
+        pool(&["template", "delete"]).1,
+        "delegate template: none to delete\n"
+    );
+    // The untagged look-alike "ABD 1" and another engine's "ABD 2" were never touched.
+    for name in ["ABD 1", "ABD 2", "ABD 7"] {
+        assert_eq!(vms_named(&served.url, name), 1, "{name}");
+    }
+    let (_, json, _) = pool(&["validate", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["template"], serde_json::Value::Null);
+    assert!(report["blockers"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_wrong_password_is_a_clean_error_that_never_shows_the_password() {
+    let served = Served::start("quickstart.toml");
+    let pw = password_file("bad", "s3cret-wrong");
+    let (code, stdout, stderr) = abd(&["validate", "--pool", &served.url, "--password-file", &pw]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("SESSION_AUTHENTICATION_FAILED"), "{stderr}");
+    assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
+}

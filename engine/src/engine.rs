@@ -37,6 +37,23 @@ impl Engine {
         config: EngineConfig,
         connections: Vec<PoolConnection>,
     ) -> Result<Engine, EngineError> {
+        Self::open(config, connections, true).await
+    }
+
+    /// Connects to every pool and changes nothing (for `validate` and the
+    /// operator's template commands).
+    pub async fn connect(
+        config: EngineConfig,
+        connections: Vec<PoolConnection>,
+    ) -> Result<Engine, EngineError> {
+        Self::open(config, connections, false).await
+    }
+
+    async fn open(
+        config: EngineConfig,
+        connections: Vec<PoolConnection>,
+        reclaim: bool,
+    ) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared::new(config));
         let engine_log = VmLog::new(Arc::clone(&shared.log), Arc::clone(&shared), None);
         engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
@@ -52,7 +69,9 @@ impl Engine {
                 xapi,
                 c.agent,
             )?);
-            reclaim_leftovers(&pool, &engine_log).await?;
+            if reclaim {
+                reclaim_leftovers(&pool, &engine_log).await?;
+            }
             pools.insert(name, pool);
         }
         engine_log.ok(format!("Engine ready: {} pool(s)", pools.len()));
@@ -135,6 +154,25 @@ impl Engine {
         result
     }
 
+    /// Operator action: finds the pool's template, or deploys one.
+    pub async fn template_deploy(
+        &self,
+        pool: &str,
+    ) -> Result<
+        (
+            crate::template::TemplateInfo,
+            crate::template::TemplateOutcome,
+        ),
+        EngineError,
+    > {
+        let pool = self.pool(pool)?;
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        let topo = pool.load_topology().await.map_err(|e| {
+            EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
+        })?;
+        crate::template::ensure(pool, &topo, &log).await
+    }
+
     /// Operator action: replaces the pool's template with a freshly imported one
     /// (refused while delegates exist).
     pub async fn template_redeploy(
@@ -162,6 +200,14 @@ impl Engine {
             )),
         }
         result
+    }
+
+    /// Read-only check of a pool: what is there and what would stop a job.
+    pub async fn validate(
+        &self,
+        pool: &str,
+    ) -> Result<crate::validate::ValidationReport, EngineError> {
+        Ok(crate::validate::validate(self.pool(pool)?).await)
     }
 
     /// Tears down idle delegates (persistent mode) and logs out.

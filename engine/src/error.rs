@@ -15,12 +15,12 @@ pub enum EngineError {
     #[error("unknown pool {0:?}")]
     UnknownPool(String),
     /// An XAPI call failed; names the object and the step.
-    #[error("{object}: {step} failed: {source}")]
+    #[error("{object}: {step} failed: {cause}")]
     Xapi {
         object: String,
         step: &'static str,
-        #[source]
-        source: CallError,
+        /// Part of the message, so deliberately not a `source` (no repeated chains).
+        cause: CallError,
     },
     /// No delegate address could be had.
     #[error("{0}")]
@@ -58,7 +58,7 @@ impl EngineError {
         EngineError::Xapi {
             object: object.into(),
             step,
-            source,
+            cause: source,
         }
     }
 
@@ -66,8 +66,8 @@ impl EngineError {
     /// host may do better.
     pub fn is_host_related(&self) -> bool {
         match self {
-            EngineError::Xapi { source, .. } => matches!(
-                source.code(),
+            EngineError::Xapi { cause, .. } => matches!(
+                cause.code(),
                 Some(
                     xapi_proto::codes::HOST_NOT_ENOUGH_FREE_MEMORY
                         | xapi_proto::codes::HOST_OFFLINE

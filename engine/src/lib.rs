@@ -22,6 +22,7 @@ pub mod placement;
 pub mod pool;
 pub mod tags;
 pub mod template;
+pub mod validate;
 pub mod xapi;
 
 pub use config::{Addressing, EngineConfig, JobSpec, PoolConfig};

@@ -24,7 +24,7 @@ pub trait Transport: Send + Sync {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
     /// XAPI answered with an error.
-    #[error("{0}")]
+    #[error(transparent)]
     Xapi(#[from] XapiError),
     /// The call did not get through (connection, timeout, malformed reply).
     #[error("transport: {0}")]
