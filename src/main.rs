@@ -154,12 +154,9 @@ fn run(
     quiet: bool,
     link: abd::runner::XapiLink,
 ) -> ExitCode {
-    let scenario = match Scenario::load(path) {
+    let scenario = match load(path) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let seed = seed.unwrap_or(scenario.seed);
     let (out, summary) = abd::run_and_check_with(&scenario, seed, link);
@@ -194,12 +191,9 @@ fn serve(
     seed: Option<u64>,
     speed: f64,
 ) -> ExitCode {
-    let scenario = match Scenario::load(path) {
+    let scenario = match load(path) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let options = abd::serve::ServeOptions {
         listen,
@@ -298,6 +292,14 @@ async fn template(action: TemplateAction) -> anyhow::Result<bool> {
     engine.shutdown().await;
     println!("delegate template: {}", result?);
     Ok(true)
+}
+
+/// Loads a scenario; an invalid one is reported (file, line, field) with exit code 2.
+fn load(path: &std::path::Path) -> Result<Scenario, ExitCode> {
+    Scenario::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn print_logs(out: &abd::runner::RunOutput) {

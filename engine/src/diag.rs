@@ -120,9 +120,7 @@ async fn run_steps(pool: &Arc<PoolRuntime>, steps: &mut Steps) -> Option<Delegat
     let log = steps.log.clone();
     let started = Instant::now();
     let prepared = async {
-        let topo = pool.load_topology().await.map_err(|e| {
-            EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
-        })?;
+        let topo = pool.topology().await?;
         let network = pool.delegate_network(&topo)?;
         let (info, outcome) = template::ensure(pool, &topo, &log).await?;
         Ok((topo, network, info, outcome))

@@ -134,9 +134,7 @@ impl Engine {
         let pool = self.pool(pool)?;
         let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
         let result = async {
-            let topo = pool.load_topology().await.map_err(|e| {
-                EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
-            })?;
+            let topo = pool.topology().await?;
             crate::template::delete(pool, &topo).await
         }
         .await;
@@ -167,9 +165,7 @@ impl Engine {
     > {
         let pool = self.pool(pool)?;
         let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
-        let topo = pool.load_topology().await.map_err(|e| {
-            EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
-        })?;
+        let topo = pool.topology().await?;
         crate::template::ensure(pool, &topo, &log).await
     }
 
@@ -182,9 +178,7 @@ impl Engine {
         let pool = self.pool(pool)?;
         let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
         let result = async {
-            let topo = pool.load_topology().await.map_err(|e| {
-                EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e)
-            })?;
+            let topo = pool.topology().await?;
             crate::template::redeploy(pool, &topo).await
         }
         .await;

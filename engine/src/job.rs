@@ -130,10 +130,7 @@ async fn prepare(
     spec: &JobSpec,
     log: &VmLog,
 ) -> Result<JobContext, EngineError> {
-    let topo = pool
-        .load_topology()
-        .await
-        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "reading the pool", e))?;
+    let topo = pool.topology().await?;
     let network = pool.delegate_network(&topo)?;
     let (template, _) = template::ensure(pool, &topo, log).await?;
     Ok(JobContext {

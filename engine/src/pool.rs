@@ -239,6 +239,13 @@ impl PoolRuntime {
         self.idle.lock().expect("idle lock poisoned").len()
     }
 
+    /// Reads hosts, storage and networks; an error names the pool.
+    pub async fn topology(&self) -> Result<Topology, EngineError> {
+        self.load_topology()
+            .await
+            .map_err(|e| EngineError::xapi(format!("pool {}", self.name()), "reading the pool", e))
+    }
+
     /// Reads hosts, storage and networks.
     pub async fn load_topology(&self) -> Result<Topology, CallError> {
         let pool = self.xapi.pool_get_all_records().await?;

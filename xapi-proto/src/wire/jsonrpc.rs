@@ -80,30 +80,11 @@ pub fn parse_response(body: &str) -> Result<Result<Value, XapiError>, WireError>
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("INTERNAL_ERROR");
-            let params: Vec<String> = e
-                .get("data")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|x| {
-                            x.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| x.to_string())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let params = super::strings(e.get("data"));
             Ok(Err(XapiError::new(code, params)))
         }
-        Some(Value::Array(a)) => {
-            let d: Vec<String> = a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string())
-                })
-                .collect();
+        Some(array @ Value::Array(_)) => {
+            let d = super::strings(Some(array));
             Ok(Err(XapiError::from_description(&d)))
         }
         Some(other) => Err(malformed(

@@ -27,3 +27,18 @@ pub(crate) fn malformed(what: &'static str, detail: impl Into<String>) -> WireEr
         detail: detail.into(),
     }
 }
+
+/// The strings of an array value (non-strings as their JSON text); empty if absent.
+pub(crate) fn strings(v: Option<&crate::Value>) -> Vec<String> {
+    v.and_then(crate::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

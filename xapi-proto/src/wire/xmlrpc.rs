@@ -297,19 +297,7 @@ fn unwrap_status(v: Value) -> Result<Value, XapiError> {
     match v.get("Status").and_then(Value::as_str) {
         Some("Success") => Ok(v.get("Value").cloned().unwrap_or(Value::Null)),
         Some(_) => {
-            let description: Vec<String> = v
-                .get("ErrorDescription")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|x| {
-                            x.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| x.to_string())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let description = super::strings(v.get("ErrorDescription"));
             Err(XapiError::from_description(&description))
         }
         None => Ok(v),
