@@ -58,6 +58,10 @@ class SimulatedPool(unittest.TestCase):
             for ref in refs[:3]:
                 self.assertEqual(getattr(self.x, cls).get_record(ref), records[ref], cls)
         vms = self.x.VM.get_all_records()
+        some_vm = next(iter(vms.values()))
+        for field in ["HVM_boot_params", "bios_strings", "actions_after_crash", "NVRAM", "VCPUs_params"]:
+            self.assertIn(field, some_vm)
+        self.assertEqual(len(some_vm), 90, "every VM field of the datamodel")
         names = sorted(r["name_label"] for r in vms.values() if not r["is_control_domain"])
         self.assertEqual(names, ["vm-%02d" % i for i in range(1, 13)])
         host = self.x.host.get_all()[0]

@@ -4,6 +4,7 @@
 //! model carried by calls (the JSON-RPC value space), and XAPI's error codes.
 //! Nothing here performs I/O or knows about backup delegates.
 
+pub mod defaults;
 pub mod error;
 pub mod records;
 pub mod refs;

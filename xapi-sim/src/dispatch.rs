@@ -378,31 +378,43 @@ fn read(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Value, XapiError
     }
 }
 
-fn to_value<R: Serialize>(r: &R) -> Value {
-    serde_json::to_value(r).expect("records serialize")
+/// A record as XAPI returns it: the model's fields, and (for served pools)
+/// XAPI's defaults for the rest.
+fn to_value<R: Serialize>(full: bool, class: &str, r: &R) -> Value {
+    let mut v = serde_json::to_value(r).expect("records serialize");
+    if full {
+        xapi_proto::defaults::complete(class, &mut v);
+    }
+    v
 }
 
-fn table_values<R: Serialize>(t: &crate::model::Table<R>) -> Vec<(OpaqueRef, Value)> {
-    t.iter().map(|(r, v)| (r.clone(), to_value(v))).collect()
+fn table_values<R: Serialize>(
+    full: bool,
+    class: &str,
+    t: &crate::model::Table<R>,
+) -> Vec<(OpaqueRef, Value)> {
+    t.iter()
+        .map(|(r, v)| (r.clone(), to_value(full, class, v)))
+        .collect()
 }
 
 /// Every record of a class, ordered by reference.
 fn class_records(ctx: &Ctx<'_>, class: &str) -> std::collections::BTreeMap<OpaqueRef, Value> {
     let m = &*ctx.m;
     let rows = match class {
-        "pool" => vec![(m.pool_ref.clone(), to_value(&m.pool))],
-        "host" => table_values(&m.hosts),
-        "host_metrics" => table_values(&m.host_metrics),
-        "SR" => table_values(&m.srs),
-        "PBD" => table_values(&m.pbds),
-        "network" => table_values(&m.networks),
-        "PIF" => table_values(&m.pifs),
-        "VM" => table_values(&m.vms),
-        "VM_guest_metrics" => table_values(&m.guest_metrics),
-        "VIF" => table_values(&m.vifs),
-        "VBD" => table_values(&m.vbds),
-        "VDI" => table_values(&m.vdis),
-        "task" => table_values(&m.tasks),
+        "pool" => vec![(m.pool_ref.clone(), to_value(m.full_records, class, &m.pool))],
+        "host" => table_values(m.full_records, class, &m.hosts),
+        "host_metrics" => table_values(m.full_records, class, &m.host_metrics),
+        "SR" => table_values(m.full_records, class, &m.srs),
+        "PBD" => table_values(m.full_records, class, &m.pbds),
+        "network" => table_values(m.full_records, class, &m.networks),
+        "PIF" => table_values(m.full_records, class, &m.pifs),
+        "VM" => table_values(m.full_records, class, &m.vms),
+        "VM_guest_metrics" => table_values(m.full_records, class, &m.guest_metrics),
+        "VIF" => table_values(m.full_records, class, &m.vifs),
+        "VBD" => table_values(m.full_records, class, &m.vbds),
+        "VDI" => table_values(m.full_records, class, &m.vdis),
+        "task" => table_values(m.full_records, class, &m.tasks),
         _ => vec![],
     };
     rows.into_iter().collect()
@@ -412,19 +424,28 @@ fn class_records(ctx: &Ctx<'_>, class: &str) -> std::collections::BTreeMap<Opaqu
 fn record_of(ctx: &Ctx<'_>, class: &str, r: &OpaqueRef) -> Option<Value> {
     let m = &*ctx.m;
     match class {
-        "pool" => (r == &m.pool_ref).then(|| to_value(&m.pool)),
-        "host" => m.hosts.get(r).map(to_value),
-        "host_metrics" => m.host_metrics.get(r).map(to_value),
-        "SR" => m.srs.get(r).map(to_value),
-        "PBD" => m.pbds.get(r).map(to_value),
-        "network" => m.networks.get(r).map(to_value),
-        "PIF" => m.pifs.get(r).map(to_value),
-        "VM" => m.vms.get(r).map(to_value),
-        "VM_guest_metrics" => m.guest_metrics.get(r).map(to_value),
-        "VIF" => m.vifs.get(r).map(to_value),
-        "VBD" => m.vbds.get(r).map(to_value),
-        "VDI" => m.vdis.get(r).map(to_value),
-        "task" => m.tasks.get(r).map(to_value),
+        "pool" => (r == &m.pool_ref).then(|| to_value(m.full_records, class, &m.pool)),
+        "host" => m.hosts.get(r).map(|v| to_value(m.full_records, class, v)),
+        "host_metrics" => m
+            .host_metrics
+            .get(r)
+            .map(|v| to_value(m.full_records, class, v)),
+        "SR" => m.srs.get(r).map(|v| to_value(m.full_records, class, v)),
+        "PBD" => m.pbds.get(r).map(|v| to_value(m.full_records, class, v)),
+        "network" => m
+            .networks
+            .get(r)
+            .map(|v| to_value(m.full_records, class, v)),
+        "PIF" => m.pifs.get(r).map(|v| to_value(m.full_records, class, v)),
+        "VM" => m.vms.get(r).map(|v| to_value(m.full_records, class, v)),
+        "VM_guest_metrics" => m
+            .guest_metrics
+            .get(r)
+            .map(|v| to_value(m.full_records, class, v)),
+        "VIF" => m.vifs.get(r).map(|v| to_value(m.full_records, class, v)),
+        "VBD" => m.vbds.get(r).map(|v| to_value(m.full_records, class, v)),
+        "VDI" => m.vdis.get(r).map(|v| to_value(m.full_records, class, v)),
+        "task" => m.tasks.get(r).map(|v| to_value(m.full_records, class, v)),
         _ => None,
     }
 }

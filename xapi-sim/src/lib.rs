@@ -146,6 +146,11 @@ impl Sim {
         result
     }
 
+    /// Makes `pool`'s records carry every XAPI field, as a served pool master's do.
+    pub fn serve_full_records(&mut self, pool: PoolId) {
+        self.pools[pool.0].full_records = true;
+    }
+
     fn sync_events(&mut self, pool: PoolId, now: SimTime) {
         if self.pools[pool.0].events.is_none() {
             return;

@@ -73,8 +73,12 @@ const MAX_EVENT_WAIT_S: f64 = 60.0;
 const EVENT_POLL: Duration = Duration::from_millis(50);
 
 impl PoolServer {
-    /// Serves `pool` of `sim`. Its event stream starts with the first `event.*` call.
+    /// Serves `pool` of `sim` with full records. Its event stream starts with
+    /// the first `event.*` call.
     pub fn new(sim: Arc<Mutex<Sim>>, pool: PoolId, clock: ServeClock) -> Self {
+        sim.lock()
+            .expect("simulator lock poisoned")
+            .serve_full_records(pool);
         PoolServer { sim, pool, clock }
     }
 

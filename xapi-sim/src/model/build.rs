@@ -53,6 +53,7 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         sr_base_bytes: BTreeMap::new(),
         address_conflicts: Vec::new(),
         events: None,
+        full_records: false,
     };
     let hosts = build_hosts(&mut m, spec, rng);
     m.pool.master = hosts[0].clone();

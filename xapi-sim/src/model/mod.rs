@@ -60,6 +60,10 @@ pub struct PoolModel {
     pub address_conflicts: Vec<AddressConflict>,
     /// The event stream, when the pool is served (None in in-process runs).
     pub events: Option<crate::events::EventTracker>,
+    /// Records carry every XAPI field (defaults for what the model does not
+    /// track). On for served pools; in-process runs skip the cost, since the
+    /// engine reads only the fields it knows.
+    pub full_records: bool,
 }
 
 /// Two running guests on one address at once.
