@@ -1,7 +1,9 @@
 //! The `abd` command and scenario runner: the one place that joins the engine
 //! to the simulator.
 
+pub mod ads_cli;
 pub mod checks;
+pub mod disk_image;
 pub mod real_pool;
 pub mod runner;
 pub mod scenario;

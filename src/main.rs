@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         action: TemplateAction,
     },
+    /// The data store (ADS) on its own: init, backup an image, list, restore, verify, gc.
+    Ads {
+        #[command(subcommand)]
+        command: abd::ads_cli::AdsCommand,
+    },
     /// The pool simulator on its own.
     Sim {
         #[command(subcommand)]
@@ -116,6 +121,23 @@ enum SimCommand {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
+    /// Writes a raw disk image with the simulator's seeded disk content
+    /// (what a simulated VDI holds), for benchmarks and `abd ads backup`.
+    Image {
+        /// The file to write (replaced if it exists).
+        out: PathBuf,
+        /// Size, e.g. 2GiB, 512MiB or bytes.
+        #[arg(long, value_parser = abd::disk_image::parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The day the disk is read on (0: as deployed; each day rewrites ~2%).
+        #[arg(long, default_value_t = 0)]
+        day: u32,
+        /// Which disk of the lineage (disks share their OS blocks).
+        #[arg(long, default_value_t = 1)]
+        disk: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +166,17 @@ fn main() -> ExitCode {
                     speed,
                 },
         } => serve(&scenario, listen, user, password, seed, speed),
+        Command::Sim {
+            command:
+                SimCommand::Image {
+                    out,
+                    size,
+                    seed,
+                    day,
+                    disk,
+                },
+        } => report(abd::disk_image::write(&out, size, seed, day, disk).map(|()| true)),
+        Command::Ads { command } => report(abd::ads_cli::run(command)),
     }
 }
 
@@ -204,6 +237,17 @@ fn serve(
     };
     match abd::serve::serve(&scenario, options) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,18 +1,9 @@
 //! The `abd` command as users meet it: exit codes and messages.
 
-use std::process::Command;
+mod common;
 
-fn abd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_abd"))
-        .args(args)
-        .output()
-        .expect("abd runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::abd;
+use std::process::Command;
 
 fn scenario(name: &str) -> String {
     format!("{}/scenarios/{name}", env!("CARGO_MANIFEST_DIR"))

@@ -7,6 +7,7 @@
 //! knows about backup delegates: the appliance is modelled as a kind of guest
 //! OS that honours `vm-data/...` settings, nothing more.
 
+pub mod content;
 pub mod dhcp;
 mod dispatch;
 pub mod events;

@@ -1,0 +1,180 @@
+//! Verification: re-hash every stored chunk and check every manifest's
+//! references. Problems are reported precisely, with the versions they hurt.
+
+use crate::ChunkId;
+use crate::codec;
+use crate::error::Result;
+use crate::index::IndexIssue;
+use crate::manifest::Manifest;
+use crate::pack::{self, PackName};
+use crate::store::Store;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+
+/// One problem found by [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Problem {
+    /// A stored chunk does not decode or does not match its address.
+    CorruptChunk {
+        chunk: String,
+        pack: PackName,
+        offset: u64,
+        detail: String,
+        /// `vm@seq` of every version that references it.
+        affects: Vec<String>,
+    },
+    /// A version references a chunk the store does not have.
+    MissingChunk { chunk: String, affects: Vec<String> },
+    /// A pack's trailer cannot be read: its chunks are lost.
+    BadPack { pack: PackName, detail: String },
+    /// An index file is damaged (harmless: it is rebuilt from packs).
+    BadIndexFile { path: String, detail: String },
+    /// A manifest cannot be read or is inconsistent.
+    BadManifest { version: String, detail: String },
+}
+
+/// What [`verify`] checked and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub packs: u64,
+    pub chunks: u64,
+    pub bytes_checked: u64,
+    pub versions: u64,
+    /// Chunks no version references (reclaimed by gc).
+    pub unreferenced_chunks: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems
+            .iter()
+            .all(|p| matches!(p, Problem::BadIndexFile { .. }))
+    }
+}
+
+/// One pack's outcome: bytes verified, entries, and bad blobs (id, pack, offset, why).
+type PackCheck = (u64, u64, Vec<(ChunkId, PackName, u64, String)>);
+
+/// Checks the whole store. Reading goes on past problems.
+pub fn verify(store: &Store) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    for issue in &store.index().issues {
+        report.problems.push(match issue {
+            IndexIssue::BadIndexFile { path, detail } => Problem::BadIndexFile {
+                path: path.display().to_string(),
+                detail: detail.clone(),
+            },
+            IndexIssue::BadPack { pack, detail } => Problem::BadPack {
+                pack: pack.clone(),
+                detail: detail.clone(),
+            },
+        });
+    }
+
+    // Which versions reference which chunks.
+    let mut users: HashMap<ChunkId, Vec<String>> = HashMap::new();
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for vm in store.vms()? {
+        for seq in store.versions(&vm)? {
+            let version = format!("{vm}@{seq}");
+            match store.manifest(&vm, seq) {
+                Ok(manifest) => {
+                    if let Some(detail) = manifest.disks.iter().find_map(|d| d.check_shape().err())
+                    {
+                        report.problems.push(Problem::BadManifest {
+                            version: version.clone(),
+                            detail,
+                        });
+                    }
+                    for (id, _) in manifest.chunk_refs() {
+                        let list = users.entry(*id).or_default();
+                        if list.last() != Some(&version) {
+                            list.push(version.clone());
+                        }
+                    }
+                    manifests.push(manifest);
+                }
+                Err(e) => report.problems.push(Problem::BadManifest {
+                    version,
+                    detail: e.to_string(),
+                }),
+            }
+        }
+    }
+    report.versions = manifests.len() as u64;
+
+    // Re-hash every blob of every pack.
+    let packs: Vec<(&PackName, &Vec<pack::PackEntry>)> = store.index().packs().iter().collect();
+    let checked: Vec<PackCheck> = packs
+        .par_iter()
+        .map(|(name, entries)| {
+            let mut bad = Vec::new();
+            let mut bytes = 0;
+            let path = pack::pack_path(&store.root().join("packs"), name);
+            let file = match store.pack_file(name) {
+                Ok(file) => file,
+                Err(e) => {
+                    for entry in entries.iter() {
+                        bad.push((entry.id, (*name).clone(), entry.offset, e.to_string()));
+                    }
+                    return (0, entries.len() as u64, bad);
+                }
+            };
+            for entry in entries.iter() {
+                let outcome = pack::read_blob(&file, &path, entry.offset, entry.stored_len)
+                    .map_err(|e| e.to_string())
+                    .and_then(|stored| codec::decode(entry.codec, &stored, entry.raw_len as usize))
+                    .and_then(|raw| {
+                        (ChunkId::of(&raw) == entry.id)
+                            .then_some(raw.len())
+                            .ok_or_else(|| "content does not match its address".to_string())
+                    });
+                match outcome {
+                    Ok(len) => bytes += len as u64,
+                    Err(detail) => bad.push((entry.id, (*name).clone(), entry.offset, detail)),
+                }
+            }
+            (bytes, entries.len() as u64, bad)
+        })
+        .collect();
+    for (bytes, count, bad) in checked {
+        report.packs += 1;
+        report.bytes_checked += bytes;
+        report.chunks += count;
+        for (id, pack, offset, detail) in bad {
+            report.problems.push(Problem::CorruptChunk {
+                chunk: id.to_hex(),
+                pack,
+                offset,
+                detail,
+                affects: users.get(&id).cloned().unwrap_or_default(),
+            });
+        }
+    }
+
+    // References to chunks that are nowhere.
+    let mut missing: BTreeSet<ChunkId> = BTreeSet::new();
+    for id in users.keys() {
+        if !store.index().contains(id) {
+            missing.insert(*id);
+        }
+    }
+    for id in missing {
+        report.problems.push(Problem::MissingChunk {
+            chunk: id.to_hex(),
+            affects: users[&id].clone(),
+        });
+    }
+    let stored: BTreeSet<ChunkId> = store
+        .index()
+        .packs()
+        .values()
+        .flat_map(|entries| entries.iter().map(|e| e.id))
+        .collect();
+    report.unreferenced_chunks = stored.iter().filter(|id| !users.contains_key(id)).count() as u64;
+    Ok(report)
+}

@@ -1,0 +1,392 @@
+//! The store as its users rely on it: backups restore byte-identical,
+//! incrementals read only what changed, a crash at any commit or gc step
+//! loses nothing, and damage is reported with the versions it affects.
+
+use ads::store::CommitStep;
+use ads::{
+    Access, AdsError, ChunkingParams, Compression, DiskPlan, MemDisk, Problem, Store, StoreConfig,
+    VersionDraft,
+};
+use std::path::Path;
+
+/// A small store config so tests make several packs.
+fn config() -> StoreConfig {
+    StoreConfig {
+        chunking: ChunkingParams {
+            segment_bytes: 256 * 1024,
+            chunk_min_bytes: 4 * 1024,
+            chunk_avg_bytes: 16 * 1024,
+            chunk_max_bytes: 64 * 1024,
+        },
+        compression: Compression::Zstd { level: 1 },
+        pack_target_bytes: 256 * 1024,
+        ..StoreConfig::default()
+    }
+}
+
+/// A disk of `blocks` 64 KiB blocks: zero, text-like or random by block, from `seed`.
+fn disk(seed: u64, blocks: usize) -> MemDisk {
+    let mut data = vec![0u8; blocks * 65536];
+    for (i, block) in data.chunks_mut(65536).enumerate() {
+        let key = blake3::hash(&[seed.to_le_bytes(), (i as u64).to_le_bytes()].concat());
+        match key.as_bytes()[0] % 4 {
+            0 => {}
+            1 => {
+                let words = b"kernel module config python3 systemd ";
+                for (j, b) in block.iter_mut().enumerate() {
+                    *b = words[(j * 7 + key.as_bytes()[1] as usize) % words.len()];
+                }
+            }
+            _ => blake3::Hasher::new_keyed(key.as_bytes())
+                .finalize_xof()
+                .fill(block),
+        }
+    }
+    MemDisk(data)
+}
+
+/// Rewrites `blocks` blocks (with new random bytes); returns one bool per block.
+fn change(disk: &mut MemDisk, blocks: &[usize], salt: u8) -> Vec<bool> {
+    let mut changed = vec![false; disk.0.len() / 65536];
+    for &b in blocks {
+        blake3::Hasher::new_keyed(&[salt; 32])
+            .update(&b.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut disk.0[b * 65536..(b + 1) * 65536]);
+        changed[b] = true;
+    }
+    changed
+}
+
+fn new_store(dir: &Path) -> Store {
+    Store::init(dir, config()).unwrap();
+    Store::open(dir, Access::Write).unwrap()
+}
+
+/// Backs up `disk` as the next version of `vm`; CBT bitmap optional.
+fn backup(
+    store: &mut Store,
+    vm: &str,
+    disk: &MemDisk,
+    cbt: Option<&[bool]>,
+) -> Result<(ads::Manifest, ads::ReadStats), AdsError> {
+    let previous = store.latest(vm)?;
+    let params = store.config().chunking;
+    let changed = cbt.map(|blocks| {
+        ads::backup::changed_segments_from_blocks(&params, disk.0.len() as u64, blocks)
+    });
+    let plan = DiskPlan {
+        label: "xvda".into(),
+        chunking: params,
+        compression: store.config().compression,
+        previous: previous.as_ref().and_then(|p| p.disks.first()),
+        changed_segments: changed.as_deref(),
+    };
+    let mut source = disk.clone();
+    let mut txn = store.begin()?;
+    let (disk_manifest, read) = ads::backup_disk(&plan, &mut source, &mut txn, &mut |_, _| {})?;
+    let (manifest, _) = txn.commit(VersionDraft {
+        vm: vm.into(),
+        taken_at: "day".into(),
+        parent_seq: previous.map(|p| p.seq),
+        vm_record: serde_json::Value::Null,
+        disks: vec![disk_manifest],
+    })?;
+    Ok((manifest, read))
+}
+
+fn restore(store: &Store, vm: &str, seq: u64) -> Result<Vec<u8>, AdsError> {
+    let manifest = store.manifest(vm, seq)?;
+    let mut target = MemDisk::default();
+    ads::restore_disk(store, &manifest, 0, &mut target, &mut |_, _| {})?;
+    target.0.resize(manifest.disks[0].size_bytes as usize, 0);
+    Ok(target.0)
+}
+
+#[test]
+fn versions_restore_byte_identical_and_incrementals_read_only_changed_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let mut day = disk(1, 96);
+    let (v1, read1) = backup(&mut store, "web", &day, None).unwrap();
+    assert_eq!(read1.bytes_read, day.0.len() as u64);
+    let mut days = vec![day.clone()];
+    for (n, blocks) in [[3usize, 40], [41, 90]].iter().enumerate() {
+        let cbt = change(&mut day, blocks, n as u8 + 1);
+        let (v, read) = backup(&mut store, "web", &day, Some(&cbt)).unwrap();
+        // Two changed blocks in two different 256 KiB segments: two segments read.
+        assert_eq!(read.bytes_read, 2 * 256 * 1024, "day {}", n + 2);
+        assert_eq!(read.segments_skipped, 24 - 2);
+        assert_eq!(v.parent_seq, Some(v.seq - 1));
+        days.push(day.clone());
+    }
+    assert_eq!(v1.seq, 1);
+    assert_eq!(store.versions("web").unwrap(), vec![1, 2, 3]);
+    for (i, expected) in days.iter().enumerate() {
+        assert!(
+            restore(&store, "web", i as u64 + 1).unwrap() == expected.0,
+            "version {}",
+            i + 1
+        );
+    }
+    assert!(ads::verify(&store).unwrap().is_clean());
+}
+
+#[test]
+fn shared_blocks_are_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let base = disk(7, 64);
+    backup(&mut store, "a", &base, None).unwrap();
+    let before = store.index().chunk_count();
+    let mut clone = base.clone();
+    change(&mut clone, &[10], 9);
+    let (_, read) = backup(&mut store, "b", &clone, None).unwrap();
+    // Only chunks around the one changed block are new.
+    assert!(read.bytes_sent < 4 * 65536, "sent {}", read.bytes_sent);
+    assert!(store.index().chunk_count() - before <= 8);
+    assert!(restore(&store, "b", 1).unwrap() == clone.0);
+}
+
+#[test]
+fn a_crash_at_any_commit_step_leaves_whole_versions_only() {
+    for step in CommitStep::COMMIT {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = new_store(tmp.path());
+        let day1 = disk(2, 48);
+        backup(&mut store, "db", &day1, None).unwrap();
+        let mut day2 = day1.clone();
+        change(&mut day2, &[1, 2, 30], 5);
+        day2.0.extend_from_slice(&disk(3, 8).0);
+        store.set_crash_point(Some(step));
+        let err = backup(&mut store, "db", &day2, None).unwrap_err();
+        assert!(
+            matches!(err, AdsError::Crashed(s) if s == step),
+            "{step}: {err}"
+        );
+        drop(store);
+
+        let store = Store::open(tmp.path(), Access::Write).unwrap();
+        let report = ads::verify(&store).unwrap();
+        assert!(report.is_clean(), "{step}: {:?}", report.problems);
+        let expected: Vec<u64> = if step == CommitStep::Committed {
+            vec![1, 2]
+        } else {
+            vec![1]
+        };
+        assert_eq!(store.versions("db").unwrap(), expected, "{step}");
+        assert!(restore(&store, "db", 1).unwrap() == day1.0, "{step}");
+        if step == CommitStep::Committed {
+            assert!(restore(&store, "db", 2).unwrap() == day2.0, "{step}");
+        }
+        // No temporary file survives a writer's open.
+        let leftovers = walk(tmp.path())
+            .into_iter()
+            .filter(|p| p.ends_with(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0, "{step}");
+        // And the store takes the next backup.
+        let mut store = store;
+        let (v, _) = backup(&mut store, "db", &day2, None).unwrap();
+        assert!(restore(&store, "db", v.seq).unwrap() == day2.0, "{step}");
+    }
+}
+
+#[test]
+fn a_crash_at_any_gc_step_keeps_the_kept_versions() {
+    for step in CommitStep::GC {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = new_store(tmp.path());
+        let mut day = disk(4, 32);
+        let mut kept = Vec::new();
+        for n in 0..3u8 {
+            let blocks: Vec<usize> = (0..8).map(|i| i * 4 + n as usize).collect();
+            change(&mut day, &blocks, n + 20);
+            backup(&mut store, "app", &day, None).unwrap();
+            kept.push(day.clone());
+        }
+        store.set_crash_point(Some(step));
+        let err = ads::gc::gc(&mut store, 1).unwrap_err();
+        assert!(
+            matches!(err, AdsError::Crashed(s) if s == step),
+            "{step}: {err}"
+        );
+        drop(store);
+
+        let mut store = Store::open(tmp.path(), Access::Write).unwrap();
+        assert_eq!(store.versions("app").unwrap(), vec![3], "{step}");
+        let report = ads::verify(&store).unwrap();
+        assert!(report.is_clean(), "{step}: {:?}", report.problems);
+        assert!(restore(&store, "app", 3).unwrap() == kept[2].0, "{step}");
+        ads::gc::gc(&mut store, 1).unwrap();
+        let report = ads::verify(&store).unwrap();
+        assert!(
+            report.is_clean() && report.unreferenced_chunks == 0,
+            "{step}: {report:?}"
+        );
+        assert!(restore(&store, "app", 3).unwrap() == kept[2].0, "{step}");
+    }
+}
+
+#[test]
+fn retention_keeps_the_newest_versions_and_gc_frees_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let mut day = disk(5, 32);
+    let mut versions = Vec::new();
+    for n in 0..4u8 {
+        change(&mut day, &[n as usize * 7, n as usize * 7 + 1], n + 40);
+        backup(&mut store, "mail", &day, None).unwrap();
+        versions.push(day.clone());
+    }
+    backup(&mut store, "other", &disk(6, 8), None).unwrap();
+    let report = ads::gc::gc(&mut store, 2).unwrap();
+    assert_eq!(report.versions_removed, vec!["mail@1", "mail@2"]);
+    assert!(
+        report.chunks_removed > 0 && report.bytes_freed > 0,
+        "{report:?}"
+    );
+    assert_eq!(store.versions("mail").unwrap(), vec![3, 4]);
+    assert_eq!(store.versions("other").unwrap(), vec![1]);
+    assert!(restore(&store, "mail", 3).unwrap() == versions[2].0);
+    assert!(restore(&store, "mail", 4).unwrap() == versions[3].0);
+    let verify = ads::verify(&store).unwrap();
+    assert!(
+        verify.is_clean() && verify.unreferenced_chunks == 0,
+        "{verify:?}"
+    );
+    assert!(matches!(
+        ads::gc::gc(&mut store, 0),
+        Err(AdsError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_corrupt_chunk_is_reported_with_the_versions_it_affects_and_nothing_else_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let a = disk(8, 16);
+    let b = disk(9, 16);
+    let (va, _) = backup(&mut store, "a", &a, None).unwrap();
+    backup(&mut store, "a", &a, None).unwrap();
+    backup(&mut store, "b", &b, None).unwrap();
+    // Damage one byte of a chunk only VM a uses.
+    let victim = va
+        .chunk_refs()
+        .map(|(id, _)| *id)
+        .find(|id| {
+            !store
+                .manifest("b", 1)
+                .unwrap()
+                .chunk_refs()
+                .any(|(o, _)| o == id)
+        })
+        .unwrap();
+    let location = store.index().get(&victim).unwrap().clone();
+    let pack = ads::pack::pack_path(&tmp.path().join("packs"), &location.pack);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[location.offset as usize + location.stored_len as usize / 2] ^= 0x40;
+    std::fs::write(&pack, bytes).unwrap();
+    drop(store);
+
+    let store = Store::open(tmp.path(), Access::Read).unwrap();
+    let report = ads::verify(&store).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    match &report.problems[0] {
+        Problem::CorruptChunk {
+            chunk,
+            pack,
+            affects,
+            ..
+        } => {
+            assert_eq!(chunk, &victim.to_hex());
+            assert_eq!(pack, &location.pack);
+            assert_eq!(affects, &vec!["a@1".to_string(), "a@2".to_string()]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let err = restore(&store, "a", 1).unwrap_err();
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+    assert!(restore(&store, "b", 1).unwrap() == b.0);
+}
+
+#[test]
+fn a_lost_pack_or_index_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let a = disk(10, 16);
+    backup(&mut store, "a", &a, None).unwrap();
+    drop(store);
+    // A damaged index file is only a cache: rebuilt from the packs.
+    for idx in std::fs::read_dir(tmp.path().join("index")).unwrap() {
+        std::fs::write(idx.unwrap().path(), b"garbage").unwrap();
+    }
+    let store = Store::open(tmp.path(), Access::Read).unwrap();
+    let report = ads::verify(&store).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert!(matches!(report.problems[0], Problem::BadIndexFile { .. }));
+    assert!(restore(&store, "a", 1).unwrap() == a.0);
+    drop(store);
+    // A deleted pack: its chunks are missing, and the report says which versions suffer.
+    let pack = walk(&tmp.path().join("packs"))
+        .into_iter()
+        .find(|p| p.ends_with(".pack"))
+        .unwrap();
+    std::fs::remove_file(pack).unwrap();
+    let store = Store::open(tmp.path(), Access::Read).unwrap();
+    let report = ads::verify(&store).unwrap();
+    let missing: Vec<_> = report
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::MissingChunk { affects, .. } => Some(affects.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!missing.is_empty() && missing.iter().all(|a| a == &vec!["a@1".to_string()]));
+}
+
+#[test]
+fn foreign_directories_locks_and_bad_arguments_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Store::open(tmp.path(), Access::Read).err().unwrap();
+    assert!(
+        err.to_string().contains("is not an abd data store"),
+        "{err}"
+    );
+    std::fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
+    let err = Store::init(tmp.path(), config()).unwrap_err();
+    assert!(err.to_string().contains("is not empty"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    let dir = tmp.path().join("store");
+    let _writer = new_store(&dir);
+    let err = Store::open(&dir, Access::Write).err().unwrap();
+    assert!(matches!(err, AdsError::Locked { .. }), "{err}");
+    let err = Store::open(&dir, Access::Read).err().unwrap();
+    assert!(matches!(err, AdsError::Locked { .. }), "{err}");
+    drop(_writer);
+    let reader = Store::open(&dir, Access::Read).unwrap();
+    let err = reader.manifest("nobody", 1).unwrap_err();
+    assert!(
+        err.to_string().contains("no version of VM \"nobody\""),
+        "{err}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}

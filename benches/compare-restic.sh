@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Side by side on one machine: `abd ads backup` into a fresh store vs
+# `restic backup` into a fresh local repository, on the same seeded 2 GiB disk
+# image, first run and a second (incremental) run on the image a day later.
+# Needs restic (Debian package `restic`). Usage: benches/compare-restic.sh [WORKDIR] [SIZE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work="${1:-/tmp/abd-vs-restic}"
+size="${2:-2GiB}"
+command -v restic >/dev/null || { echo "restic not found: apt-get install restic" >&2; exit 1; }
+cargo build --release -q --bin abd
+abd="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/abd"
+rm -rf "$work" && mkdir -p "$work"
+"$abd" sim image "$work/day0.raw" --size "$size" --seed 1 --day 0
+"$abd" sim image "$work/day1.raw" --size "$size" --seed 1 --day 1
+export RESTIC_PASSWORD=benchmark
+restic init -q -r "$work/restic"
+"$abd" ads init "$work/ads" >/dev/null
+seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+stored() { du -sb "$1" | cut -f1; }
+printf "%-8s %-6s %10s %14s\n" tool run seconds stored_bytes
+for run in day0 day1; do
+  # The same file name for both runs, as a disk image being re-read.
+  cp --reflink=auto "$work/$run.raw" "$work/disk.raw"
+  sync; sleep 1
+  t=$(seconds restic -q -r "$work/restic" backup "$work/disk.raw")
+  printf "%-8s %-6s %10.2f %14s\n" restic "$run" "$t" "$(stored "$work/restic")"
+  sync; sleep 1
+  t=$(seconds "$abd" ads backup "$work/ads" "$work/disk.raw" --vm disk)
+  printf "%-8s %-6s %10.2f %14s\n" abd "$run" "$t" "$(stored "$work/ads")"
+done
