@@ -5,9 +5,10 @@
 //! - **zero**: never written (sparse);
 //! - **system**: the OS image, the same bytes on every disk of one lineage
 //!   (VMs cloned from one template share them), text-like and compressible;
-//! - **copy**: a copy of OS bytes from elsewhere, shifted by a multiple of
-//!   4 KiB (files are block-aligned in a filesystem, not 64 KiB-aligned):
-//!   found by content-defined chunking, missed by fixed blocks;
+//! - **copy**: the VM's own copy of OS bytes from elsewhere on the disk,
+//!   shifted by a multiple of 4 KiB (files are block-aligned in a
+//!   filesystem, not 64 KiB-aligned): found by content-defined chunking,
+//!   missed by fixed blocks;
 //! - **unique**: the VM's own data, part text-like and part incompressible.
 //!
 //! Each day, a fraction of 256 KiB runs is rewritten with new unique bytes;
@@ -99,12 +100,15 @@ impl DiskContent {
             Kind::Zero
         } else if draw < self.profile.zero_fraction + self.profile.system_fraction {
             Kind::System
-        } else if draw
-            < self.profile.zero_fraction + self.profile.system_fraction + self.profile.copy_fraction
-        {
-            Kind::Copy
         } else {
-            Kind::Unique
+            // The VM's own regions: some hold copies of OS files (placed per disk).
+            let own_share = 1.0 - self.profile.zero_fraction - self.profile.system_fraction;
+            let copy_draw = unit(hash(&[self.seed, self.disk, region, 7]));
+            if own_share > 0.0 && copy_draw < self.profile.copy_fraction / own_share {
+                Kind::Copy
+            } else {
+                Kind::Unique
+            }
         }
     }
 
@@ -179,9 +183,9 @@ impl DiskContent {
         let regions = self.block_count().div_ceil(REGION_BLOCKS).max(1);
         // Copy from a region that holds OS bytes on this disk, when one is found.
         let pick = (0..64)
-            .map(|attempt| hash(&[self.seed, self.lineage, region, 6, attempt]))
+            .map(|attempt| hash(&[self.seed, self.disk, region, 6, attempt]))
             .find(|h| self.kind((h % regions) * REGION_BLOCKS) == Kind::System)
-            .unwrap_or_else(|| hash(&[self.seed, self.lineage, region, 6]));
+            .unwrap_or_else(|| hash(&[self.seed, self.disk, region, 6]));
         let source_region = pick % regions;
         let shift = 4096 * (1 + (pick >> 32) % 15) as usize;
         let first = source_region * REGION_BLOCKS + block % REGION_BLOCKS;
