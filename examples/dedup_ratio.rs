@@ -14,7 +14,10 @@ const DISKS: u64 = 12;
 const DISK_BYTES: u64 = 64 << 20;
 
 fn main() {
-    let seed = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let seed = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let disks: Vec<Vec<u8>> = (1..=DISKS)
         .flat_map(|disk| {
             let content = DiskContent {
@@ -32,8 +35,14 @@ fn main() {
         })
         .collect();
     let logical = disks.len() as u64 * DISK_BYTES;
-    println!("seed {seed}: {DISKS} disks x 64 MiB, days 0 and 1 ({} MiB logical)", logical >> 20);
-    println!("{:>14} {:>10} {:>14} {:>8}", "chunking", "chunks", "distinct MiB", "ratio");
+    println!(
+        "seed {seed}: {DISKS} disks x 64 MiB, days 0 and 1 ({} MiB logical)",
+        logical >> 20
+    );
+    println!(
+        "{:>14} {:>10} {:>14} {:>8}",
+        "chunking", "chunks", "distinct MiB", "ratio"
+    );
     let report = |name: String, chunks: &HashSet<(ChunkId, u32)>| {
         let distinct: u64 = chunks.iter().map(|(_, len)| *len as u64).sum();
         println!(

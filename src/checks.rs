@@ -14,6 +14,9 @@ pub fn check(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
         problems.push(format!("engine did not start: {e}"));
         return problems;
     }
+    if let Some(data) = &out.data {
+        problems.extend(data.problems.iter().cloned());
+    }
     for (pool, end) in &out.pools {
         if !end.delegates_left.is_empty() {
             problems.push(format!(

@@ -3,6 +3,7 @@
 
 pub mod ads_cli;
 pub mod checks;
+pub mod data_check;
 pub mod disk_image;
 pub mod real_pool;
 pub mod runner;

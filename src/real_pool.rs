@@ -59,6 +59,7 @@ impl DelegateAgent for NoAgent {
     async fn read_disks(
         &self,
         ip: Ipv4Addr,
+        _target: Option<engine::agent::StoreTarget<'_>>,
         _: &(dyn Fn(DiskProgress) + Send + Sync),
     ) -> Result<ReadReport, AgentError> {
         Err(AgentError::Failed {

@@ -65,6 +65,8 @@ pub struct RunOutput {
     pub pools: BTreeMap<String, PoolEnd>,
     /// Set when the engine could not even start.
     pub engine_error: Option<String>,
+    /// The data store at the end (scenarios with `data_store = true`).
+    pub data: Option<crate::data_check::DataEnd>,
 }
 
 /// How the engine reaches the simulated pools.
@@ -92,13 +94,19 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         XapiLink::InProcess => None,
         XapiLink::Http(protocol) => Some(ServedPools::start(scenario, &sim, protocol)),
     };
+    let store_dir = scenario
+        .data_store
+        .then(|| tempfile::tempdir().expect("a temporary directory for the data store"));
+    let mut engine_config = scenario.engine.clone();
+    engine_config.store_dir = store_dir.as_ref().map(|d| d.path().join("ads"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
-    let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) =
-        runtime.block_on(drive(scenario, Arc::clone(&sim), served.as_ref()));
+    let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) = runtime.block_on(
+        drive(scenario, engine_config, Arc::clone(&sim), served.as_ref()),
+    );
     drop(runtime);
     if let Some(served) = served {
         served.stop();
@@ -107,6 +115,7 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
     let end = sim.now();
     sim.advance_to(end);
     let pools = pool_ends(scenario, &sim, &static_leases);
+    let data = store_dir.map(|dir| crate::data_check::check_store(&dir.path().join("ads"), &sim));
     let events = sim.events().to_vec();
     let digest = digest(&events, &jobs, &engine_log);
     RunOutput {
@@ -122,6 +131,7 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         xapi_calls,
         pools,
         engine_error,
+        data,
     }
 }
 
@@ -192,7 +202,12 @@ impl ServedPools {
     }
 }
 
-async fn drive(scenario: &Scenario, sim: SharedSim, served: Option<&ServedPools>) -> Driven {
+async fn drive(
+    scenario: &Scenario,
+    engine_config: engine::config::EngineConfig,
+    sim: SharedSim,
+    served: Option<&ServedPools>,
+) -> Driven {
     let clock = SimClock::start();
     let connections = scenario
         .pools
@@ -232,7 +247,7 @@ async fn drive(scenario: &Scenario, sim: SharedSim, served: Option<&ServedPools>
             }
         })
         .collect();
-    let engine = match Engine::start(scenario.engine.clone(), connections).await {
+    let engine = match Engine::start(engine_config, connections).await {
         Ok(engine) => Arc::new(engine),
         Err(e) => {
             return (

@@ -36,6 +36,10 @@ pub struct Scenario {
     pub jobs: Vec<ScenarioJob>,
     #[serde(default, rename = "action")]
     pub actions: Vec<Action>,
+    /// Back up real bytes into a data store (a fresh directory per run), and
+    /// check after the run that every version restores byte-identical.
+    #[serde(default)]
+    pub data_store: bool,
     #[serde(default)]
     pub expect: Expect,
 }
@@ -120,6 +124,10 @@ pub struct Expect {
     /// VMs (by name) that must still exist at the end, per pool.
     #[serde(default)]
     pub vms_present: BTreeMap<String, Vec<String>>,
+    /// Versions in the data store at the end.
+    pub data_versions: Option<usize>,
+    /// Stored bytes over the logical bytes of every version, at most.
+    pub data_stored_fraction_at_most: Option<f64>,
 }
 
 /// A scenario that cannot run; names the file, the line and the field.

@@ -3,7 +3,9 @@
 //! simulated time each operation costs on tokio's (paused) clock.
 
 use async_trait::async_trait;
-use engine::agent::{AgentError, DelegateAgent, DiskProgress, ReadReport};
+use engine::agent::{
+    AgentError, DelegateAgent, DiskProgress, ReadReport, StoreTarget, WrittenDisk,
+};
 use engine::xapi::{CallError, Transport};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -83,6 +85,64 @@ impl SimAgent {
     }
 }
 
+impl SimAgent {
+    /// Backs up the attached disks into the store: real bytes from the
+    /// simulator's disk content, chunked, deduplicated and sent.
+    fn store_disks(
+        &self,
+        disks: &[xapi_sim::AttachedDisk],
+        target: &StoreTarget<'_>,
+    ) -> Result<(Vec<WrittenDisk>, ads::StoreStats), ads::AdsError> {
+        target.store.write_chunks(|txn| {
+            let config = txn.store().config().clone();
+            let mut written = Vec::new();
+            for (i, disk) in disks.iter().enumerate() {
+                let plan = ads::DiskPlan {
+                    label: format!("disk {}", i + 1),
+                    chunking: config.chunking,
+                    compression: config.compression,
+                    previous: target.previous.and_then(|p| p.disks.get(i)),
+                    changed_segments: None,
+                };
+                let mut source = SimDisk {
+                    sim: Arc::clone(&self.sim),
+                    pool: self.pool,
+                    vdi_uuid: disk.vdi_uuid.clone(),
+                    size_bytes: disk.virtual_size as u64,
+                };
+                let (manifest, read) = ads::backup_disk(&plan, &mut source, txn, &mut |_, _| {})?;
+                written.push(WrittenDisk {
+                    userdevice: disk.userdevice.clone(),
+                    vdi_uuid: disk.vdi_uuid.clone(),
+                    manifest,
+                    read,
+                });
+            }
+            Ok(written)
+        })
+    }
+}
+
+/// A simulated VDI as a delegate's agent reads it (`/dev/xvdX` in a real delegate).
+struct SimDisk {
+    sim: SharedSim,
+    pool: PoolId,
+    vdi_uuid: String,
+    size_bytes: u64,
+}
+
+impl ads::DiskSource for SimDisk {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        lock(&self.sim)
+            .read_vdi(self.pool, &self.vdi_uuid, offset, buf)
+            .map_err(std::io::Error::other)
+    }
+}
+
 #[async_trait]
 impl DelegateAgent for SimAgent {
     async fn identity(&self, ip: Ipv4Addr) -> Result<String, AgentError> {
@@ -97,6 +157,7 @@ impl DelegateAgent for SimAgent {
     async fn read_disks(
         &self,
         ip: Ipv4Addr,
+        target: Option<StoreTarget<'_>>,
         progress: &(dyn Fn(DiskProgress) + Send + Sync),
     ) -> Result<ReadReport, AgentError> {
         let now = self.round_trip().await;
@@ -104,6 +165,19 @@ impl DelegateAgent for SimAgent {
             .appliance_disks(self.pool, now, ip)
             .ok_or(AgentError::Unreachable { ip })?;
         let mut report = ReadReport::default();
+        if let Some(target) = target {
+            // The real bytes go into the store now; the read then takes its
+            // simulated time below, and can still fail (the engine commits
+            // the version only if it does not).
+            let (written, stored) =
+                self.store_disks(&disks, &target)
+                    .map_err(|e| AgentError::Failed {
+                        ip,
+                        message: format!("data store: {e}"),
+                    })?;
+            report.written = written;
+            report.stored = stored;
+        }
         for (i, disk) in disks.iter().enumerate() {
             let total =
                 Duration::from_secs_f64(disk.virtual_size as f64 / disk.bandwidth_bytes_per_s);

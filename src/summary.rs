@@ -57,6 +57,9 @@ pub struct Summary {
     pub sim_duration_ms: u64,
     pub wall_ms: u64,
     pub sim_seconds_per_wall_second: f64,
+    /// The data store at the end (scenarios with a data store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<crate::data_check::DataEnd>,
     pub check_failures: Vec<String>,
     pub expect_failures: Vec<String>,
 }
@@ -132,6 +135,7 @@ impl Summary {
             } else {
                 0.0
             },
+            data: out.data.clone(),
             check_failures,
             expect_failures: Vec::new(),
         };
@@ -158,6 +162,16 @@ impl Summary {
                 j.vms_failed,
                 format_clock(j.started_ms),
                 format_clock(j.finished_ms)
+            );
+        }
+        if let Some(d) = &self.data {
+            s += &format!(
+                "Data store: {} versions, {} logical, {} stored ({:.1}x); {} disks restored byte-identical\n",
+                d.versions,
+                engine::joblog::format_bytes(d.logical_bytes),
+                engine::joblog::format_bytes(d.stored_bytes),
+                d.logical_bytes as f64 / d.stored_bytes.max(1) as f64,
+                d.disks_restored
             );
         }
         s += "Pools:\n";
@@ -251,6 +265,8 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
     exact("delegates_left", e.delegates_left, s.delegates_left);
     exact("addresses_left", e.addresses_left, s.addresses_left);
     exact("vms_failed", e.vms_failed, s.vms_failed);
+    let data = out.data.clone().unwrap_or_default();
+    exact("data_versions", e.data_versions, data.versions);
     exact(
         "reclaimed",
         e.reclaimed,
@@ -293,6 +309,14 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
             .unwrap_or_default();
         for name in names.iter().filter(|n| !present.contains(n)) {
             failures.push(format!("pool {pool}: VM {name:?} is gone"));
+        }
+    }
+    if let Some(max) = e.data_stored_fraction_at_most {
+        let fraction = data.stored_bytes as f64 / data.logical_bytes.max(1) as f64;
+        if fraction > max {
+            failures.push(format!(
+                "data stored fraction {fraction:.3}, expected at most {max}"
+            ));
         }
     }
     for needle in &e.log_contains {

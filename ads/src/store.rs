@@ -485,20 +485,10 @@ impl Transaction<'_> {
         self.stats
     }
 
-    /// Seals the last pack, indexes the new packs and writes the manifest.
-    /// Returns the version's manifest and what the store took for it.
-    pub fn commit(mut self, draft: VersionDraft) -> Result<(Manifest, StoreStats)> {
-        for disk in &draft.disks {
-            disk.check_shape().map_err(AdsError::Invalid)?;
-            for (id, len) in disk.segments.iter().flat_map(|s| s.chunks()) {
-                let known =
-                    id.is_zero_run() || self.pending.contains(id) || self.store.index.contains(id);
-                if !known {
-                    return Err(AdsError::MissingChunk { id: *id });
-                }
-                debug_assert!(*len > 0);
-            }
-        }
+    /// Seals the open pack and indexes the packs written so far, so a later
+    /// transaction can commit a version that uses their chunks (data first,
+    /// version later). Returns what the store took.
+    pub fn flush(&mut self) -> Result<StoreStats> {
         let sealed = match self.writer.take() {
             Some(mut writer) => writer.finish()?,
             None => Sealed {
@@ -520,7 +510,26 @@ impl Transaction<'_> {
             for (name, entries) in sealed.packs {
                 self.store.index.add_pack(name, entries);
             }
+            self.pending.clear();
         }
+        Ok(self.stats)
+    }
+
+    /// Seals the last pack, indexes the new packs and writes the manifest.
+    /// Returns the version's manifest and what the store took for it.
+    pub fn commit(mut self, draft: VersionDraft) -> Result<(Manifest, StoreStats)> {
+        for disk in &draft.disks {
+            disk.check_shape().map_err(AdsError::Invalid)?;
+            for (id, len) in disk.segments.iter().flat_map(|s| s.chunks()) {
+                let known =
+                    id.is_zero_run() || self.pending.contains(id) || self.store.index.contains(id);
+                if !known {
+                    return Err(AdsError::MissingChunk { id: *id });
+                }
+                debug_assert!(*len > 0);
+            }
+        }
+        self.flush()?;
         let seq = self
             .store
             .versions(&draft.vm)?

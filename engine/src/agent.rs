@@ -17,12 +17,35 @@ pub struct DiskProgress {
 }
 
 /// What a delegate read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReadReport {
     /// Disks read, in device order.
     pub disks: usize,
     /// Bytes read in all.
     pub bytes_read: u64,
+    /// Disks written into the data store (empty when there is no store).
+    pub written: Vec<WrittenDisk>,
+    /// What the store took for them.
+    pub stored: ads::StoreStats,
+}
+
+/// One disk a delegate backed up into the data store (chunks stored, no version yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WrittenDisk {
+    /// XAPI `userdevice` of the disk in the delegate (1..n).
+    pub userdevice: String,
+    /// The snapshot VDI that was read.
+    pub vdi_uuid: String,
+    pub manifest: ads::DiskManifest,
+    pub read: ads::ReadStats,
+}
+
+/// Where a delegate puts what it reads: the engine's data store, incremental
+/// against the VM's previous version.
+pub struct StoreTarget<'a> {
+    pub store: &'a crate::datastore::DataStore,
+    pub vm_name: &'a str,
+    pub previous: Option<&'a ads::Manifest>,
 }
 
 /// Why a request to an agent failed.
@@ -46,10 +69,11 @@ pub trait DelegateAgent: Send + Sync {
     async fn identity(&self, ip: Ipv4Addr) -> Result<String, AgentError>;
 
     /// Reads every disk hot-plugged into the delegate at `ip` (devices 1..n),
-    /// calling `progress` as it goes.
+    /// into `target` when there is one, calling `progress` as it goes.
     async fn read_disks(
         &self,
         ip: Ipv4Addr,
+        target: Option<StoreTarget<'_>>,
         progress: &(dyn Fn(DiskProgress) + Send + Sync),
     ) -> Result<ReadReport, AgentError>;
 }

@@ -2,7 +2,7 @@
 //! snapshot's disks into the delegate, let the agent read them, detach, and
 //! remove the snapshot. The snapshot is the engine's own and never outlives the VM's turn.
 
-use crate::agent::{DiskProgress, ReadReport};
+use crate::agent::{DiskProgress, ReadReport, StoreTarget};
 use crate::delegate::Delegate;
 use crate::error::EngineError;
 use crate::joblog::{LineStatus, format_bytes, format_duration};
@@ -35,7 +35,7 @@ pub async fn back_up_vm(
                 "Snapshot taken ({})",
                 format_duration(started.elapsed())
             ));
-            attach_and_read(pool, d, &snap, log).await
+            attach_and_read(pool, d, &snap, vm_name, log).await
         }
         Err(e) => Err(e),
     };
@@ -67,6 +67,7 @@ async fn attach_and_read(
     pool: &PoolRuntime,
     d: &Delegate,
     snap: &OpaqueRef,
+    vm_name: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let x = &pool.xapi;
@@ -115,8 +116,19 @@ async fn attach_and_read(
                     ),
                 );
             };
+            let previous = match pool.store() {
+                Some(store) => store
+                    .latest(vm_name)
+                    .map_err(|e| EngineError::Store(e.to_string()))?,
+                None => None,
+            };
+            let target = pool.store().map(|store| StoreTarget {
+                store,
+                vm_name,
+                previous: previous.as_ref(),
+            });
             pool.agent
-                .read_disks(ip, &on_progress)
+                .read_disks(ip, target, &on_progress)
                 .await
                 .map_err(EngineError::from)
         }
@@ -125,7 +137,71 @@ async fn attach_and_read(
     let detached = detach(pool, &plugged).await;
     let report = read?;
     detached?;
+    if let Some(store) = pool.store() {
+        commit_version(pool, store, snap, vm_name, &report, log).await?;
+    }
     Ok(report)
+}
+
+/// Commits the VM's new version once every disk is stored and detached, and
+/// logs what the backup read, sent and stored.
+async fn commit_version(
+    pool: &PoolRuntime,
+    store: &crate::datastore::DataStore,
+    snap: &OpaqueRef,
+    vm_name: &str,
+    report: &ReadReport,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let mut read = ads::ReadStats::default();
+    for disk in &report.written {
+        read.add(&disk.read);
+    }
+    let dedup = read.bytes_read as f64 / read.bytes_sent.max(1) as f64;
+    log.ok(format!(
+        "Read {}, sent {}, stored {} ({} new of {} chunks, dedup {dedup:.1}x)",
+        format_bytes(read.bytes_read),
+        format_bytes(read.bytes_sent),
+        format_bytes(report.stored.bytes_stored),
+        report.stored.chunks_new,
+        read.chunks_total,
+    ));
+    let previous = store
+        .latest(vm_name)
+        .map_err(|e| EngineError::Store(e.to_string()))?;
+    let snapshot_uuid = pool
+        .xapi
+        .vm_get_record(snap)
+        .await
+        .map(|r| r.uuid)
+        .unwrap_or_default();
+    let disks_meta: Vec<serde_json::Value> = report
+        .written
+        .iter()
+        .map(|d| serde_json::json!({ "userdevice": d.userdevice, "snapshot_vdi_uuid": d.vdi_uuid }))
+        .collect();
+    let manifest = store
+        .commit(ads::VersionDraft {
+            vm: vm_name.to_string(),
+            taken_at: crate::joblog::format_clock(pool.shared.now().as_millis() as u64),
+            parent_seq: previous.map(|p| p.seq),
+            vm_record: serde_json::json!({
+                "pool": pool.config.name,
+                "snapshot_uuid": snapshot_uuid,
+                "disks": disks_meta,
+            }),
+            disks: report.written.iter().map(|d| d.manifest.clone()).collect(),
+        })
+        .map_err(|e| EngineError::Store(e.to_string()))?;
+    log.ok(format!(
+        "Version {} committed to the data store{}",
+        manifest.seq,
+        manifest
+            .parent_seq
+            .map(|p| format!(" (incremental on version {p})"))
+            .unwrap_or_default()
+    ));
+    Ok(())
 }
 
 async fn attach(

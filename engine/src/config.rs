@@ -22,6 +22,9 @@ pub struct EngineConfig {
     pub provision_attempts: u32,
     /// Pause before the second attempt; doubles each time.
     pub retry_backoff_s: u64,
+    /// The data store directory (created when new). Without one, delegates
+    /// only read their disks (a timing model, as in most scenarios).
+    pub store_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +37,7 @@ impl Default for EngineConfig {
             address_wait_limit_s: 1800,
             provision_attempts: 3,
             retry_backoff_s: 10,
+            store_dir: None,
         }
     }
 }

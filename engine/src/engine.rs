@@ -54,7 +54,14 @@ impl Engine {
         connections: Vec<PoolConnection>,
         reclaim: bool,
     ) -> Result<Engine, EngineError> {
-        let shared = Arc::new(Shared::new(config));
+        let store = match &config.store_dir {
+            Some(dir) => Some(Arc::new(
+                crate::datastore::DataStore::open_or_init(dir)
+                    .map_err(|e| EngineError::Store(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(config, store));
         let engine_log = VmLog::new(Arc::clone(&shared.log), Arc::clone(&shared), None);
         engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
         let mut pools = BTreeMap::new();

@@ -38,6 +38,9 @@ pub enum EngineError {
         ip: String,
         detail: String,
     },
+    /// The data store failed (it names the file or object).
+    #[error("data store: {0}")]
+    Store(String),
     /// The delegate's agent failed.
     #[error("{0}")]
     Agent(#[from] AgentError),

@@ -12,6 +12,7 @@ pub mod agent;
 mod backup;
 pub mod boot_gate;
 pub mod config;
+pub mod datastore;
 pub mod delegate;
 pub mod diag;
 pub mod engine;

@@ -28,16 +28,22 @@ pub struct Shared {
     pub accounting: Mutex<Accounting>,
     /// The engine's own log: start-up, reclaim, reaping, shutdown.
     pub log: Arc<Mutex<JobLog>>,
+    /// Where backups go; without one, delegates only read (timing runs).
+    pub store: Option<Arc<crate::datastore::DataStore>>,
     next_holder: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(config: EngineConfig) -> Self {
+    pub(crate) fn new(
+        config: EngineConfig,
+        store: Option<Arc<crate::datastore::DataStore>>,
+    ) -> Self {
         Shared {
             config,
             epoch: Instant::now(),
             accounting: Mutex::new(Accounting::default()),
             log: Arc::new(Mutex::new(JobLog::default())),
+            store,
             next_holder: AtomicU64::new(1),
         }
     }
@@ -214,6 +220,11 @@ impl PoolRuntime {
     /// Engine-wide settings.
     pub fn engine_config(&self) -> &EngineConfig {
         &self.shared.config
+    }
+
+    /// The engine's data store, if it has one.
+    pub fn store(&self) -> Option<&crate::datastore::DataStore> {
+        self.shared.store.as_deref()
     }
 
     /// Records an accounting change for this pool.

@@ -18,6 +18,22 @@
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The simulated day of `now` (day 0 starts the run; disks change each midnight).
+pub fn day_of(now: crate::time::SimTime) -> u32 {
+    (now.as_ms() / 86_400_000) as u32
+}
+
+/// CBT's bitmap as XAPI returns it: one bit per 64 KiB block, most
+/// significant bit first, base64-encoded.
+pub fn cbt_bitmap_base64(changed: &[bool]) -> String {
+    use base64::Engine;
+    let mut bytes = vec![0u8; changed.len().div_ceil(8)];
+    for (i, _) in changed.iter().enumerate().filter(|(_, c)| **c) {
+        bytes[i / 8] |= 0x80 >> (i % 8);
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Bytes per block (CBT's granularity).
 pub const BLOCK_BYTES: usize = 64 * 1024;
 const REGION_BLOCKS: u64 = 16;
@@ -189,15 +205,18 @@ impl DiskContent {
         let source_region = pick % regions;
         let shift = 4096 * (1 + (pick >> 32) % 15) as usize;
         let first = source_region * REGION_BLOCKS + block % REGION_BLOCKS;
-        let mut pair = vec![0u8; 2 * BLOCK_BYTES];
-        self.fill_system(first, &mut pair[..BLOCK_BYTES]);
-        self.fill_system(first + 1, &mut pair[BLOCK_BYTES..]);
-        out.copy_from_slice(&pair[shift..shift + out.len()]);
+        SCRATCH.with(|scratch| {
+            let mut pair = scratch.borrow_mut();
+            pair.resize(2 * BLOCK_BYTES, 0);
+            self.fill_system(first, &mut pair[..BLOCK_BYTES]);
+            self.fill_system(first + 1, &mut pair[BLOCK_BYTES..]);
+            out.copy_from_slice(&pair[shift..shift + out.len()]);
+        });
     }
 
     /// Reads `buf.len()` bytes at `offset` as the disk is on `day`.
     pub fn read_at(&self, offset: u64, day: u32, buf: &mut [u8]) {
-        let mut block_buf = vec![0u8; BLOCK_BYTES];
+        let mut block_buf = Vec::new();
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -209,12 +228,18 @@ impl DiskContent {
             if within == 0 && take == block_len {
                 self.fill_block(block, day, &mut buf[done..done + take]);
             } else {
+                block_buf.resize(BLOCK_BYTES, 0);
                 self.fill_block(block, day, &mut block_buf[..block_len]);
                 buf[done..done + take].copy_from_slice(&block_buf[within..within + take]);
             }
             done += take;
         }
     }
+}
+
+thread_local! {
+    /// Two blocks of OS bytes for a shifted copy, reused (no allocation per block).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Text-like bytes: words from a lineage's vocabulary, lines of varying length.
@@ -227,21 +252,29 @@ fn fill_text(rng: &mut ChaCha8Rng, lineage: u64, out: &mut [u8]) {
     ];
     let salt = (lineage % 251) as u8;
     let mut at = 0;
-    while at < out.len() {
-        let draw: u32 = rng.random();
-        let word = WORDS[(draw & 31) as usize].as_bytes();
-        let take = word.len().min(out.len() - at);
-        out[at..at + take].copy_from_slice(&word[..take]);
-        at += take;
-        if at < out.len() {
-            out[at] = match (draw >> 5) & 15 {
+    'fill: loop {
+        // One draw gives four words, each with the separator that follows it.
+        let draw: u64 = rng.random();
+        for part in 0..4 {
+            let bits = (draw >> (16 * part)) as u32;
+            let word = WORDS[(bits & 31) as usize].as_bytes();
+            let take = word.len().min(out.len() - at);
+            out[at..at + take].copy_from_slice(&word[..take]);
+            at += take;
+            if at == out.len() {
+                break 'fill;
+            }
+            out[at] = match (bits >> 5) & 15 {
                 0 => b'\n',
                 1 => b'/',
-                2 => b'0' + ((draw >> 9) % 10) as u8,
+                2 => b'0' + ((bits >> 9) % 10) as u8,
                 3 => salt.max(b'!'),
                 _ => b' ',
             };
             at += 1;
+            if at == out.len() {
+                break 'fill;
+            }
         }
     }
 }

@@ -47,6 +47,9 @@ const WRITES: &[(&str, usize)] = &[
     ("VDI.remove_from_other_config", 3),
     ("VDI.set_name_label", 3),
     ("VDI.destroy", 2),
+    ("VDI.enable_cbt", 2),
+    ("VDI.disable_cbt", 2),
+    ("VDI.list_changed_blocks", 3),
     ("VIF.create", 2),
     ("VIF.destroy", 2),
     ("VBD.create", 2),
@@ -162,86 +165,93 @@ fn login(ctx: &mut Ctx<'_>, params: &[Value]) -> Result<Value, XapiError> {
 
 /// Performs a write call; `Ok(None)` when `method` is not a write.
 fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, XapiError> {
-    let value = match method {
-        "VM.clone" => {
-            refv(ctx.vm_clone(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
-        }
-        "VM.copy" => {
-            let (vm, name, sr) = (
-                ref_param(a, 0, "vm")?,
-                string_param(a, 1, "new_name")?,
-                ref_param(a, 2, "sr")?,
-            );
-            refv(ctx.vm_copy(&vm, &name, &sr)?)
-        }
-        "VM.snapshot" => {
-            refv(ctx.vm_snapshot(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
-        }
-        "VM.provision" => void(ctx.vm_provision(&ref_param(a, 0, "vm")?)?),
-        "VM.import" => {
-            let refs = ctx.vm_import(&string_param(a, 0, "url")?, &ref_param(a, 1, "sr")?)?;
-            Value::Array(refs.into_iter().map(refv).collect())
-        }
-        "VM.start" => {
-            void(ctx.vm_start(&ref_param(a, 0, "vm")?, bool_param(a, 1, "start_paused")?)?)
-        }
-        "VM.start_on" => {
-            let (vm, host, paused) = (
-                ref_param(a, 0, "vm")?,
-                ref_param(a, 1, "host")?,
-                bool_param(a, 2, "start_paused")?,
-            );
-            void(ctx.vm_start_on(&vm, &host, paused)?)
-        }
-        "VM.clean_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, false)?),
-        "VM.hard_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, true)?),
-        "VM.destroy" => void(ctx.vm_destroy(&ref_param(a, 0, "self")?)?),
-        "VM.set_is_a_template" => {
-            void(ctx.vm_set_is_a_template(&ref_param(a, 0, "self")?, bool_param(a, 1, "value")?)?)
-        }
-        "VM.set_name_label" | "VM.set_name_description" | "VDI.set_name_label" => {
-            set_name(ctx, method, a)?
-        }
-        "VM.add_to_other_config" | "VDI.add_to_other_config" | "VM.add_to_xenstore_data" => {
-            map_edit(ctx, method, a, true)?
-        }
-        "VM.remove_from_other_config"
-        | "VDI.remove_from_other_config"
-        | "VM.remove_from_xenstore_data" => map_edit(ctx, method, a, false)?,
-        "VDI.destroy" => void(ctx.vdi_destroy(&ref_param(a, 0, "self")?)?),
-        "VIF.create" => refv(ctx.vif_create(record_param(a, 0, "args")?)?),
-        "VIF.destroy" => void(ctx.vif_destroy(&ref_param(a, 0, "self")?)?),
-        "VBD.create" => refv(ctx.vbd_create(record_param(a, 0, "args")?)?),
-        "VBD.plug" => void(ctx.vbd_plug(&ref_param(a, 0, "self")?)?),
-        "VBD.unplug" => void(ctx.vbd_unplug(&ref_param(a, 0, "self")?)?),
-        "VBD.destroy" => void(ctx.vbd_destroy(&ref_param(a, 0, "self")?)?),
-        "task.destroy" => {
-            let task = ref_param(a, 0, "self")?;
-            ctx.m
-                .tasks
-                .remove(&task)
-                .ok_or_else(|| XapiError::handle_invalid("task", task.as_str()))?;
-            Value::Null
-        }
-        "event.from" => {
-            let classes: Vec<String> = record_param(a, 0, "classes")?;
-            let token = string_param(a, 1, "token")?;
-            events_of(ctx)?.from(&classes, &token)?
-        }
-        "event.inject" => {
-            let (class, reference) = (string_param(a, 0, "class")?, ref_param(a, 1, "ref")?);
-            let now = ctx.now;
-            Value::from(events_of(ctx)?.inject(now, &class, &reference)?)
-        }
-        "host.compute_free_memory" => {
-            let host = ref_param(a, 0, "host")?;
-            if !ctx.m.hosts.contains_key(&host) {
-                return Err(XapiError::handle_invalid("host", host.as_str()));
+    let value =
+        match method {
+            "VM.clone" => {
+                refv(ctx.vm_clone(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
             }
-            Value::from(ctx.m.host_free_memory(&host))
-        }
-        _ => return Ok(None),
-    };
+            "VM.copy" => {
+                let (vm, name, sr) = (
+                    ref_param(a, 0, "vm")?,
+                    string_param(a, 1, "new_name")?,
+                    ref_param(a, 2, "sr")?,
+                );
+                refv(ctx.vm_copy(&vm, &name, &sr)?)
+            }
+            "VM.snapshot" => {
+                refv(ctx.vm_snapshot(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
+            }
+            "VM.provision" => void(ctx.vm_provision(&ref_param(a, 0, "vm")?)?),
+            "VM.import" => {
+                let refs = ctx.vm_import(&string_param(a, 0, "url")?, &ref_param(a, 1, "sr")?)?;
+                Value::Array(refs.into_iter().map(refv).collect())
+            }
+            "VM.start" => {
+                void(ctx.vm_start(&ref_param(a, 0, "vm")?, bool_param(a, 1, "start_paused")?)?)
+            }
+            "VM.start_on" => {
+                let (vm, host, paused) = (
+                    ref_param(a, 0, "vm")?,
+                    ref_param(a, 1, "host")?,
+                    bool_param(a, 2, "start_paused")?,
+                );
+                void(ctx.vm_start_on(&vm, &host, paused)?)
+            }
+            "VM.clean_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, false)?),
+            "VM.hard_shutdown" => void(ctx.vm_shutdown(&ref_param(a, 0, "vm")?, true)?),
+            "VM.destroy" => void(ctx.vm_destroy(&ref_param(a, 0, "self")?)?),
+            "VM.set_is_a_template" => void(
+                ctx.vm_set_is_a_template(&ref_param(a, 0, "self")?, bool_param(a, 1, "value")?)?,
+            ),
+            "VM.set_name_label" | "VM.set_name_description" | "VDI.set_name_label" => {
+                set_name(ctx, method, a)?
+            }
+            "VM.add_to_other_config" | "VDI.add_to_other_config" | "VM.add_to_xenstore_data" => {
+                map_edit(ctx, method, a, true)?
+            }
+            "VM.remove_from_other_config"
+            | "VDI.remove_from_other_config"
+            | "VM.remove_from_xenstore_data" => map_edit(ctx, method, a, false)?,
+            "VDI.destroy" => void(ctx.vdi_destroy(&ref_param(a, 0, "self")?)?),
+            "VDI.enable_cbt" => void(ctx.vdi_set_cbt(&ref_param(a, 0, "self")?, true)?),
+            "VDI.disable_cbt" => void(ctx.vdi_set_cbt(&ref_param(a, 0, "self")?, false)?),
+            "VDI.list_changed_blocks" => Value::from(ctx.vdi_list_changed_blocks(
+                &ref_param(a, 0, "vdi_from")?,
+                &ref_param(a, 1, "vdi_to")?,
+            )?),
+            "VIF.create" => refv(ctx.vif_create(record_param(a, 0, "args")?)?),
+            "VIF.destroy" => void(ctx.vif_destroy(&ref_param(a, 0, "self")?)?),
+            "VBD.create" => refv(ctx.vbd_create(record_param(a, 0, "args")?)?),
+            "VBD.plug" => void(ctx.vbd_plug(&ref_param(a, 0, "self")?)?),
+            "VBD.unplug" => void(ctx.vbd_unplug(&ref_param(a, 0, "self")?)?),
+            "VBD.destroy" => void(ctx.vbd_destroy(&ref_param(a, 0, "self")?)?),
+            "task.destroy" => {
+                let task = ref_param(a, 0, "self")?;
+                ctx.m
+                    .tasks
+                    .remove(&task)
+                    .ok_or_else(|| XapiError::handle_invalid("task", task.as_str()))?;
+                Value::Null
+            }
+            "event.from" => {
+                let classes: Vec<String> = record_param(a, 0, "classes")?;
+                let token = string_param(a, 1, "token")?;
+                events_of(ctx)?.from(&classes, &token)?
+            }
+            "event.inject" => {
+                let (class, reference) = (string_param(a, 0, "class")?, ref_param(a, 1, "ref")?);
+                let now = ctx.now;
+                Value::from(events_of(ctx)?.inject(now, &class, &reference)?)
+            }
+            "host.compute_free_memory" => {
+                let host = ref_param(a, 0, "host")?;
+                if !ctx.m.hosts.contains_key(&host) {
+                    return Err(XapiError::handle_invalid("host", host.as_str()));
+                }
+                Value::from(ctx.m.host_free_memory(&host))
+            }
+            _ => return Ok(None),
+        };
     Ok(Some(value))
 }
 

@@ -65,11 +65,17 @@ impl Sim {
     pub fn new(spec: &WorldSpec, seed: u64) -> Result<Sim, SpecError> {
         spec.check()?;
         let mut rng = SimRng::new(seed);
-        let pools = spec
+        let mut pools: Vec<PoolModel> = spec
             .pools
             .iter()
             .map(|p| model::build_pool(p, &mut rng))
             .collect();
+        // Disk bytes follow from the seed (and the pool), not from the RNG's stream.
+        for (i, pool) in pools.iter_mut().enumerate() {
+            for content in pool.vdi_content.values_mut() {
+                content.disk.seed = seed ^ ((i as u64 + 1) << 48);
+            }
+        }
         Ok(Sim {
             pools,
             rng,
@@ -78,6 +84,37 @@ impl Sim {
             spec: spec.clone(),
             now: SimTime::ZERO,
         })
+    }
+
+    /// Reads bytes of the VDI with `vdi_uuid` as a delegate with it plugged in
+    /// would: a snapshot shows the day it was taken, a live disk today.
+    pub fn read_vdi(
+        &self,
+        pool: PoolId,
+        vdi_uuid: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), String> {
+        let m = &self.pools[pool.0];
+        let (vdi, _) = m
+            .vdis
+            .iter()
+            .find(|(_, r)| r.uuid == vdi_uuid)
+            .ok_or_else(|| format!("no VDI {vdi_uuid} in pool {}", m.name))?;
+        let content = m
+            .vdi_content
+            .get(vdi)
+            .ok_or_else(|| format!("VDI {vdi_uuid} holds no data the simulator models"))?;
+        if offset + buf.len() as u64 > content.disk.size_bytes {
+            return Err(format!("read past the end of VDI {vdi_uuid}"));
+        }
+        content.disk.read_at(offset, content.day_at(self.now), buf);
+        Ok(())
+    }
+
+    /// What a snapshot VDI held when it was taken (also after it was destroyed).
+    pub fn snapshot_content(&self, pool: PoolId, vdi_uuid: &str) -> Option<&model::VdiContent> {
+        self.pools[pool.0].snapshot_content.get(vdi_uuid)
     }
 
     /// The pool named `name`.

@@ -307,6 +307,13 @@ pub struct VmGroupSpec {
     /// Disk sizes, one per disk.
     #[serde(default = "default_disks")]
     pub disks_gib: Vec<f64>,
+    /// Disk sizes in MiB (instead of `disks_gib`): small disks whose bytes a
+    /// run really reads.
+    #[serde(default)]
+    pub disks_mib: Option<Vec<u64>>,
+    /// Changed-block tracking enabled on the VMs' disks (by the operator).
+    #[serde(default)]
+    pub cbt: bool,
     /// SR (by name) holding the disks.
     pub sr: Option<String>,
     #[serde(default = "default_vm_memory_gib")]

@@ -53,6 +53,8 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         sr_base_bytes: BTreeMap::new(),
         address_conflicts: Vec::new(),
         events: None,
+        vdi_content: BTreeMap::new(),
+        snapshot_content: BTreeMap::new(),
         full_records: false,
     };
     let hosts = build_hosts(&mut m, spec, rng);
@@ -323,6 +325,13 @@ fn build_vms(
     }
 }
 
+/// A group's lineage key: a stable hash of its name.
+fn lineage_of(group: &str) -> u64 {
+    group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// One VM of a group: its record, disks on `sr`, one VIF on `network`, its guest.
 fn build_vm(
     m: &mut PoolModel,
@@ -366,16 +375,15 @@ fn build_vm(
             .resident_vms
             .push(vm_ref.clone());
     }
-    let disks = if sr.is_some() {
-        group.disks_gib.as_slice()
-    } else {
-        &[]
+    let sizes: Vec<i64> = match (&group.disks_mib, sr) {
+        (_, None) => Vec::new(),
+        (Some(mib), _) => mib.iter().map(|m| (*m as i64) << 20).collect(),
+        (None, _) => group.disks_gib.iter().map(|g| gib(*g)).collect(),
     };
-    for (d, size_gib) in disks.iter().enumerate() {
+    for (d, size) in sizes.into_iter().enumerate() {
         let sr = sr.expect("disks only with an SR");
         let (vdi_ref, vdi_uuid) = new_ids(rng);
         let (vbd_ref, vbd_uuid) = new_ids(rng);
-        let size = gib(*size_gib);
         m.insert_vdi(
             vdi_ref.clone(),
             VdiRecord {
@@ -390,7 +398,24 @@ fn build_vm(
                     VdiType::User
                 },
                 managed: true,
+                cbt_enabled: group.cbt,
                 ..Default::default()
+            },
+        );
+        // The run's seed is filled in by `Sim::new`; VMs of one group share a
+        // template, hence their OS blocks (the lineage).
+        let disk_key = m.vdi_content.len() as u64 + 1;
+        m.vdi_content.insert(
+            vdi_ref.clone(),
+            super::VdiContent {
+                disk: crate::content::DiskContent {
+                    seed: 0,
+                    lineage: lineage_of(&group.name),
+                    disk: disk_key,
+                    size_bytes: size as u64,
+                    profile: crate::content::ContentProfile::default(),
+                },
+                frozen_day: None,
             },
         );
         let userdevice = d.to_string();

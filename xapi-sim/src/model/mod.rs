@@ -60,10 +60,31 @@ pub struct PoolModel {
     pub address_conflicts: Vec<AddressConflict>,
     /// The event stream, when the pool is served (None in in-process runs).
     pub events: Option<crate::events::EventTracker>,
+    /// What each VDI holds (protected VMs' disks and their snapshots).
+    pub vdi_content: BTreeMap<OpaqueRef, VdiContent>,
+    /// Content of every snapshot VDI ever taken, by uuid (kept after destroy,
+    /// so a run can check restores against what was snapshotted).
+    pub snapshot_content: BTreeMap<String, VdiContent>,
     /// Records carry every XAPI field (defaults for what the model does not
     /// track). On for served pools; in-process runs skip the cost, since the
     /// engine reads only the fields it knows.
     pub full_records: bool,
+}
+
+/// The bytes of a VDI: its content model and, for a snapshot, the day it froze.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VdiContent {
+    pub disk: crate::content::DiskContent,
+    /// `None` for a live disk (it reads as of the current simulated day).
+    pub frozen_day: Option<u32>,
+}
+
+impl VdiContent {
+    /// The day whose bytes the VDI shows at `now`.
+    pub fn day_at(&self, now: crate::time::SimTime) -> u32 {
+        self.frozen_day
+            .unwrap_or_else(|| crate::content::day_of(now))
+    }
 }
 
 /// Two running guests on one address at once.

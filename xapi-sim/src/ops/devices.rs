@@ -286,8 +286,54 @@ impl Ctx<'_> {
             sr.vdis.retain(|v| v != vdi);
         }
         self.m.vdis.remove(vdi);
+        self.m.vdi_content.remove(vdi);
         self.m.refresh_sr_usage(&record.sr);
         self.log(format!("VDI.destroy {vdi} {:?}", record.name_label));
         Ok(())
+    }
+
+    /// `VDI.enable_cbt` / `VDI.disable_cbt`.
+    pub(crate) fn vdi_set_cbt(&mut self, vdi: &OpaqueRef, enabled: bool) -> Result<(), XapiError> {
+        let record = self
+            .m
+            .vdis
+            .get_mut(vdi)
+            .ok_or_else(|| XapiError::handle_invalid("VDI", vdi.as_str()))?;
+        record.cbt_enabled = enabled;
+        let verb = if enabled { "enable_cbt" } else { "disable_cbt" };
+        self.log(format!("VDI.{verb} {vdi}"));
+        Ok(())
+    }
+
+    /// `VDI.list_changed_blocks(from, to)`: blocks that differ between two
+    /// snapshots of one disk, as XAPI's base64 bitmap (1 bit per 64 KiB).
+    pub(crate) fn vdi_list_changed_blocks(
+        &self,
+        from: &OpaqueRef,
+        to: &OpaqueRef,
+    ) -> Result<String, XapiError> {
+        let mut days = Vec::new();
+        for vdi in [from, to] {
+            let record = self
+                .m
+                .vdis
+                .get(vdi)
+                .ok_or_else(|| XapiError::handle_invalid("VDI", vdi.as_str()))?;
+            let content = self.m.vdi_content.get(vdi);
+            match content {
+                Some(c) if record.cbt_enabled => days.push(c),
+                _ => return Err(XapiError::new(codes::VDI_NO_CBT_METADATA, [vdi.as_str()])),
+            }
+        }
+        let (a, b) = (days[0], days[1]);
+        if a.disk != b.disk {
+            return Err(XapiError::new(
+                codes::INTERNAL_ERROR,
+                ["VDI.list_changed_blocks: the VDIs are not snapshots of one disk"],
+            ));
+        }
+        let (since, until) = (a.day_at(self.now), b.day_at(self.now));
+        let changed = a.disk.changed_blocks(since.min(until), since.max(until));
+        Ok(crate::content::cbt_bitmap_base64(&changed))
     }
 }

@@ -258,9 +258,25 @@ impl Ctx<'_> {
             snapshot_time,
             other_config: source.other_config.clone(),
             sm_config: source.sm_config.clone(),
+            cbt_enabled: source.cbt_enabled && how == DiskCopy::Snapshot,
             ..Default::default()
         };
+        let snapshot_uuid = (how == DiskCopy::Snapshot).then(|| record.uuid.clone());
         self.m.insert_vdi(vdi_ref.clone(), record);
+        if let Some(content) = self.m.vdi_content.get(vdi).cloned() {
+            let copy = match how {
+                // A snapshot freezes the bytes of today.
+                DiskCopy::Snapshot => crate::model::VdiContent {
+                    frozen_day: Some(content.day_at(self.now)),
+                    ..content
+                },
+                DiskCopy::CowClone | DiskCopy::FullTo => content,
+            };
+            if let Some(uuid) = snapshot_uuid {
+                self.m.snapshot_content.insert(uuid, copy.clone());
+            }
+            self.m.vdi_content.insert(vdi_ref.clone(), copy);
+        }
         vdi_ref
     }
 
