@@ -30,6 +30,12 @@ pub fn check(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
                 end.snapshots_left
             ));
         }
+        if end.cbt_bases > end.cbt_disks {
+            problems.push(format!(
+                "pool {pool}: {} CBT bases kept for {} CBT-enabled disks (old bases leaked)",
+                end.cbt_bases, end.cbt_disks
+            ));
+        }
         if !end.orphan_vdis.is_empty() {
             problems.push(format!(
                 "pool {pool}: VDIs left without a VM: {:?}",

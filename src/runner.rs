@@ -28,6 +28,10 @@ pub struct JobRun {
 /// What is left in a pool at the end of a run, read from the simulator.
 #[derive(Clone, Debug, Default)]
 pub struct PoolEnd {
+    /// Snapshot disks we keep as CBT metadata (the next backup's bases).
+    pub cbt_bases: usize,
+    /// Protected disks with CBT enabled (at most one base each).
+    pub cbt_disks: usize,
     /// VMs tagged with our engine id that are not the template.
     pub delegates_left: Vec<String>,
     /// Our templates in the pool.
@@ -401,10 +405,20 @@ fn pool_ends(
                 .filter(|v| v.is_a_snapshot)
                 .map(|v| v.name_label.clone())
                 .collect(),
+            cbt_bases: m
+                .vdis
+                .values()
+                .filter(|d| engine::tags::is_our_cbt_base(d, engine_id))
+                .count(),
+            cbt_disks: m
+                .vdis
+                .values()
+                .filter(|d| d.cbt_enabled && !d.is_a_snapshot && !d.vbds.is_empty())
+                .count(),
             orphan_vdis: m
                 .vdis
                 .values()
-                .filter(|d| d.vbds.is_empty())
+                .filter(|d| d.vbds.is_empty() && !engine::tags::is_our_cbt_base(d, engine_id))
                 .map(|d| format!("{} {:?}", d.uuid, d.name_label))
                 .collect(),
             dhcp_leases: m

@@ -97,12 +97,25 @@ impl SimAgent {
             let config = txn.store().config().clone();
             let mut written = Vec::new();
             for (i, disk) in disks.iter().enumerate() {
+                let size = disk.virtual_size as u64;
+                let changed_segments =
+                    target
+                        .changed_blocks
+                        .get(i)
+                        .and_then(|c| c.as_deref())
+                        .map(|blocks| {
+                            ads::backup::changed_segments_from_blocks(
+                                &config.chunking,
+                                size,
+                                blocks,
+                            )
+                        });
                 let plan = ads::DiskPlan {
                     label: format!("disk {}", i + 1),
                     chunking: config.chunking,
                     compression: config.compression,
                     previous: target.previous.and_then(|p| p.disks.get(i)),
-                    changed_segments: None,
+                    changed_segments: changed_segments.as_deref(),
                 };
                 let mut source = SimDisk {
                     sim: Arc::clone(&self.sim),
@@ -179,8 +192,12 @@ impl DelegateAgent for SimAgent {
             report.stored = stored;
         }
         for (i, disk) in disks.iter().enumerate() {
-            let total =
-                Duration::from_secs_f64(disk.virtual_size as f64 / disk.bandwidth_bytes_per_s);
+            // Reading takes the time of the bytes really read (CBT skips clean segments).
+            let bytes = report
+                .written
+                .get(i)
+                .map_or(disk.virtual_size as u64, |w| w.read.bytes_read);
+            let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s);
             for step in 1..=PROGRESS_STEPS {
                 tokio::time::sleep(total / PROGRESS_STEPS as u32).await;
                 // The disk must still be there: a detach or a dead delegate fails the read.
@@ -201,7 +218,7 @@ impl DelegateAgent for SimAgent {
                 });
             }
             report.disks += 1;
-            report.bytes_read += disk.virtual_size as u64;
+            report.bytes_read += bytes;
         }
         Ok(report)
     }

@@ -1,7 +1,7 @@
 //! The data path in a simulated pool: a nightly backup of 12 VMs cloned from
 //! one template on three days. Every version restores byte-identical to the
 //! snapshot it was read from; day 1 stores far less than 12 disks' worth;
-//! later days add only what changed.
+//! later days read only what CBT reports changed and add only that.
 
 use abd::scenario::Scenario;
 

@@ -46,6 +46,9 @@ pub struct StoreTarget<'a> {
     pub store: &'a crate::datastore::DataStore,
     pub vm_name: &'a str,
     pub previous: Option<&'a ads::Manifest>,
+    /// Per disk (device order): the 64 KiB blocks CBT reports changed since
+    /// `previous`, or `None` to read the whole disk.
+    pub changed_blocks: Vec<Option<Vec<bool>>>,
 }
 
 /// Why a request to an agent failed.

@@ -39,11 +39,50 @@ pub async fn back_up_vm(
         }
         Err(e) => Err(e),
     };
-    match remove_snapshot(pool, &snap).await {
-        Ok(()) => log.ok("Snapshot removed"),
+    // Only a committed backup turns its snapshot disks into CBT bases.
+    let keep = result
+        .as_ref()
+        .map(|b| b.new_bases.clone())
+        .unwrap_or_default();
+    match remove_snapshot_keeping(pool, &snap, &keep).await {
+        Ok(()) if keep.is_empty() => log.ok("Snapshot removed"),
+        Ok(()) => log.ok(format!(
+            "Snapshot removed; {} disk(s) kept as CBT metadata for the next backup",
+            keep.len()
+        )),
         Err(e) => log.fail(format!("Snapshot {snap} could not be removed: {e}")),
     }
-    result
+    if let Ok(backed) = &result {
+        retire_bases(pool, &backed.old_bases, log).await;
+    }
+    result.map(|b| b.report)
+}
+
+/// A VM's backup as far as the snapshot's fate is concerned.
+struct Backed {
+    report: ReadReport,
+    /// Snapshot disks to keep as CBT metadata (the next backup's bases).
+    new_bases: Vec<OpaqueRef>,
+    /// Uuids of the bases this backup used, no longer needed once it is committed.
+    old_bases: Vec<String>,
+}
+
+/// Destroys the CBT bases a committed backup replaced (ours only).
+async fn retire_bases(pool: &PoolRuntime, uuids: &[String], log: &VmLog) {
+    let engine_id = &pool.engine_config().engine_id;
+    for uuid in uuids {
+        let outcome = async {
+            let vdi = pool.xapi.vdi_get_by_uuid(uuid).await?;
+            let record = pool.xapi.vdi_get_record(&vdi).await?;
+            if tags::is_our_cbt_base(&record, engine_id) {
+                pool.xapi.vdi_destroy(&vdi).await?;
+            }
+            Ok::<(), crate::xapi::CallError>(())
+        };
+        if let Err(e) = outcome.await {
+            log.warn(format!("Old CBT base {uuid} could not be removed: {e}"));
+        }
+    }
 }
 
 async fn tag_snapshot(pool: &PoolRuntime, snap: &OpaqueRef, job: &str) -> Result<(), EngineError> {
@@ -69,7 +108,7 @@ async fn attach_and_read(
     snap: &OpaqueRef,
     vm_name: &str,
     log: &VmLog,
-) -> Result<ReadReport, EngineError> {
+) -> Result<Backed, EngineError> {
     let x = &pool.xapi;
     let record = x
         .vm_get_record(snap)
@@ -86,6 +125,16 @@ async fn attach_and_read(
         }
     }
     disks.sort();
+    let previous = match pool.store() {
+        Some(store) => store
+            .latest(vm_name)
+            .map_err(|e| EngineError::Store(e.to_string()))?,
+        None => None,
+    };
+    let cbt = match pool.store() {
+        Some(_) => Some(cbt_plan(pool, &disks, previous.as_ref(), log).await),
+        None => None,
+    };
     let mut plugged = Vec::new();
     let mut result = Ok(());
     for (i, (_, vdi)) in disks.iter().enumerate() {
@@ -116,16 +165,14 @@ async fn attach_and_read(
                     ),
                 );
             };
-            let previous = match pool.store() {
-                Some(store) => store
-                    .latest(vm_name)
-                    .map_err(|e| EngineError::Store(e.to_string()))?,
-                None => None,
-            };
             let target = pool.store().map(|store| StoreTarget {
                 store,
                 vm_name,
                 previous: previous.as_ref(),
+                changed_blocks: cbt
+                    .as_ref()
+                    .map(|c| c.changed_blocks.clone())
+                    .unwrap_or_default(),
             });
             pool.agent
                 .read_disks(ip, target, &on_progress)
@@ -137,10 +184,117 @@ async fn attach_and_read(
     let detached = detach(pool, &plugged).await;
     let report = read?;
     detached?;
-    if let Some(store) = pool.store() {
-        commit_version(pool, store, snap, vm_name, &report, log).await?;
+    let mut backed = Backed {
+        report,
+        new_bases: Vec::new(),
+        old_bases: Vec::new(),
+    };
+    if let (Some(store), Some(cbt)) = (pool.store(), cbt) {
+        commit_version(pool, store, snap, vm_name, &backed.report, &cbt, log).await?;
+        backed.new_bases = cbt.new_bases;
+        backed.old_bases = cbt.old_bases;
     }
-    Ok(report)
+    Ok(backed)
+}
+
+/// What CBT says about a VM's disks before they are read.
+struct CbtPlan {
+    /// Per disk: changed 64 KiB blocks since the base, or `None` (read it all).
+    changed_blocks: Vec<Option<Vec<bool>>>,
+    /// Per disk: uuid of the snapshot VDI to record as the next base, if CBT is on.
+    base_uuids: Vec<Option<String>>,
+    new_bases: Vec<OpaqueRef>,
+    old_bases: Vec<String>,
+}
+
+/// Asks XAPI which blocks changed since each disk's base (the previous
+/// backup's snapshot disk, kept as CBT metadata). A disk without CBT, or
+/// without a usable base, is read whole; losing a base is a warning.
+async fn cbt_plan(
+    pool: &PoolRuntime,
+    disks: &[(u32, OpaqueRef)],
+    previous: Option<&ads::Manifest>,
+    log: &VmLog,
+) -> CbtPlan {
+    let engine_id = &pool.engine_config().engine_id;
+    let mut plan = CbtPlan {
+        changed_blocks: Vec::new(),
+        base_uuids: Vec::new(),
+        new_bases: Vec::new(),
+        old_bases: Vec::new(),
+    };
+    for (i, (_, vdi)) in disks.iter().enumerate() {
+        let n = i + 1;
+        let record = match pool.xapi.vdi_get_record(vdi).await {
+            Ok(r) => r,
+            Err(e) => {
+                log.warn(format!(
+                    "Disk {n}: cannot read its VDI ({e}); reading the whole disk"
+                ));
+                plan.changed_blocks.push(None);
+                plan.base_uuids.push(None);
+                continue;
+            }
+        };
+        if !record.cbt_enabled {
+            log.ok(format!(
+                "Disk {n}: CBT is not enabled; reading the whole disk (deduplicated)"
+            ));
+            plan.changed_blocks.push(None);
+            plan.base_uuids.push(None);
+            continue;
+        }
+        plan.base_uuids.push(Some(record.uuid.clone()));
+        plan.new_bases.push(vdi.clone());
+        let base_uuid =
+            previous.and_then(|p| p.vm_record["disks"][i]["cbt_base_vdi_uuid"].as_str());
+        let Some(base_uuid) = base_uuid else {
+            log.ok(format!(
+                "[CBT] Disk {n}: first backup with CBT; reading the whole disk"
+            ));
+            plan.changed_blocks.push(None);
+            continue;
+        };
+        plan.old_bases.push(base_uuid.to_string());
+        let changed = async {
+            let base = pool
+                .xapi
+                .vdi_get_by_uuid(base_uuid)
+                .await
+                .map_err(|e| e.to_string())?;
+            let base_record = pool
+                .xapi
+                .vdi_get_record(&base)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !tags::is_our_cbt_base(&base_record, engine_id) {
+                return Err("the base is not a CBT base of ours".to_string());
+            }
+            let bitmap = pool
+                .xapi
+                .vdi_list_changed_blocks(&base, vdi)
+                .await
+                .map_err(|e| e.to_string())?;
+            crate::xapi::decode_cbt_bitmap(&bitmap, record.virtual_size as u64)
+        };
+        match changed.await {
+            Ok(blocks) => {
+                let count = blocks.iter().filter(|c| **c).count();
+                log.ok(format!(
+                    "[CBT] Disk {n}: {count}/{} blocks changed",
+                    blocks.len()
+                ));
+                plan.changed_blocks.push(Some(blocks));
+            }
+            Err(e) => {
+                log.warn(format!(
+                    "[CBT] Disk {n}: base {base_uuid} unusable ({e}); falling back to a full read"
+                ));
+                plan.changed_blocks.push(None);
+            }
+        }
+    }
+    plan
 }
 
 /// Commits the VM's new version once every disk is stored and detached, and
@@ -151,6 +305,7 @@ async fn commit_version(
     snap: &OpaqueRef,
     vm_name: &str,
     report: &ReadReport,
+    cbt: &CbtPlan,
     log: &VmLog,
 ) -> Result<(), EngineError> {
     let mut read = ads::ReadStats::default();
@@ -178,7 +333,14 @@ async fn commit_version(
     let disks_meta: Vec<serde_json::Value> = report
         .written
         .iter()
-        .map(|d| serde_json::json!({ "userdevice": d.userdevice, "snapshot_vdi_uuid": d.vdi_uuid }))
+        .zip(&cbt.base_uuids)
+        .map(|(d, base)| {
+            serde_json::json!({
+                "userdevice": d.userdevice,
+                "snapshot_vdi_uuid": d.vdi_uuid,
+                "cbt_base_vdi_uuid": base,
+            })
+        })
         .collect();
     let manifest = store
         .commit(ads::VersionDraft {
@@ -259,6 +421,16 @@ pub(crate) async fn remove_snapshot(
     pool: &PoolRuntime,
     snap: &OpaqueRef,
 ) -> Result<(), EngineError> {
+    remove_snapshot_keeping(pool, snap, &[]).await
+}
+
+/// Destroys a snapshot this engine took; its disks are destroyed too, except
+/// those in `keep`, which are reduced to CBT metadata and tagged as our bases.
+async fn remove_snapshot_keeping(
+    pool: &PoolRuntime,
+    snap: &OpaqueRef,
+    keep: &[OpaqueRef],
+) -> Result<(), EngineError> {
     let x = &pool.xapi;
     let record = x
         .vm_get_record(snap)
@@ -293,10 +465,25 @@ pub(crate) async fn remove_snapshot(
         move |e| EngineError::xapi(object, step, e)
     };
     x.vm_destroy(snap).await.map_err(fail("destroy"))?;
+    let engine_id = pool.engine_config().engine_id.clone();
     for vdi in vdis {
-        x.vdi_destroy(&vdi)
-            .await
-            .map_err(fail("destroying a snapshot disk"))?;
+        if keep.contains(&vdi) {
+            x.vdi_data_destroy(&vdi)
+                .await
+                .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
+            for (key, value) in [
+                (tags::ENGINE_ID, engine_id.as_str()),
+                (tags::ROLE, tags::ROLE_CBT_BASE),
+            ] {
+                x.vdi_add_to_other_config(&vdi, key, value)
+                    .await
+                    .map_err(fail("tagging a CBT base"))?;
+            }
+        } else {
+            x.vdi_destroy(&vdi)
+                .await
+                .map_err(fail("destroying a snapshot disk"))?;
+        }
     }
     Ok(())
 }

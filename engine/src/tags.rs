@@ -3,7 +3,7 @@
 //! The engine only ever modifies or destroys objects that carry its own
 //! engine id; these functions are the one place that decides "is it ours".
 
-use xapi_proto::records::{StringMap, VmRecord};
+use xapi_proto::records::{StringMap, VdiRecord, VdiType, VmRecord};
 
 /// Engine instance that created the object.
 pub const ENGINE_ID: &str = "abd:engine-id";
@@ -20,6 +20,9 @@ pub const ROLE_TEMPLATE: &str = "template";
 pub const ROLE_DELEGATE: &str = "delegate";
 /// Role value of a snapshot the engine took of a protected VM.
 pub const ROLE_SNAPSHOT: &str = "snapshot";
+/// Role value of a snapshot disk kept as CBT metadata only (the base of the
+/// next incremental backup of that disk).
+pub const ROLE_CBT_BASE: &str = "cbt-base";
 
 /// True when the map carries our engine id.
 pub fn has_engine_id(other_config: &StringMap, engine_id: &str) -> bool {
@@ -53,6 +56,13 @@ pub fn is_our_snapshot(vm: &VmRecord, engine_id: &str) -> bool {
     is_our_disposable_vm(vm, engine_id)
         && vm.is_a_snapshot
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_SNAPSHOT)
+}
+
+/// True when the VDI is a CBT base this engine keeps (metadata only).
+pub fn is_our_cbt_base(vdi: &VdiRecord, engine_id: &str) -> bool {
+    has_engine_id(&vdi.other_config, engine_id)
+        && vdi.other_config.get(ROLE).map(String::as_str) == Some(ROLE_CBT_BASE)
+        && vdi.vdi_type == VdiType::CbtMetadata
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ const WRITES: &[(&str, usize)] = &[
     ("VDI.enable_cbt", 2),
     ("VDI.disable_cbt", 2),
     ("VDI.list_changed_blocks", 3),
+    ("VDI.data_destroy", 2),
     ("VIF.create", 2),
     ("VIF.destroy", 2),
     ("VBD.create", 2),
@@ -213,6 +214,7 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
             | "VDI.remove_from_other_config"
             | "VM.remove_from_xenstore_data" => map_edit(ctx, method, a, false)?,
             "VDI.destroy" => void(ctx.vdi_destroy(&ref_param(a, 0, "self")?)?),
+            "VDI.data_destroy" => void(ctx.vdi_data_destroy(&ref_param(a, 0, "self")?)?),
             "VDI.enable_cbt" => void(ctx.vdi_set_cbt(&ref_param(a, 0, "self")?, true)?),
             "VDI.disable_cbt" => void(ctx.vdi_set_cbt(&ref_param(a, 0, "self")?, false)?),
             "VDI.list_changed_blocks" => Value::from(ctx.vdi_list_changed_blocks(

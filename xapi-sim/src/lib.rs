@@ -101,6 +101,11 @@ impl Sim {
             .iter()
             .find(|(_, r)| r.uuid == vdi_uuid)
             .ok_or_else(|| format!("no VDI {vdi_uuid} in pool {}", m.name))?;
+        if m.vdis[vdi].vdi_type == xapi_proto::records::VdiType::CbtMetadata {
+            return Err(format!(
+                "VDI {vdi_uuid} holds CBT metadata only (its data was destroyed)"
+            ));
+        }
         let content = m
             .vdi_content
             .get(vdi)

@@ -411,3 +411,67 @@ fn sr_full_refuses_a_clone_and_creates_nothing() {
         "no VDI created"
     );
 }
+
+#[test]
+fn cbt_reports_the_blocks_a_day_changed_and_data_destroy_keeps_only_metadata() {
+    let mut w = World::new();
+    let vm = w.vm("vm-01");
+    let disk_of = |w: &mut World, vm: &Value| {
+        let rec = w.ok("VM.get_record", &[vm.clone()]);
+        w.ok("VBD.get_record", &[rec["VBDs"][0].clone()])["VDI"].clone()
+    };
+    let live = disk_of(&mut w, &vm);
+    let snap1 = w.ok("VM.snapshot", &[vm.clone(), json!("day 0")]);
+    let base = disk_of(&mut w, &snap1);
+    assert_eq!(
+        w.err("VDI.list_changed_blocks", &[base.clone(), base.clone()]),
+        ["VDI_NO_CBT_METADATA", base.as_str().unwrap()]
+    );
+    assert_eq!(
+        w.err("VDI.data_destroy", &[base.clone()])[0],
+        codes::VDI_NO_CBT_METADATA
+    );
+
+    // The operator enables CBT; a snapshot on day 0 and one on day 1.
+    w.ok("VDI.enable_cbt", &[live.clone()]);
+    let snap1 = w.ok("VM.snapshot", &[vm.clone(), json!("day 0 cbt")]);
+    let day0 = disk_of(&mut w, &snap1);
+    assert_eq!(w.ok("VDI.get_cbt_enabled", &[day0.clone()]), true);
+    w.wait(86_400);
+    let snap2 = w.ok("VM.snapshot", &[vm.clone(), json!("day 1 cbt")]);
+    let day1 = disk_of(&mut w, &snap2);
+    let bitmap = w.ok("VDI.list_changed_blocks", &[day0.clone(), day1.clone()]);
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(bitmap.as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        bytes.len(),
+        10 * 16384 / 8,
+        "one bit per 64 KiB of a 10 GiB disk"
+    );
+    let changed: u32 = bytes.iter().map(|b| b.count_ones()).sum();
+    assert!(
+        changed > 0 && changed < 10 * 16384 / 10,
+        "{changed} blocks changed in a day"
+    );
+    // The same snapshot twice: nothing changed.
+    let same = w.ok("VDI.list_changed_blocks", &[day1.clone(), day1.clone()]);
+    let same = base64::engine::general_purpose::STANDARD
+        .decode(same.as_str().unwrap())
+        .unwrap();
+    assert!(same.iter().all(|b| *b == 0));
+
+    // Reduced to metadata, a snapshot disk still answers CBT but holds no data.
+    w.ok("VM.destroy", &[snap1]);
+    w.ok("VDI.data_destroy", &[day0.clone()]);
+    assert_eq!(w.ok("VDI.get_type", &[day0.clone()]), "cbt_metadata");
+    let uuid = w.ok("VDI.get_uuid", &[day0.clone()]);
+    let mut buf = [0u8; 16];
+    let err = w
+        .sim
+        .read_vdi(w.pool, uuid.as_str().unwrap(), 0, &mut buf)
+        .unwrap_err();
+    assert!(err.contains("CBT metadata only"), "{err}");
+    assert_eq!(w.ok("VDI.list_changed_blocks", &[day0, day1]), bitmap);
+}

@@ -383,6 +383,59 @@ impl XapiClient {
     pub async fn vdi_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
         self.void("VDI.destroy", vec![refv(vdi)]).await
     }
+
+    /// `VDI.get_by_uuid`.
+    pub async fn vdi_get_by_uuid(&self, uuid: &str) -> Result<OpaqueRef, CallError> {
+        self.typed("VDI.get_by_uuid", vec![Value::from(uuid)]).await
+    }
+
+    /// `VDI.list_changed_blocks`: XAPI's base64 bitmap, 1 bit per 64 KiB block.
+    pub async fn vdi_list_changed_blocks(
+        &self,
+        from: &OpaqueRef,
+        to: &OpaqueRef,
+    ) -> Result<String, CallError> {
+        self.typed("VDI.list_changed_blocks", vec![refv(from), refv(to)])
+            .await
+    }
+
+    /// `VDI.data_destroy`: keeps only the VDI's CBT metadata.
+    pub async fn vdi_data_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
+        self.void("VDI.data_destroy", vec![refv(vdi)]).await
+    }
+
+    /// `VDI.add_to_other_config`.
+    pub async fn vdi_add_to_other_config(
+        &self,
+        vdi: &OpaqueRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
+        self.void(
+            "VDI.add_to_other_config",
+            vec![refv(vdi), Value::from(key), Value::from(value)],
+        )
+        .await
+    }
+}
+
+/// Decodes XAPI's CBT bitmap (base64, most significant bit first) into one
+/// bool per 64 KiB block of a disk of `size_bytes`.
+pub fn decode_cbt_bitmap(text: &str, size_bytes: u64) -> Result<Vec<bool>, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("CBT bitmap is not base64: {e}"))?;
+    let blocks = size_bytes.div_ceil(64 * 1024) as usize;
+    if bytes.len() * 8 < blocks {
+        return Err(format!(
+            "CBT bitmap covers {} blocks, the disk has {blocks}",
+            bytes.len() * 8
+        ));
+    }
+    Ok((0..blocks)
+        .map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0)
+        .collect())
 }
 
 fn refv(r: &OpaqueRef) -> Value {

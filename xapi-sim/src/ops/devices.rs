@@ -260,6 +260,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// VDI_IN_USE when any VBD of the VDI is plugged.
+    fn refuse_if_attached(
+        &self,
+        vdi: &OpaqueRef,
+        record: &VdiRecord,
+        operation: &str,
+    ) -> Result<(), XapiError> {
+        let attached = record
+            .vbds
+            .iter()
+            .filter_map(|b| self.m.vbds.get(b))
+            .any(|b| b.currently_attached);
+        if attached {
+            return Err(XapiError::new(codes::VDI_IN_USE, [vdi.as_str(), operation]));
+        }
+        Ok(())
+    }
+
     /// `VDI.destroy(vdi)`: refused while attached anywhere; unplugged VBDs go with it.
     pub(crate) fn vdi_destroy(&mut self, vdi: &OpaqueRef) -> Result<(), XapiError> {
         let record = self
@@ -268,14 +286,7 @@ impl Ctx<'_> {
             .get(vdi)
             .ok_or_else(|| XapiError::handle_invalid("VDI", vdi.as_str()))?
             .clone();
-        let attached = record
-            .vbds
-            .iter()
-            .filter_map(|b| self.m.vbds.get(b))
-            .any(|b| b.currently_attached);
-        if attached {
-            return Err(XapiError::new(codes::VDI_IN_USE, [vdi.as_str(), "destroy"]));
-        }
+        self.refuse_if_attached(vdi, &record, "destroy")?;
         for vbd in &record.vbds {
             self.remove_vbd(vbd);
         }
@@ -302,6 +313,26 @@ impl Ctx<'_> {
         record.cbt_enabled = enabled;
         let verb = if enabled { "enable_cbt" } else { "disable_cbt" };
         self.log(format!("VDI.{verb} {vdi}"));
+        Ok(())
+    }
+
+    /// `VDI.data_destroy`: drops the data, keeps the CBT metadata.
+    pub(crate) fn vdi_data_destroy(&mut self, vdi: &OpaqueRef) -> Result<(), XapiError> {
+        let record = self
+            .m
+            .vdis
+            .get(vdi)
+            .ok_or_else(|| XapiError::handle_invalid("VDI", vdi.as_str()))?;
+        if !record.cbt_enabled {
+            return Err(XapiError::new(codes::VDI_NO_CBT_METADATA, [vdi.as_str()]));
+        }
+        self.refuse_if_attached(vdi, record, "data_destroy")?;
+        let record = self.m.vdis.get_mut(vdi).expect("checked");
+        record.vdi_type = VdiType::CbtMetadata;
+        record.physical_utilisation = 0;
+        let sr = record.sr.clone();
+        self.m.refresh_sr_usage(&sr);
+        self.log(format!("VDI.data_destroy {vdi}"));
         Ok(())
     }
 
