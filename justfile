@@ -17,9 +17,17 @@ scenarios:
         cargo run --release --quiet -- run "$scenario" --quiet
     done
 
-# Criterion bench: simulated delegate lifecycles per wall second.
+# Criterion benches: delegate lifecycles, XAPI over HTTP, the data path.
 bench:
-    cargo bench --bench lifecycles
+    cargo bench --bench lifecycles --bench xmlrpc --bench datapath
+
+# abd vs restic on the same seeded 2 GiB disk image (needs restic).
+compare-restic:
+    benches/compare-restic.sh
+
+# Dedup ratio by chunk size on the simulator's seeded content.
+dedup-ratio:
+    cargo run --release --example dedup_ratio
 
 # Formatting and clippy, as CI runs them.
 lint:

@@ -44,3 +44,7 @@ for run in day0 day1; do
     printf "%-8s %-6s %10.2f %14s\n" "$tool" "$run" "$t" "$b"
   done
 done
+for run in day0 day1; do
+  ratio=$(awk -v r=$run '$2==r && $1=="restic" {rt[++n]=$3} $2==r && $1=="abd" {at[++m]=$3} END {for (i=1;i<=n;i++) print rt[i]/at[i]}' "$results" | median)
+  printf "%s: abd is %.2fx restic's speed (median of per-run ratios)\n" "$run" "$ratio"
+done
