@@ -16,11 +16,32 @@ pub struct DataEnd {
     pub stored_bytes: u64,
     /// Disks restored and compared byte for byte.
     pub disks_restored: usize,
+    /// VDIs written by restore jobs, compared byte for byte with their version's snapshot.
+    pub restored_vdis_checked: usize,
     pub problems: Vec<String>,
 }
 
+/// What the snapshot behind disk `disk` (from 0) of `manifest` held.
+fn snapshot_bytes(sim: &Sim, manifest: &ads::Manifest, disk: usize) -> Result<Vec<u8>, String> {
+    let pool = manifest.vm_record["pool"]
+        .as_str()
+        .and_then(|p| sim.pool_id(p));
+    let uuid = manifest.vm_record["disks"][disk]["snapshot_vdi_uuid"]
+        .as_str()
+        .unwrap_or_default();
+    let content = pool
+        .and_then(|p| sim.snapshot_content(p, uuid))
+        .ok_or_else(|| format!("no snapshot {uuid:?} in the simulator"))?;
+    let mut expected = vec![0u8; content.disk.size_bytes as usize];
+    content
+        .disk
+        .read_at(0, content.frozen_day.unwrap_or(0), &mut expected);
+    Ok(expected)
+}
+
 /// Restores every version in the store at `dir` and compares it with the
-/// simulator's record of the snapshot it was read from.
+/// simulator's record of the snapshot it was read from; then compares every
+/// VDI a restore job wrote with the version it names.
 pub fn check_store(dir: &Path, sim: &Sim) -> DataEnd {
     let mut end = DataEnd::default();
     let store = match Store::open(dir, Access::Read) {
@@ -89,5 +110,42 @@ pub fn check_store(dir: &Path, sim: &Sim) -> DataEnd {
             }
         }
     }
+    check_restored_vdis(sim, &manifests, &mut end);
     end
+}
+
+/// Every VDI a restore wrote (tagged `abd:restored-from`) holds its version's bytes.
+fn check_restored_vdis(sim: &Sim, manifests: &[ads::Manifest], end: &mut DataEnd) {
+    for (pool, m) in sim.pools() {
+        for vdi in m.vdis.values() {
+            let Some(from) = vdi.other_config.get(engine::tags::RESTORED_FROM) else {
+                continue;
+            };
+            let found = from.rsplit_once('#').and_then(|(version, disk)| {
+                let (vm, seq) = version.rsplit_once('@')?;
+                let (seq, disk): (u64, usize) = (seq.parse().ok()?, disk.parse().ok()?);
+                let manifest = manifests.iter().find(|m| m.vm == vm && m.seq == seq)?;
+                Some((manifest, disk.checked_sub(1)?))
+            });
+            let Some((manifest, disk)) = found else {
+                end.problems.push(format!(
+                    "restored VDI {}: unknown source {from:?}",
+                    vdi.uuid
+                ));
+                continue;
+            };
+            let mut got = vec![0u8; vdi.virtual_size as usize];
+            let read = sim.read_vdi(pool, &vdi.uuid, 0, &mut got);
+            match (read, snapshot_bytes(sim, manifest, disk)) {
+                (Ok(()), Ok(expected)) if got == expected => end.restored_vdis_checked += 1,
+                (Ok(()), Ok(_)) => end.problems.push(format!(
+                    "restored VDI {} ({from}) differs from the backup",
+                    vdi.uuid
+                )),
+                (Err(e), _) | (_, Err(e)) => end
+                    .problems
+                    .push(format!("restored VDI {} ({from}): {e}", vdi.uuid)),
+            }
+        }
+    }
 }

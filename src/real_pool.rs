@@ -67,6 +67,18 @@ impl DelegateAgent for NoAgent {
             message: "this command does not talk to delegates".into(),
         })
     }
+
+    async fn write_disks(
+        &self,
+        ip: Ipv4Addr,
+        _source: engine::agent::RestoreSource<'_>,
+        _: &(dyn Fn(DiskProgress) + Send + Sync),
+    ) -> Result<ReadReport, AgentError> {
+        Err(AgentError::Failed {
+            ip,
+            message: "this command does not talk to delegates".into(),
+        })
+    }
 }
 
 fn read_password(path: &Path) -> anyhow::Result<String> {

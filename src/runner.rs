@@ -28,6 +28,8 @@ pub struct JobRun {
 /// What is left in a pool at the end of a run, read from the simulator.
 #[derive(Clone, Debug, Default)]
 pub struct PoolEnd {
+    /// VDIs our restores created (the operator's to keep), by uuid.
+    pub restored_vdis: Vec<String>,
     /// Snapshot disks we keep as CBT metadata (the next backup's bases).
     pub cbt_bases: usize,
     /// Protected disks with CBT enabled (at most one base each).
@@ -282,13 +284,17 @@ async fn drive(
             pool: job.pool.get_ref().clone(),
             vms: scenario.job_vms(job),
             concurrency: job.concurrency,
+            restore: (job.kind == JobKind::Restore).then(|| engine::config::RestoreSpec {
+                version: job.version,
+                sr: job.sr.clone(),
+            }),
         };
         let kind = job.kind;
         let start = Duration::from_secs_f64(job.start_s);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(clock.instant_at(start)).await;
             match kind {
-                JobKind::Backup => JobRun {
+                JobKind::Backup | JobKind::Restore => JobRun {
                     report: engine.run_job(&spec).await,
                     diag: None,
                 },
@@ -415,10 +421,20 @@ fn pool_ends(
                 .values()
                 .filter(|d| d.cbt_enabled && !d.is_a_snapshot && !d.vbds.is_empty())
                 .count(),
+            restored_vdis: m
+                .vdis
+                .values()
+                .filter(|d| engine::tags::is_our_restored_vdi(d, engine_id))
+                .map(|d| d.uuid.clone())
+                .collect(),
             orphan_vdis: m
                 .vdis
                 .values()
-                .filter(|d| d.vbds.is_empty() && !engine::tags::is_our_cbt_base(d, engine_id))
+                .filter(|d| {
+                    d.vbds.is_empty()
+                        && !engine::tags::is_our_cbt_base(d, engine_id)
+                        && !engine::tags::is_our_restored_vdi(d, engine_id)
+                })
                 .map(|d| format!("{} {:?}", d.uuid, d.name_label))
                 .collect(),
             dhcp_leases: m

@@ -56,6 +56,8 @@ pub enum JobKind {
     Backup,
     /// The diagnostic job (template, provision, boot, address, identity, teardown).
     Diag,
+    /// Writes each VM's version from the data store onto new VDIs.
+    Restore,
 }
 
 /// A job and when it starts.
@@ -74,6 +76,12 @@ pub struct ScenarioJob {
     /// Simulated time the job starts at, in seconds since the run began.
     #[serde(default)]
     pub start_s: f64,
+    /// Restore jobs: the version to restore (default: the newest).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Restore jobs: the SR for the new VDIs (default: the pool's default SR).
+    #[serde(default)]
+    pub sr: Option<String>,
 }
 
 fn default_concurrency() -> usize {
@@ -126,6 +134,8 @@ pub struct Expect {
     pub vms_present: BTreeMap<String, Vec<String>>,
     /// Versions in the data store at the end.
     pub data_versions: Option<usize>,
+    /// VDIs written by restore jobs (each checked byte for byte).
+    pub restored_vdis: Option<usize>,
     /// Stored bytes over the logical bytes of every version, at most.
     pub data_stored_fraction_at_most: Option<f64>,
 }
@@ -267,7 +277,7 @@ impl Scenario {
             if !(job.start_s >= 0.0 && job.start_s.is_finite()) {
                 return Err(err(line, format!("job[{i}].start_s: must be a time >= 0")));
             }
-            if job.kind == JobKind::Backup && self.job_vms(job).is_empty() {
+            if job.kind != JobKind::Diag && self.job_vms(job).is_empty() {
                 let at = job
                     .vms
                     .as_ref()

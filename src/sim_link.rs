@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use engine::agent::{
-    AgentError, DelegateAgent, DiskProgress, ReadReport, StoreTarget, WrittenDisk,
+    AgentError, DelegateAgent, DiskProgress, ReadReport, RestoreSource, StoreTarget, WrittenDisk,
 };
 use engine::xapi::{CallError, Transport};
 use std::net::Ipv4Addr;
@@ -86,6 +86,48 @@ impl SimAgent {
 }
 
 impl SimAgent {
+    /// The disks plugged into the delegate at `ip`, after one round trip.
+    async fn plugged_disks(&self, ip: Ipv4Addr) -> Result<Vec<xapi_sim::AttachedDisk>, AgentError> {
+        let now = self.round_trip().await;
+        lock(&self.sim)
+            .appliance_disks(self.pool, now, ip)
+            .ok_or(AgentError::Unreachable { ip })
+    }
+
+    /// Takes the simulated time of moving `bytes` of `disk` at its SR's
+    /// bandwidth, reporting progress in steps. The disk must stay plugged
+    /// throughout: a detach or a dead delegate fails the transfer.
+    async fn take_disk_time(
+        &self,
+        ip: Ipv4Addr,
+        disk: &xapi_sim::AttachedDisk,
+        (index, count): (usize, usize),
+        bytes: u64,
+        what: &str,
+        progress: &(dyn Fn(DiskProgress) + Send + Sync),
+    ) -> Result<(), AgentError> {
+        let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s);
+        for step in 1..=PROGRESS_STEPS {
+            tokio::time::sleep(total / PROGRESS_STEPS as u32).await;
+            let still = lock(&self.sim)
+                .appliance_disks(self.pool, self.clock.now(), ip)
+                .is_some_and(|now| now.iter().any(|d| d.vdi_uuid == disk.vdi_uuid));
+            if !still {
+                return Err(AgentError::Failed {
+                    ip,
+                    message: format!("disk {} went away during the {what}", disk.userdevice),
+                });
+            }
+            progress(DiskProgress {
+                disk_index: index,
+                disk_count: count,
+                size_bytes: disk.virtual_size as u64,
+                percent: (step * 100 / PROGRESS_STEPS) as u8,
+            });
+        }
+        Ok(())
+    }
+
     /// Backs up the attached disks into the store: real bytes from the
     /// simulator's disk content, chunked, deduplicated and sent.
     fn store_disks(
@@ -136,6 +178,21 @@ impl SimAgent {
     }
 }
 
+/// A simulated VDI as a delegate's agent writes it on restore.
+struct SimDiskTarget {
+    sim: SharedSim,
+    pool: PoolId,
+    vdi_uuid: String,
+}
+
+impl ads::DiskTarget for SimDiskTarget {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        lock(&self.sim)
+            .write_vdi(self.pool, &self.vdi_uuid, offset, data)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// A simulated VDI as a delegate's agent reads it (`/dev/xvdX` in a real delegate).
 struct SimDisk {
     sim: SharedSim,
@@ -173,10 +230,7 @@ impl DelegateAgent for SimAgent {
         target: Option<StoreTarget<'_>>,
         progress: &(dyn Fn(DiskProgress) + Send + Sync),
     ) -> Result<ReadReport, AgentError> {
-        let now = self.round_trip().await;
-        let disks = lock(&self.sim)
-            .appliance_disks(self.pool, now, ip)
-            .ok_or(AgentError::Unreachable { ip })?;
+        let disks = self.plugged_disks(ip).await?;
         let mut report = ReadReport::default();
         if let Some(target) = target {
             // The real bytes go into the store now; the read then takes its
@@ -197,28 +251,51 @@ impl DelegateAgent for SimAgent {
                 .written
                 .get(i)
                 .map_or(disk.virtual_size as u64, |w| w.read.bytes_read);
-            let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s);
-            for step in 1..=PROGRESS_STEPS {
-                tokio::time::sleep(total / PROGRESS_STEPS as u32).await;
-                // The disk must still be there: a detach or a dead delegate fails the read.
-                let still = lock(&self.sim)
-                    .appliance_disks(self.pool, self.clock.now(), ip)
-                    .is_some_and(|now| now.iter().any(|d| d.vdi_uuid == disk.vdi_uuid));
-                if !still {
-                    return Err(AgentError::Failed {
-                        ip,
-                        message: format!("disk {} went away during the read", disk.userdevice),
-                    });
-                }
-                progress(DiskProgress {
-                    disk_index: i + 1,
-                    disk_count: disks.len(),
-                    size_bytes: disk.virtual_size as u64,
-                    percent: (step * 100 / PROGRESS_STEPS) as u8,
-                });
-            }
+            self.take_disk_time(ip, disk, (i + 1, disks.len()), bytes, "read", progress)
+                .await?;
             report.disks += 1;
             report.bytes_read += bytes;
+        }
+        Ok(report)
+    }
+
+    async fn write_disks(
+        &self,
+        ip: Ipv4Addr,
+        source: RestoreSource<'_>,
+        progress: &(dyn Fn(DiskProgress) + Send + Sync),
+    ) -> Result<ReadReport, AgentError> {
+        let disks = self.plugged_disks(ip).await?;
+        if disks.len() != source.manifest.disks.len() {
+            return Err(AgentError::Failed {
+                ip,
+                message: format!(
+                    "{} disk(s) plugged, the version has {}",
+                    disks.len(),
+                    source.manifest.disks.len()
+                ),
+            });
+        }
+        let mut report = ReadReport::default();
+        for (i, disk) in disks.iter().enumerate() {
+            let mut target = SimDiskTarget {
+                sim: Arc::clone(&self.sim),
+                pool: self.pool,
+                vdi_uuid: disk.vdi_uuid.clone(),
+            };
+            let written = source
+                .store
+                .with_store(|store| {
+                    ads::restore_disk(store, source.manifest, i, &mut target, &mut |_, _| {})
+                })
+                .map_err(|e| AgentError::Failed {
+                    ip,
+                    message: format!("restore of disk {}: {e}", i + 1),
+                })?;
+            self.take_disk_time(ip, disk, (i + 1, disks.len()), written, "write", progress)
+                .await?;
+            report.disks += 1;
+            report.bytes_read += written;
         }
         Ok(report)
     }

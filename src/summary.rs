@@ -77,7 +77,11 @@ impl Summary {
                 JobSummary {
                     name: r.name.clone(),
                     pool: r.pool.clone(),
-                    kind: if run.diag.is_some() { "diag" } else { "backup" },
+                    kind: match job.kind {
+                        crate::scenario::JobKind::Backup => "backup",
+                        crate::scenario::JobKind::Diag => "diag",
+                        crate::scenario::JobKind::Restore => "restore",
+                    },
                     status: serde_plain(&r.status),
                     concurrency: job.concurrency,
                     vms: r.vms.len(),
@@ -166,12 +170,13 @@ impl Summary {
         }
         if let Some(d) = &self.data {
             s += &format!(
-                "Data store: {} versions, {} logical, {} stored ({:.1}x); {} disks restored byte-identical\n",
+                "Data store: {} versions, {} logical, {} stored ({:.1}x); {} disks restored byte-identical; {} restored VDIs checked\n",
                 d.versions,
                 engine::joblog::format_bytes(d.logical_bytes),
                 engine::joblog::format_bytes(d.stored_bytes),
                 d.logical_bytes as f64 / d.stored_bytes.max(1) as f64,
-                d.disks_restored
+                d.disks_restored,
+                d.restored_vdis_checked
             );
         }
         s += "Pools:\n";
@@ -267,6 +272,7 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
     exact("vms_failed", e.vms_failed, s.vms_failed);
     let data = out.data.clone().unwrap_or_default();
     exact("data_versions", e.data_versions, data.versions);
+    exact("restored_vdis", e.restored_vdis, data.restored_vdis_checked);
     exact(
         "reclaimed",
         e.reclaimed,

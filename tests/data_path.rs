@@ -71,3 +71,44 @@ fn summary_lines(out: &abd::runner::RunOutput, needle: &str) -> usize {
         .filter(|l| l.text.contains(needle))
         .count()
 }
+
+#[test]
+fn restores_write_each_version_back_byte_identical_and_a_bad_request_leaves_nothing() {
+    let path = format!("{}/scenarios/restore.toml", env!("CARGO_MANIFEST_DIR"));
+    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
+    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let data = out.data.clone().unwrap();
+    assert_eq!(data.restored_vdis_checked, 6, "{:?}", data.problems);
+    assert_eq!(out.pools["lab"].restored_vdis.len(), 6);
+
+    // Asking for a version that does not exist fails each VM with the reason,
+    // and creates no VDI.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("version = 1", "version = 9");
+    let bad = Scenario::parse("restore-bad.toml", &text).unwrap();
+    let (out, _) = abd::run_and_check(&bad, bad.seed);
+    let restore = &out.jobs[2].report;
+    assert_eq!(restore.status.to_string(), "failed");
+    for vm in &restore.vms {
+        let reason = vm.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("has no version 9 (versions: 1, 2)"),
+            "{reason}"
+        );
+    }
+    assert!(out.pools["lab"].restored_vdis.is_empty());
+    // Checked before any delegate was spent: 6 backups' delegates only.
+    assert_eq!(summary_lines(&out, "Nothing to restore"), 3);
+    assert!(
+        out.pools["lab"].orphan_vdis.is_empty(),
+        "{:?}",
+        out.pools["lab"].orphan_vdis
+    );
+    assert!(
+        abd::checks::check(&bad, &out).is_empty(),
+        "{:?}",
+        abd::checks::check(&bad, &out)
+    );
+}

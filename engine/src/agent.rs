@@ -65,6 +65,13 @@ pub enum AgentError {
     Failed { ip: Ipv4Addr, message: String },
 }
 
+/// What a delegate writes on restore: a version from the engine's data store,
+/// disk i onto the disk plugged as device i+1.
+pub struct RestoreSource<'a> {
+    pub store: &'a crate::datastore::DataStore,
+    pub manifest: &'a ads::Manifest,
+}
+
 /// Talks to the agent inside a running delegate, by its address.
 #[async_trait]
 pub trait DelegateAgent: Send + Sync {
@@ -77,6 +84,16 @@ pub trait DelegateAgent: Send + Sync {
         &self,
         ip: Ipv4Addr,
         target: Option<StoreTarget<'_>>,
+        progress: &(dyn Fn(DiskProgress) + Send + Sync),
+    ) -> Result<ReadReport, AgentError>;
+
+    /// Writes `source`'s disks onto the disks hot-plugged read-write into the
+    /// delegate at `ip` (devices 1..n), each verified against its digest.
+    /// The report's `bytes_read` counts the bytes written.
+    async fn write_disks(
+        &self,
+        ip: Ipv4Addr,
+        source: RestoreSource<'_>,
         progress: &(dyn Fn(DiskProgress) + Send + Sync),
     ) -> Result<ReadReport, AgentError>;
 }

@@ -5,7 +5,7 @@
 use crate::agent::{DiskProgress, ReadReport, StoreTarget};
 use crate::delegate::Delegate;
 use crate::error::EngineError;
-use crate::joblog::{LineStatus, format_bytes, format_duration};
+use crate::joblog::{format_bytes, format_duration};
 use crate::pool::{PoolRuntime, VmLog};
 use crate::tags;
 use tokio::time::Instant;
@@ -149,22 +149,7 @@ async fn attach_and_read(
     let read = match result {
         Ok(()) => {
             let ip = d.ip.expect("a ready delegate has an address");
-            let on_progress = |p: DiskProgress| {
-                let status = if p.percent >= 100 {
-                    LineStatus::Ok
-                } else {
-                    LineStatus::InProgress
-                };
-                log.line(
-                    status,
-                    format!(
-                        "Processing disk {} [{}]: {}%",
-                        p.disk_index,
-                        format_bytes(p.size_bytes),
-                        p.percent
-                    ),
-                );
-            };
+            let on_progress = |p: DiskProgress| log.disk_progress("Processing", p);
             let target = pool.store().map(|store| StoreTarget {
                 store,
                 vm_name,
@@ -372,12 +357,23 @@ async fn attach(
     vdi: &OpaqueRef,
     device: usize,
 ) -> Result<OpaqueRef, EngineError> {
+    attach_as(pool, d, vdi, device, VbdMode::RO).await
+}
+
+/// Plugs `vdi` into the delegate as `device`, read-only or read-write.
+pub(crate) async fn attach_as(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    vdi: &OpaqueRef,
+    device: usize,
+    mode: VbdMode,
+) -> Result<OpaqueRef, EngineError> {
     let spec = VbdCreate {
         vm: d.vm.clone(),
         vdi: vdi.clone(),
         userdevice: device.to_string(),
         bootable: false,
-        mode: VbdMode::RO,
+        mode,
         vbd_type: VbdType::Disk,
         unpluggable: true,
         empty: false,
@@ -396,7 +392,7 @@ async fn attach(
 }
 
 /// Unplugs and destroys the work VBDs; checks each is really unplugged first.
-async fn detach(pool: &PoolRuntime, vbds: &[OpaqueRef]) -> Result<(), EngineError> {
+pub(crate) async fn detach(pool: &PoolRuntime, vbds: &[OpaqueRef]) -> Result<(), EngineError> {
     let mut first_error = None;
     for vbd in vbds {
         let step = async {

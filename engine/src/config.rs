@@ -142,4 +142,16 @@ pub struct JobSpec {
     pub vms: Vec<String>,
     /// VMs processed at once, each with its own delegate.
     pub concurrency: usize,
+    /// Set for a restore job: each VM's version is written back to new VDIs.
+    #[serde(default)]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// What a restore job writes, and where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// Version to restore (default: each VM's newest).
+    pub version: Option<u64>,
+    /// SR (by name) for the new VDIs (default: the pool's default SR).
+    pub sr: Option<String>,
 }

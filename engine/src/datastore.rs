@@ -32,6 +32,17 @@ impl DataStore {
         self.lock().latest(vm)
     }
 
+    /// Version `version` of `vm`, or its newest.
+    pub fn manifest(&self, vm: &str, version: Option<u64>) -> Result<Manifest, AdsError> {
+        let store = self.lock();
+        match version {
+            Some(seq) => store.manifest(vm, seq),
+            None => store
+                .latest(vm)?
+                .ok_or_else(|| AdsError::NoSuchVm { vm: vm.to_string() }),
+        }
+    }
+
     /// Runs `write` in a transaction and makes its chunks durable and indexed
     /// (no version yet). Returns what `write` returned and what the store took.
     pub fn write_chunks<T>(

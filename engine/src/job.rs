@@ -56,6 +56,8 @@ struct JobContext {
     topo: Topology,
     network: OpaqueRef,
     job: String,
+    /// Set for a restore job: the version and the SR the new VDIs go to.
+    restore: Option<(Option<u64>, OpaqueRef)>,
 }
 
 /// Runs a backup job on its pool.
@@ -133,12 +135,31 @@ async fn prepare(
     let topo = pool.topology().await?;
     let network = pool.delegate_network(&topo)?;
     let (template, _) = template::ensure(pool, &topo, log).await?;
+    let restore = match &spec.restore {
+        None => None,
+        Some(r) => {
+            let sr = match &r.sr {
+                None => topo.default_sr.clone(),
+                Some(name) => topo
+                    .srs
+                    .iter()
+                    .find(|(_, rec)| &rec.name_label == name)
+                    .map(|(sr, _)| sr.clone())
+                    .ok_or_else(|| EngineError::Config {
+                        pool: pool.name().to_string(),
+                        message: format!("no SR named {name:?} to restore to"),
+                    })?,
+            };
+            Some((r.version, sr))
+        }
+    };
     Ok(JobContext {
         pool: Arc::clone(pool),
         template,
         topo,
         network,
         job: spec.name.clone(),
+        restore,
     })
 }
 
@@ -184,12 +205,30 @@ async fn process_all(
 async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let started = Instant::now();
     let pool = &ctx.pool;
-    let (vm, required_srs) = match locate_vm(pool, vm_name).await {
-        Ok(found) => found,
-        Err(reason) => {
-            log.fail(reason.clone());
-            return failed(vm_name, reason, None);
+    // A restore needs no VM in the pool (it may be gone), only the target SR.
+    let (vm, required_srs) = match &ctx.restore {
+        Some((version, sr)) => {
+            // Check the version before spending a delegate on it.
+            let found = match pool.store() {
+                Some(store) => store
+                    .manifest(vm_name, *version)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Err("this engine has no data store".to_string()),
+            };
+            if let Err(reason) = found {
+                log.fail(format!("Nothing to restore: {reason}"));
+                return failed(vm_name, reason, None);
+            }
+            (None, vec![sr.clone()])
         }
+        None => match locate_vm(pool, vm_name).await {
+            Ok((vm, srs)) => (Some(vm), srs),
+            Err(reason) => {
+                log.fail(reason.clone());
+                return failed(vm_name, reason, None);
+            }
+        },
     };
     let delegate = match pool.take_idle(&ctx.topo, &required_srs) {
         Some(d) => {
@@ -229,7 +268,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         }
     };
     pool.account(Change::DelegateBusy);
-    let work = back_up_vm(pool, &delegate, &vm, vm_name, &ctx.job, log).await;
+    let work = match (&ctx.restore, &vm) {
+        (Some((version, sr)), _) => {
+            crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log).await
+        }
+        (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
+        (None, None) => unreachable!("a backup job located its VM"),
+    };
     pool.account(Change::DelegateIdle);
     let delegate_name = delegate.name.clone();
     release(pool, delegate, work.is_ok(), log).await;
@@ -237,8 +282,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         Ok(report) => {
             let warned = log.warned();
             log.ok(format!(
-                "VM done: {} read from {} disk(s) in {}",
+                "VM done: {} {} {} disk(s) in {}",
                 format_bytes(report.bytes_read),
+                if ctx.restore.is_some() {
+                    "written to"
+                } else {
+                    "read from"
+                },
                 report.disks,
                 format_duration(started.elapsed())
             ));

@@ -21,6 +21,7 @@ pub mod job;
 pub mod joblog;
 pub mod placement;
 pub mod pool;
+pub mod restore;
 pub mod tags;
 pub mod template;
 pub mod validate;

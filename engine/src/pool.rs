@@ -108,6 +108,24 @@ impl VmLog {
     pub fn ok(&self, text: impl Into<String>) {
         self.line(LineStatus::Ok, text)
     }
+    /// A disk transfer's progress line: `<verb> disk i [size]: NN%`, ok at 100%.
+    pub fn disk_progress(&self, verb: &str, p: crate::agent::DiskProgress) {
+        let status = if p.percent >= 100 {
+            crate::joblog::LineStatus::Ok
+        } else {
+            crate::joblog::LineStatus::InProgress
+        };
+        self.line(
+            status,
+            format!(
+                "{verb} disk {} [{}]: {}%",
+                p.disk_index,
+                crate::joblog::format_bytes(p.size_bytes),
+                p.percent
+            ),
+        );
+    }
+
     pub fn warn(&self, text: impl Into<String>) {
         self.line(LineStatus::Warn, text)
     }

@@ -20,6 +20,8 @@ pub const ROLE_TEMPLATE: &str = "template";
 pub const ROLE_DELEGATE: &str = "delegate";
 /// Role value of a snapshot the engine took of a protected VM.
 pub const ROLE_SNAPSHOT: &str = "snapshot";
+/// Role value of a VDI a restore created (the operator's to keep).
+pub const ROLE_RESTORED: &str = "restored";
 /// Role value of a snapshot disk kept as CBT metadata only (the base of the
 /// next incremental backup of that disk).
 pub const ROLE_CBT_BASE: &str = "cbt-base";
@@ -56,6 +58,15 @@ pub fn is_our_snapshot(vm: &VmRecord, engine_id: &str) -> bool {
     is_our_disposable_vm(vm, engine_id)
         && vm.is_a_snapshot
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_SNAPSHOT)
+}
+
+/// On a restored VDI: what it holds, `<vm>@<version>#<disk>` (disk from 1).
+pub const RESTORED_FROM: &str = "abd:restored-from";
+
+/// True when the VDI was created by a restore of this engine.
+pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
+    has_engine_id(&vdi.other_config, engine_id)
+        && vdi.other_config.get(ROLE).map(String::as_str) == Some(ROLE_RESTORED)
 }
 
 /// True when the VDI is a CBT base this engine keeps (metadata only).

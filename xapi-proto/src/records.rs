@@ -449,6 +449,26 @@ pub struct VbdCreate {
     pub qos_algorithm_params: StringMap,
 }
 
+/// The record argument of `VDI.create`.
+#[serde_as]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct VdiCreate {
+    pub name_label: String,
+    pub name_description: String,
+    #[serde(rename = "SR")]
+    pub sr: OpaqueRef,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub virtual_size: i64,
+    #[serde(rename = "type")]
+    pub vdi_type: VdiType,
+    pub sharable: bool,
+    pub read_only: bool,
+    pub other_config: StringMap,
+    pub sm_config: StringMap,
+    pub tags: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

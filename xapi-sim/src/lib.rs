@@ -60,6 +60,23 @@ pub struct AttachedDisk {
     pub bandwidth_bytes_per_s: f64,
 }
 
+/// The VDI with `uuid` in pool `m`.
+fn find_vdi<'a>(
+    m: &'a PoolModel,
+    uuid: &str,
+) -> Result<
+    (
+        &'a xapi_proto::OpaqueRef,
+        &'a xapi_proto::records::VdiRecord,
+    ),
+    String,
+> {
+    m.vdis
+        .iter()
+        .find(|(_, r)| r.uuid == uuid)
+        .ok_or_else(|| format!("no VDI {uuid} in pool {}", m.name))
+}
+
 impl Sim {
     /// Builds the world a spec describes, seeded with `seed`.
     pub fn new(spec: &WorldSpec, seed: u64) -> Result<Sim, SpecError> {
@@ -87,7 +104,8 @@ impl Sim {
     }
 
     /// Reads bytes of the VDI with `vdi_uuid` as a delegate with it plugged in
-    /// would: a snapshot shows the day it was taken, a live disk today.
+    /// would: a snapshot shows the day it was taken, a live disk today, and
+    /// what was written into it (a restore) shows over that.
     pub fn read_vdi(
         &self,
         pool: PoolId,
@@ -96,24 +114,88 @@ impl Sim {
         buf: &mut [u8],
     ) -> Result<(), String> {
         let m = &self.pools[pool.0];
-        let (vdi, _) = m
-            .vdis
-            .iter()
-            .find(|(_, r)| r.uuid == vdi_uuid)
-            .ok_or_else(|| format!("no VDI {vdi_uuid} in pool {}", m.name))?;
-        if m.vdis[vdi].vdi_type == xapi_proto::records::VdiType::CbtMetadata {
+        let (vdi, record) = find_vdi(m, vdi_uuid)?;
+        if record.vdi_type == xapi_proto::records::VdiType::CbtMetadata {
             return Err(format!(
                 "VDI {vdi_uuid} holds CBT metadata only (its data was destroyed)"
             ));
         }
-        let content = m
-            .vdi_content
-            .get(vdi)
-            .ok_or_else(|| format!("VDI {vdi_uuid} holds no data the simulator models"))?;
-        if offset + buf.len() as u64 > content.disk.size_bytes {
+        if offset + buf.len() as u64 > record.virtual_size as u64 {
             return Err(format!("read past the end of VDI {vdi_uuid}"));
         }
-        content.disk.read_at(offset, content.day_at(self.now), buf);
+        match m.vdi_content.get(vdi) {
+            Some(content) => content.disk.read_at(offset, content.day_at(self.now), buf),
+            None => buf.fill(0),
+        }
+        if let Some(blocks) = m.written.get(vdi) {
+            let block_bytes = content::BLOCK_BYTES as u64;
+            let end = offset + buf.len() as u64;
+            for (block, data) in blocks.range(offset / block_bytes..end.div_ceil(block_bytes)) {
+                let start = (block * block_bytes).max(offset);
+                let stop = (block * block_bytes + data.len() as u64).min(end);
+                if start < stop {
+                    let from = (start - block * block_bytes) as usize;
+                    buf[(start - offset) as usize..(stop - offset) as usize]
+                        .copy_from_slice(&data[from..from + (stop - start) as usize]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes bytes into the VDI with `vdi_uuid`, as a delegate does through a
+    /// read-write VBD that is plugged in (restores).
+    pub fn write_vdi(
+        &mut self,
+        pool: PoolId,
+        vdi_uuid: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let block_bytes = content::BLOCK_BYTES as u64;
+        let (vdi, size) = {
+            let m = &self.pools[pool.0];
+            let (vdi, record) = find_vdi(m, vdi_uuid)?;
+            let writable = record
+                .vbds
+                .iter()
+                .filter_map(|b| m.vbds.get(b))
+                .any(|b| b.currently_attached && b.mode == xapi_proto::records::VbdMode::RW);
+            if !writable || record.read_only {
+                return Err(format!("VDI {vdi_uuid} is not plugged read-write"));
+            }
+            (vdi.clone(), record.virtual_size as u64)
+        };
+        if offset + data.len() as u64 > size {
+            return Err(format!("write past the end of VDI {vdi_uuid}"));
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let block = at / block_bytes;
+            let within = (at % block_bytes) as usize;
+            let block_len = block_bytes.min(size - block * block_bytes) as usize;
+            let take = (block_len - within).min(data.len() - done);
+            let mut bytes = match self.pools[pool.0]
+                .written
+                .get(&vdi)
+                .and_then(|w| w.get(&block))
+            {
+                Some(existing) => existing.clone(),
+                None => {
+                    let mut fresh = vec![0u8; block_len];
+                    self.read_vdi(pool, vdi_uuid, block * block_bytes, &mut fresh)?;
+                    fresh
+                }
+            };
+            bytes[within..within + take].copy_from_slice(&data[done..done + take]);
+            self.pools[pool.0]
+                .written
+                .entry(vdi.clone())
+                .or_default()
+                .insert(block, bytes);
+            done += take;
+        }
         Ok(())
     }
 

@@ -384,6 +384,14 @@ impl XapiClient {
         self.void("VDI.destroy", vec![refv(vdi)]).await
     }
 
+    /// `VDI.create`.
+    pub async fn vdi_create(
+        &self,
+        spec: &xapi_proto::records::VdiCreate,
+    ) -> Result<OpaqueRef, CallError> {
+        self.typed("VDI.create", vec![record(spec)]).await
+    }
+
     /// `VDI.get_by_uuid`.
     pub async fn vdi_get_by_uuid(&self, uuid: &str) -> Result<OpaqueRef, CallError> {
         self.typed("VDI.get_by_uuid", vec![Value::from(uuid)]).await

@@ -54,6 +54,7 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         address_conflicts: Vec::new(),
         events: None,
         vdi_content: BTreeMap::new(),
+        written: BTreeMap::new(),
         snapshot_content: BTreeMap::new(),
         full_records: false,
     };

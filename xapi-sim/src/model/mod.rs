@@ -62,6 +62,8 @@ pub struct PoolModel {
     pub events: Option<crate::events::EventTracker>,
     /// What each VDI holds (protected VMs' disks and their snapshots).
     pub vdi_content: BTreeMap<OpaqueRef, VdiContent>,
+    /// Bytes written into VDIs (restores), per 64 KiB block, over their content.
+    pub written: BTreeMap<OpaqueRef, BTreeMap<u64, Vec<u8>>>,
     /// Content of every snapshot VDI ever taken, by uuid (kept after destroy,
     /// so a run can check restores against what was snapshotted).
     pub snapshot_content: BTreeMap<String, VdiContent>,

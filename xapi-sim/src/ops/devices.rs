@@ -260,6 +260,46 @@ impl Ctx<'_> {
         }
     }
 
+    /// `VDI.create`: a new, blank disk on an SR with room for it.
+    pub(crate) fn vdi_create(&mut self, spec: VdiCreate) -> Result<OpaqueRef, XapiError> {
+        if !self.m.srs.contains_key(&spec.sr) {
+            return Err(XapiError::handle_invalid("SR", spec.sr.as_str()));
+        }
+        if spec.virtual_size <= 0 {
+            return Err(XapiError::new(
+                codes::INTERNAL_ERROR,
+                [format!(
+                    "VDI.create: virtual_size {} is not positive",
+                    spec.virtual_size
+                )],
+            ));
+        }
+        self.require_space(&spec.sr, spec.virtual_size)?;
+        let (vdi_ref, vdi_uuid) = new_ids(self.rng);
+        self.m.insert_vdi(
+            vdi_ref.clone(),
+            VdiRecord {
+                uuid: vdi_uuid,
+                name_label: spec.name_label.clone(),
+                name_description: spec.name_description,
+                sr: spec.sr.clone(),
+                virtual_size: spec.virtual_size,
+                physical_utilisation: spec.virtual_size,
+                vdi_type: spec.vdi_type,
+                sharable: spec.sharable,
+                read_only: spec.read_only,
+                managed: true,
+                other_config: spec.other_config,
+                sm_config: spec.sm_config,
+                tags: spec.tags,
+                ..Default::default()
+            },
+        );
+        self.m.refresh_sr_usage(&spec.sr);
+        self.log(format!("VDI.create {vdi_ref} {:?}", spec.name_label));
+        Ok(vdi_ref)
+    }
+
     /// VDI_IN_USE when any VBD of the VDI is plugged.
     fn refuse_if_attached(
         &self,
@@ -298,6 +338,7 @@ impl Ctx<'_> {
         }
         self.m.vdis.remove(vdi);
         self.m.vdi_content.remove(vdi);
+        self.m.written.remove(vdi);
         self.m.refresh_sr_usage(&record.sr);
         self.log(format!("VDI.destroy {vdi} {:?}", record.name_label));
         Ok(())

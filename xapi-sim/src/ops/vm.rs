@@ -43,7 +43,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn require_space(&self, sr: &OpaqueRef, bytes: i64) -> Result<(), XapiError> {
+    pub(crate) fn require_space(&self, sr: &OpaqueRef, bytes: i64) -> Result<(), XapiError> {
         let rec = self
             .m
             .srs
