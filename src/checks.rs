@@ -121,8 +121,8 @@ fn snapshot_counts(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
     let mut listed: std::collections::BTreeMap<(String, String), (usize, usize)> =
         Default::default();
     for (job, run) in scenario.jobs.iter().zip(&out.jobs) {
-        if job.kind == JobKind::Restore {
-            continue; // restores take no snapshot
+        if matches!(job.kind, JobKind::Restore | JobKind::Replicate) {
+            continue; // they take no snapshot
         }
         for vm in &run.report.vms {
             let e = listed

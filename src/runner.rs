@@ -288,13 +288,15 @@ async fn drive(
                 version: job.version,
                 sr: job.sr.clone(),
             }),
+            replicate: (job.kind == JobKind::Replicate)
+                .then(|| engine::config::ReplicateSpec { sr: job.sr.clone() }),
         };
         let kind = job.kind;
         let start = Duration::from_secs_f64(job.start_s);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(clock.instant_at(start)).await;
             match kind {
-                JobKind::Backup | JobKind::Restore => JobRun {
+                JobKind::Backup | JobKind::Restore | JobKind::Replicate => JobRun {
                     report: engine.run_job(&spec).await,
                     diag: None,
                 },

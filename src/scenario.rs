@@ -58,6 +58,9 @@ pub enum JobKind {
     Diag,
     /// Writes each VM's version from the data store onto new VDIs.
     Restore,
+    /// Keeps each VM's newest version as replica VDIs in the job's pool
+    /// (the VMs may live in another pool).
+    Replicate,
 }
 
 /// A job and when it starts.
@@ -79,7 +82,7 @@ pub struct ScenarioJob {
     /// Restore jobs: the version to restore (default: the newest).
     #[serde(default)]
     pub version: Option<u64>,
-    /// Restore jobs: the SR for the new VDIs (default: the pool's default SR).
+    /// Restore and replication jobs: the SR for the VDIs (default: the pool's default SR).
     #[serde(default)]
     pub sr: Option<String>,
 }
@@ -208,7 +211,15 @@ impl Scenario {
 
     /// The job's VM list with `prefix*` patterns expanded, in order, without repeats.
     pub fn job_vms(&self, job: &ScenarioJob) -> Vec<String> {
-        let all = self.vm_names(job.pool.get_ref());
+        // A replication's VMs live in other pools; their versions are in the store.
+        let all = match job.kind {
+            JobKind::Replicate => self
+                .pools
+                .iter()
+                .flat_map(|p| self.vm_names(&p.name))
+                .collect(),
+            _ => self.vm_names(job.pool.get_ref()),
+        };
         let mut out: Vec<String> = Vec::new();
         let patterns = job
             .vms

@@ -286,7 +286,15 @@ impl DelegateAgent for SimAgent {
             let written = source
                 .store
                 .with_store(|store| {
-                    ads::restore_disk(store, source.manifest, i, &mut target, &mut |_, _| {})
+                    let base = source.base.and_then(|b| b.disks.get(i));
+                    ads::restore_disk_over(
+                        store,
+                        source.manifest,
+                        i,
+                        base,
+                        &mut target,
+                        &mut |_, _| {},
+                    )
                 })
                 .map_err(|e| AgentError::Failed {
                     ip,

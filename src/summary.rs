@@ -81,6 +81,7 @@ impl Summary {
                         crate::scenario::JobKind::Backup => "backup",
                         crate::scenario::JobKind::Diag => "diag",
                         crate::scenario::JobKind::Restore => "restore",
+                        crate::scenario::JobKind::Replicate => "replicate",
                     },
                     status: serde_plain(&r.status),
                     concurrency: job.concurrency,

@@ -19,6 +19,20 @@ pub fn restore_disk(
     target: &mut dyn DiskTarget,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
+    restore_disk_over(store, manifest, disk_index, None, target, progress)
+}
+
+/// As [`restore_disk`], onto a target that already holds `base` (the same
+/// disk in an earlier version): segments whose digest is unchanged are not
+/// written (incremental replication). Returns the bytes written.
+pub fn restore_disk_over(
+    store: &Store,
+    manifest: &Manifest,
+    disk_index: usize,
+    base: Option<&DiskManifest>,
+    target: &mut dyn DiskTarget,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
     let disk = manifest.disks.get(disk_index).ok_or_else(|| {
         AdsError::Invalid(format!(
             "VM {:?} version {} has {} disk(s), not {}",
@@ -33,14 +47,27 @@ pub fn restore_disk(
         what: "manifest",
         detail,
     })?;
-    let mut written = 0;
+    let (mut written, mut done) = (0, 0);
     let zero_block = vec![0u8; disk.segment_bytes as usize];
     for (batch_number, batch) in disk.segments.chunks(BATCH_SEGMENTS).enumerate() {
         let first = batch_number * BATCH_SEGMENTS;
-        let bytes: Vec<Option<Vec<u8>>> = batch
+        let unchanged = |i: usize| {
+            let index = first + i;
+            let len = disk
+                .segment_bytes
+                .min(disk.size_bytes - index as u64 * disk.segment_bytes);
+            base.filter(|b| {
+                b.segment_bytes == disk.segment_bytes && b.size_bytes == disk.size_bytes
+            })
+            .and_then(|b| b.segments.get(index))
+            .is_some_and(|old| old.digest(len) == batch[i].digest(len))
+        };
+        let bytes: Vec<Option<Option<Vec<u8>>>> = batch
             .par_iter()
-            .map(|segment| match segment {
-                Segment::Zero => Ok(None),
+            .enumerate()
+            .map(|(i, segment)| match segment {
+                _ if unchanged(i) => Ok(None),
+                Segment::Zero => Ok(Some(None)),
                 Segment::Data { chunks, .. } => {
                     let mut data =
                         Vec::with_capacity(chunks.iter().map(|(_, l)| *l as usize).sum());
@@ -51,7 +78,7 @@ pub fn restore_disk(
                             data.extend_from_slice(&store.read_chunk(id)?);
                         }
                     }
-                    Ok(Some(data))
+                    Ok(Some(Some(data)))
                 }
             })
             .collect::<Result<_>>()?;
@@ -66,17 +93,23 @@ pub fn restore_disk(
                 })
             };
             match data {
-                Some(data) => {
+                // Unchanged since `base`: the target already holds these bytes.
+                None => {}
+                Some(Some(data)) => {
                     // check_shape proved chunk lengths; a decoded chunk's length is checked too.
                     assert_eq!(data.len(), len, "segment {index} length");
                     write(target, &data)?;
+                    written += len as u64;
                 }
-                None if target.zeroed() => {}
-                None => write(target, &zero_block[..len])?,
+                Some(None) if target.zeroed() => {}
+                Some(None) => {
+                    write(target, &zero_block[..len])?;
+                    written += len as u64;
+                }
             }
-            written += len as u64;
+            done += len as u64;
         }
-        progress(written, disk.size_bytes);
+        progress(done, disk.size_bytes);
     }
     // Every chunk matched its address, so the segments hash to the manifest's
     // digests; the disk digest ties them to what was read at backup time.

@@ -390,3 +390,29 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn restoring_over_an_older_version_writes_only_changed_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let mut day = disk(11, 64);
+    backup(&mut store, "rep", &day, None).unwrap();
+    let v1 = store.manifest("rep", 1).unwrap();
+    let cbt = change(&mut day, &[5, 50], 3);
+    backup(&mut store, "rep", &day, Some(&cbt)).unwrap();
+    let v2 = store.manifest("rep", 2).unwrap();
+
+    let mut replica = MemDisk::default();
+    ads::restore_disk(&store, &v1, 0, &mut replica, &mut |_, _| {}).unwrap();
+    let written = ads::restore_disk_over(
+        &store,
+        &v2,
+        0,
+        Some(&v1.disks[0]),
+        &mut replica,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(written, 2 * 256 * 1024, "two changed segments");
+    assert!(replica.0 == day.0);
+}

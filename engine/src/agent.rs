@@ -70,6 +70,9 @@ pub enum AgentError {
 pub struct RestoreSource<'a> {
     pub store: &'a crate::datastore::DataStore,
     pub manifest: &'a ads::Manifest,
+    /// The version the target disks already hold (replication): only the
+    /// segments that differ from it are written.
+    pub base: Option<&'a ads::Manifest>,
 }
 
 /// Talks to the agent inside a running delegate, by its address.

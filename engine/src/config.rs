@@ -145,6 +145,17 @@ pub struct JobSpec {
     /// Set for a restore job: each VM's version is written back to new VDIs.
     #[serde(default)]
     pub restore: Option<RestoreSpec>,
+    /// Set for a replication job: each VM's newest version is kept as VDIs in
+    /// this job's pool, written whole the first time, then only what changed.
+    #[serde(default)]
+    pub replicate: Option<ReplicateSpec>,
+}
+
+/// Where a replication job keeps its copies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateSpec {
+    /// SR (by name) for the replica VDIs (default: the pool's default SR).
+    pub sr: Option<String>,
 }
 
 /// What a restore job writes, and where.

@@ -56,8 +56,15 @@ struct JobContext {
     topo: Topology,
     network: OpaqueRef,
     job: String,
-    /// Set for a restore job: the version and the SR the new VDIs go to.
-    restore: Option<(Option<u64>, OpaqueRef)>,
+    /// Set for restore and replication jobs.
+    write: Option<WriteJob>,
+}
+
+/// What a restore or replication job writes, and onto which SR.
+#[derive(Clone)]
+enum WriteJob {
+    Restore { version: Option<u64>, sr: OpaqueRef },
+    Replicate { sr: OpaqueRef },
 }
 
 /// Runs a backup job on its pool.
@@ -135,23 +142,27 @@ async fn prepare(
     let topo = pool.topology().await?;
     let network = pool.delegate_network(&topo)?;
     let (template, _) = template::ensure(pool, &topo, log).await?;
-    let restore = match &spec.restore {
-        None => None,
-        Some(r) => {
-            let sr = match &r.sr {
-                None => topo.default_sr.clone(),
-                Some(name) => topo
-                    .srs
-                    .iter()
-                    .find(|(_, rec)| &rec.name_label == name)
-                    .map(|(sr, _)| sr.clone())
-                    .ok_or_else(|| EngineError::Config {
-                        pool: pool.name().to_string(),
-                        message: format!("no SR named {name:?} to restore to"),
-                    })?,
-            };
-            Some((r.version, sr))
-        }
+    let sr_named = |name: &Option<String>| match name {
+        None => Ok(topo.default_sr.clone()),
+        Some(name) => topo
+            .srs
+            .iter()
+            .find(|(_, rec)| &rec.name_label == name)
+            .map(|(sr, _)| sr.clone())
+            .ok_or_else(|| EngineError::Config {
+                pool: pool.name().to_string(),
+                message: format!("no SR named {name:?} to write to"),
+            }),
+    };
+    let write = match (&spec.restore, &spec.replicate) {
+        (Some(r), _) => Some(WriteJob::Restore {
+            version: r.version,
+            sr: sr_named(&r.sr)?,
+        }),
+        (None, Some(r)) => Some(WriteJob::Replicate {
+            sr: sr_named(&r.sr)?,
+        }),
+        (None, None) => None,
     };
     Ok(JobContext {
         pool: Arc::clone(pool),
@@ -159,7 +170,7 @@ async fn prepare(
         topo,
         network,
         job: spec.name.clone(),
-        restore,
+        write,
     })
 }
 
@@ -205,19 +216,24 @@ async fn process_all(
 async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let started = Instant::now();
     let pool = &ctx.pool;
-    // A restore needs no VM in the pool (it may be gone), only the target SR.
-    let (vm, required_srs) = match &ctx.restore {
-        Some((version, sr)) => {
+    // A restore or replication needs no VM in the pool (it may be gone, or in
+    // another pool), only the target SR and a version to write.
+    let (vm, required_srs) = match &ctx.write {
+        Some(write) => {
+            let (version, sr) = match write {
+                WriteJob::Restore { version, sr } => (*version, sr),
+                WriteJob::Replicate { sr } => (None, sr),
+            };
             // Check the version before spending a delegate on it.
             let found = match pool.store() {
                 Some(store) => store
-                    .manifest(vm_name, *version)
+                    .manifest(vm_name, version)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
                 None => Err("this engine has no data store".to_string()),
             };
             if let Err(reason) = found {
-                log.fail(format!("Nothing to restore: {reason}"));
+                log.fail(format!("Nothing to write: {reason}"));
                 return failed(vm_name, reason, None);
             }
             (None, vec![sr.clone()])
@@ -268,9 +284,12 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         }
     };
     pool.account(Change::DelegateBusy);
-    let work = match (&ctx.restore, &vm) {
-        (Some((version, sr)), _) => {
+    let work = match (&ctx.write, &vm) {
+        (Some(WriteJob::Restore { version, sr }), _) => {
             crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log).await
+        }
+        (Some(WriteJob::Replicate { sr }), _) => {
+            crate::restore::replicate_vm(pool, &delegate, vm_name, sr, &ctx.job, log).await
         }
         (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
         (None, None) => unreachable!("a backup job located its VM"),
@@ -284,7 +303,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             log.ok(format!(
                 "VM done: {} {} {} disk(s) in {}",
                 format_bytes(report.bytes_read),
-                if ctx.restore.is_some() {
+                if ctx.write.is_some() {
                     "written to"
                 } else {
                     "read from"

@@ -1,12 +1,19 @@
-//! Restore: a VM's version from the data store back onto new VDIs in a pool,
-//! written by a delegate through read-write VBDs and verified against the
-//! digest taken at backup time. The new VDIs are tagged as restored by us and
-//! left for the operator; a failed restore removes the VDIs it created.
+//! Restore and replication: a VM's version from the data store written onto
+//! VDIs in a pool by a delegate, through read-write VBDs, verified against the
+//! digest taken at backup time.
+//!
+//! - A restore writes a version onto new VDIs, tagged as restored by us and
+//!   left for the operator; a failed restore removes the VDIs it created.
+//! - A replication keeps the newest version as replica VDIs: written whole the
+//!   first time, then only the segments that changed since the version they
+//!   hold. While they are written they are marked `updating`, so an
+//!   interrupted update is rewritten whole next time, never trusted.
 
 use crate::agent::{DiskProgress, ReadReport, RestoreSource};
 use crate::backup::{attach_as, detach};
 use crate::delegate::Delegate;
 use crate::error::EngineError;
+use crate::joblog::format_bytes;
 use crate::pool::{PoolRuntime, VmLog};
 use crate::tags;
 use xapi_proto::OpaqueRef;
@@ -22,78 +29,22 @@ pub async fn restore_vm(
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
-    let store = pool
-        .store()
-        .ok_or_else(|| EngineError::Store("this engine has no data store".into()))?;
-    let manifest = store
-        .manifest(vm_name, version)
-        .map_err(|e| EngineError::Store(e.to_string()))?;
+    let (_, manifest) = version_of(pool, vm_name, version)?;
     log.ok(format!(
         "Restoring version {} ({} disk(s), taken {})",
         manifest.seq,
         manifest.disks.len(),
         manifest.taken_at
     ));
-    let engine_id = pool.engine_config().engine_id.clone();
     let mut created = Vec::new();
-    let mut plugged = Vec::new();
-    let mut result = Ok(());
-    for (i, disk) in manifest.disks.iter().enumerate() {
-        let spec = VdiCreate {
-            name_label: format!("{vm_name} restored v{} disk {}", manifest.seq, i + 1),
-            name_description: format!("Restored by abd job {job}"),
-            sr: sr.clone(),
-            virtual_size: disk.size_bytes as i64,
-            vdi_type: VdiType::User,
-            other_config: [
-                (tags::ENGINE_ID.to_string(), engine_id.clone()),
-                (tags::ROLE.to_string(), tags::ROLE_RESTORED.to_string()),
-                (tags::JOB.to_string(), job.to_string()),
-                (
-                    tags::RESTORED_FROM.to_string(),
-                    format!("{vm_name}@{}#{}", manifest.seq, i + 1),
-                ),
-            ]
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        };
-        let step = async {
-            let vdi = pool
-                .xapi
-                .vdi_create(&spec)
-                .await
-                .map_err(|e| EngineError::xapi(format!("SR {sr}"), "creating a VDI", e))?;
-            created.push(vdi.clone());
-            let vbd = attach_as(pool, d, &vdi, i + 1, VbdMode::RW).await?;
-            plugged.push(vbd);
-            Ok::<(), EngineError>(())
-        };
-        if let Err(e) = step.await {
-            result = Err(e);
-            break;
+    let outcome = async {
+        for i in 0..manifest.disks.len() {
+            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job).await?;
+            created.push(vdi);
         }
+        write_version(pool, d, &manifest, None, &created, log).await
     }
-    let written = match result {
-        Ok(()) => {
-            let ip = d.ip.expect("a ready delegate has an address");
-            let on_progress = |p: DiskProgress| log.disk_progress("Writing", p);
-            pool.agent
-                .write_disks(
-                    ip,
-                    RestoreSource {
-                        store,
-                        manifest: &manifest,
-                    },
-                    &on_progress,
-                )
-                .await
-                .map_err(EngineError::from)
-        }
-        Err(e) => Err(e),
-    };
-    let detached = detach(pool, &plugged).await;
-    let outcome = written.and_then(|report| detached.map(|()| report));
+    .await;
     match &outcome {
         Ok(_) => {
             for vdi in &created {
@@ -108,16 +59,254 @@ pub async fn restore_vm(
                 ));
             }
         }
-        Err(_) => {
-            // No half-restored disks: remove what this restore created.
-            for vdi in &created {
-                if let Err(e) = pool.xapi.vdi_destroy(vdi).await {
-                    log.warn(format!(
-                        "VDI {vdi} of the failed restore could not be removed: {e}"
-                    ));
+        // No half-restored disks: remove what this restore created.
+        Err(_) => destroy_vdis(pool, &created, log).await,
+    }
+    outcome
+}
+
+/// Brings `vm_name`'s replica on `sr` to its newest version.
+pub async fn replicate_vm(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    vm_name: &str,
+    sr: &OpaqueRef,
+    job: &str,
+    log: &VmLog,
+) -> Result<ReadReport, EngineError> {
+    let (store, manifest) = version_of(pool, vm_name, None)?;
+    let (replica, held) = find_replica(pool, vm_name, &manifest).await?;
+    if held == Some(manifest.seq) {
+        log.ok(format!("Replica already holds version {}", manifest.seq));
+        return Ok(ReadReport::default());
+    }
+    let base = held.and_then(|seq| store.manifest(vm_name, Some(seq)).ok());
+    let targets = match (&base, replica.is_empty()) {
+        (Some(base), _) => {
+            log.ok(format!(
+                "Updating the replica from version {} to {}",
+                base.seq, manifest.seq
+            ));
+            replica
+        }
+        (None, fresh) => {
+            if !fresh {
+                log.warn("The replica is incomplete or its version is gone; rewriting it whole");
+                destroy_vdis(pool, &replica, log).await;
+            }
+            log.ok(format!("Creating the replica at version {}", manifest.seq));
+            let mut created = Vec::new();
+            for i in 0..manifest.disks.len() {
+                match create_vdi(pool, &manifest, i, sr, tags::ROLE_REPLICA, job).await {
+                    Ok(vdi) => created.push(vdi),
+                    Err(e) => {
+                        destroy_vdis(pool, &created, log).await;
+                        return Err(e);
+                    }
                 }
+            }
+            created
+        }
+    };
+    // Marked while written: an interrupted update is never taken for a version.
+    label_vdis(pool, &targets, vm_name, "updating").await?;
+    let outcome = write_version(pool, d, &manifest, base.as_ref(), &targets, log).await;
+    match &outcome {
+        Ok(report) => {
+            label_vdis(pool, &targets, vm_name, &manifest.seq.to_string()).await?;
+            log.ok(format!(
+                "Replica at version {}: {} written (verified against the backup's digest)",
+                manifest.seq,
+                format_bytes(report.bytes_read)
+            ));
+        }
+        Err(_) if base.is_none() => destroy_vdis(pool, &targets, log).await,
+        Err(_) => log.warn("The replica update failed; the next run rewrites it whole"),
+    }
+    outcome
+}
+
+/// The engine's store and `vm_name`'s version (`version`, else its newest).
+fn version_of<'a>(
+    pool: &'a PoolRuntime,
+    vm_name: &str,
+    version: Option<u64>,
+) -> Result<(&'a crate::datastore::DataStore, ads::Manifest), EngineError> {
+    let store = store_of(pool)?;
+    let manifest = store
+        .manifest(vm_name, version)
+        .map_err(|e| EngineError::Store(e.to_string()))?;
+    Ok((store, manifest))
+}
+
+fn store_of(pool: &PoolRuntime) -> Result<&crate::datastore::DataStore, EngineError> {
+    pool.store()
+        .ok_or_else(|| EngineError::Store("this engine has no data store".into()))
+}
+
+/// Our replica VDIs of `vm_name` in disk order, and the version they all hold
+/// (`None` when there are none, or they do not form one whole version).
+async fn find_replica(
+    pool: &PoolRuntime,
+    vm_name: &str,
+    manifest: &ads::Manifest,
+) -> Result<(Vec<OpaqueRef>, Option<u64>), EngineError> {
+    let engine_id = &pool.engine_config().engine_id;
+    let all = pool
+        .xapi
+        .vdi_get_all_records()
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VDIs", e))?;
+    let mut found: Vec<(usize, String, OpaqueRef, i64)> = Vec::new();
+    for (vdi, record) in all {
+        let role = record.other_config.get(tags::ROLE).map(String::as_str);
+        if !tags::has_engine_id(&record.other_config, engine_id) || role != Some(tags::ROLE_REPLICA)
+        {
+            continue;
+        }
+        let held = record
+            .other_config
+            .get(tags::RESTORED_FROM)
+            .cloned()
+            .unwrap_or_default();
+        let Some((version, disk)) = held.rsplit_once('#') else {
+            continue;
+        };
+        let Some((vm, seq)) = version.rsplit_once('@') else {
+            continue;
+        };
+        if vm == vm_name {
+            found.push((
+                disk.parse().unwrap_or(0),
+                seq.to_string(),
+                vdi,
+                record.virtual_size,
+            ));
+        }
+    }
+    found.sort();
+    let whole = found.len() == manifest.disks.len()
+        && found.iter().enumerate().all(|(i, (disk, seq, _, size))| {
+            *disk == i + 1 && *seq == found[0].1 && *size as u64 == manifest.disks[i].size_bytes
+        });
+    let held = whole
+        .then(|| found.first().and_then(|f| f.1.parse().ok()))
+        .flatten();
+    Ok((found.into_iter().map(|f| f.2).collect(), held))
+}
+
+/// Sets what each VDI holds: `<vm>@<state>#<disk>`.
+async fn label_vdis(
+    pool: &PoolRuntime,
+    vdis: &[OpaqueRef],
+    vm: &str,
+    state: &str,
+) -> Result<(), EngineError> {
+    for (i, vdi) in vdis.iter().enumerate() {
+        pool.xapi
+            .vdi_set_other_config_key(vdi, tags::RESTORED_FROM, &format!("{vm}@{state}#{}", i + 1))
+            .await
+            .map_err(|e| EngineError::xapi(format!("VDI {vdi}"), "labelling a replica", e))?;
+    }
+    Ok(())
+}
+
+/// A new VDI for disk `i` of `manifest`, tagged as ours with `role`.
+async fn create_vdi(
+    pool: &PoolRuntime,
+    manifest: &ads::Manifest,
+    i: usize,
+    sr: &OpaqueRef,
+    role: &str,
+    job: &str,
+) -> Result<OpaqueRef, EngineError> {
+    let what = if role == tags::ROLE_REPLICA {
+        "replica"
+    } else {
+        "restored"
+    };
+    let spec = VdiCreate {
+        name_label: format!("{} {what} v{} disk {}", manifest.vm, manifest.seq, i + 1),
+        name_description: format!("Written by abd job {job}"),
+        sr: sr.clone(),
+        virtual_size: manifest.disks[i].size_bytes as i64,
+        vdi_type: VdiType::User,
+        other_config: [
+            (tags::ENGINE_ID, pool.engine_config().engine_id.clone()),
+            (tags::ROLE, role.to_string()),
+            (tags::JOB, job.to_string()),
+            (
+                tags::RESTORED_FROM,
+                format!("{}@{}#{}", manifest.vm, manifest.seq, i + 1),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        ..Default::default()
+    };
+    pool.xapi
+        .vdi_create(&spec)
+        .await
+        .map_err(|e| EngineError::xapi(format!("SR {sr}"), "creating a VDI", e))
+}
+
+/// Plugs `targets` read-write into the delegate (devices 1..n), has its agent
+/// write the version (over `base` when the targets hold it), and always unplugs.
+async fn write_version(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    manifest: &ads::Manifest,
+    base: Option<&ads::Manifest>,
+    targets: &[OpaqueRef],
+    log: &VmLog,
+) -> Result<ReadReport, EngineError> {
+    let store = store_of(pool)?;
+    let mut plugged = Vec::new();
+    let mut result = Ok(());
+    for (i, vdi) in targets.iter().enumerate() {
+        match attach_as(pool, d, vdi, i + 1, VbdMode::RW).await {
+            Ok(vbd) => plugged.push(vbd),
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
     }
-    outcome
+    let written = match result {
+        Ok(()) => {
+            let ip = d.ip.expect("a ready delegate has an address");
+            let on_progress = |p: DiskProgress| log.disk_progress("Writing", p);
+            let source = RestoreSource {
+                store,
+                manifest,
+                base,
+            };
+            pool.agent
+                .write_disks(ip, source, &on_progress)
+                .await
+                .map_err(EngineError::from)
+        }
+        Err(e) => Err(e),
+    };
+    let detached = detach(pool, &plugged).await;
+    written.and_then(|report| detached.map(|()| report))
+}
+
+/// Destroys VDIs this engine created (best effort, logged).
+async fn destroy_vdis(pool: &PoolRuntime, vdis: &[OpaqueRef], log: &VmLog) {
+    let engine_id = &pool.engine_config().engine_id;
+    for vdi in vdis {
+        let ours = pool
+            .xapi
+            .vdi_get_record(vdi)
+            .await
+            .is_ok_and(|r| tags::is_our_restored_vdi(&r, engine_id));
+        if !ours {
+            continue;
+        }
+        if let Err(e) = pool.xapi.vdi_destroy(vdi).await {
+            log.warn(format!("VDI {vdi} could not be removed: {e}"));
+        }
+    }
 }

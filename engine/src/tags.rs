@@ -22,6 +22,8 @@ pub const ROLE_DELEGATE: &str = "delegate";
 pub const ROLE_SNAPSHOT: &str = "snapshot";
 /// Role value of a VDI a restore created (the operator's to keep).
 pub const ROLE_RESTORED: &str = "restored";
+/// Role value of a replica VDI (kept up to date by replication jobs).
+pub const ROLE_REPLICA: &str = "replica";
 /// Role value of a snapshot disk kept as CBT metadata only (the base of the
 /// next incremental backup of that disk).
 pub const ROLE_CBT_BASE: &str = "cbt-base";
@@ -60,13 +62,18 @@ pub fn is_our_snapshot(vm: &VmRecord, engine_id: &str) -> bool {
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_SNAPSHOT)
 }
 
-/// On a restored VDI: what it holds, `<vm>@<version>#<disk>` (disk from 1).
+/// On a restored or replica VDI: what it holds, `<vm>@<version>#<disk>` (disk
+/// from 1); `<vm>@updating#<disk>` while a replication writes it.
 pub const RESTORED_FROM: &str = "abd:restored-from";
 
-/// True when the VDI was created by a restore of this engine.
+/// True when the VDI was created by a restore or a replication of this engine
+/// (it holds a version and is kept).
 pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
     has_engine_id(&vdi.other_config, engine_id)
-        && vdi.other_config.get(ROLE).map(String::as_str) == Some(ROLE_RESTORED)
+        && matches!(
+            vdi.other_config.get(ROLE).map(String::as_str),
+            Some(ROLE_RESTORED | ROLE_REPLICA)
+        )
 }
 
 /// True when the VDI is a CBT base this engine keeps (metadata only).

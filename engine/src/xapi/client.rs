@@ -273,14 +273,26 @@ impl XapiClient {
         key: &str,
         value: &str,
     ) -> Result<(), CallError> {
+        self.set_other_config_key("VM", vm, key, value).await
+    }
+
+    /// `<class>.remove_from_other_config` then `add_to_other_config`: XAPI
+    /// has no setter for one key, and `add` refuses a key already there.
+    async fn set_other_config_key(
+        &self,
+        class: &str,
+        object: &OpaqueRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
         self.void(
-            "VM.remove_from_other_config",
-            vec![refv(vm), Value::from(key)],
+            &format!("{class}.remove_from_other_config"),
+            vec![refv(object), Value::from(key)],
         )
         .await?;
         self.void(
-            "VM.add_to_other_config",
-            vec![refv(vm), Value::from(key), Value::from(value)],
+            &format!("{class}.add_to_other_config"),
+            vec![refv(object), Value::from(key), Value::from(value)],
         )
         .await
     }
@@ -382,6 +394,21 @@ impl XapiClient {
     /// `VDI.destroy`.
     pub async fn vdi_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
         self.void("VDI.destroy", vec![refv(vdi)]).await
+    }
+
+    /// `VDI.get_all_records`.
+    pub async fn vdi_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, VdiRecord>, CallError> {
+        self.typed("VDI.get_all_records", vec![]).await
+    }
+
+    /// Sets one `other_config` key of a VDI (remove, then add, as XAPI has no set).
+    pub async fn vdi_set_other_config_key(
+        &self,
+        vdi: &OpaqueRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
+        self.set_other_config_key("VDI", vdi, key, value).await
     }
 
     /// `VDI.create`.
