@@ -62,6 +62,40 @@ fn nightly_backups_dedup_across_clones_and_days_and_restore_byte_identical() {
         "committed to the data store (incremental on version 2)",
     );
     assert_eq!(incremental, 12);
+    // Days 2 and 3 read only the segments CBT reports changed, and say how many blocks.
+    assert_eq!(
+        summary_lines(&out, "[CBT] Disk 1: first backup with CBT"),
+        12
+    );
+    assert_eq!(summary_lines(&out, "/1024 blocks changed"), 24);
+    assert_eq!(summary_lines(&out, "falling back to a full read"), 0);
+    let read_mib = |day: usize| -> f64 {
+        out.jobs[day]
+            .report
+            .log
+            .lines
+            .iter()
+            .filter_map(|l| {
+                let read = l.text.strip_prefix("Read ")?;
+                read.split(" MiB").next()?.parse::<f64>().ok()
+            })
+            .sum()
+    };
+    assert_eq!(read_mib(0), 12.0 * 64.0);
+    assert!(
+        read_mib(1) < read_mib(0) / 2.0,
+        "{} vs {}",
+        read_mib(1),
+        read_mib(0)
+    );
+    assert!(
+        read_mib(2) < read_mib(0) / 2.0,
+        "{} vs {}",
+        read_mib(2),
+        read_mib(0)
+    );
+    // Each job ends with its totals: read, sent, stored.
+    assert_eq!(summary_lines(&out, " MiB stored in "), 3);
 }
 
 fn summary_lines(out: &abd::runner::RunOutput, needle: &str) -> usize {

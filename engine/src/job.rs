@@ -33,7 +33,12 @@ pub struct VmOutcome {
     pub reason: Option<String>,
     /// The delegate that did the work.
     pub delegate: Option<String>,
+    /// Bytes read from the VM's disks (written, for restore and replication).
     pub bytes_read: u64,
+    /// Encoded bytes of new chunks sent to the data store.
+    pub bytes_sent: u64,
+    /// Bytes the data store wrote for them.
+    pub bytes_stored: u64,
 }
 
 /// What a job did.
@@ -105,7 +110,20 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
         count(VmStatus::Failed),
     );
     let status = JobStatus::from_counts(ok, warned, failed_count);
-    let bytes: u64 = outcomes.iter().map(|o| o.bytes_read).sum();
+    let total = |f: fn(&VmOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    let bytes = total(|o| o.bytes_read);
+    let moved = if spec.restore.is_some() || spec.replicate.is_some() {
+        format!("{} written", format_bytes(bytes))
+    } else if pool.store().is_some() {
+        format!(
+            "{} read, {} sent, {} stored",
+            format_bytes(bytes),
+            format_bytes(total(|o| o.bytes_sent)),
+            format_bytes(total(|o| o.bytes_stored))
+        )
+    } else {
+        format!("{} read", format_bytes(bytes))
+    };
     let line_status = match status {
         JobStatus::Success => LineStatus::Ok,
         JobStatus::SuccessWithWarnings | JobStatus::Partial => LineStatus::Warn,
@@ -114,9 +132,8 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
     job_log.line(
         line_status,
         format!(
-            "Job {} finished: {status} ({ok} ok, {warned} with warnings, {failed_count} failed; {} read in {})",
+            "Job {} finished: {status} ({ok} ok, {warned} with warnings, {failed_count} failed; {moved} in {})",
             spec.name,
-            format_bytes(bytes),
             format_duration(shared.now() - started)
         ),
     );
@@ -317,6 +334,8 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 reason: None,
                 delegate: Some(delegate_name),
                 bytes_read: report.bytes_read,
+                bytes_sent: report.written.iter().map(|w| w.read.bytes_sent).sum(),
+                bytes_stored: report.stored.bytes_stored,
             }
         }
         Err(e) => {
@@ -392,5 +411,7 @@ pub(crate) fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOu
         reason: Some(reason),
         delegate,
         bytes_read: 0,
+        bytes_sent: 0,
+        bytes_stored: 0,
     }
 }
