@@ -152,18 +152,73 @@ impl Sim {
         offset: u64,
         data: &[u8],
     ) -> Result<(), String> {
+        let (modes, read_only) = self.plugged_modes(pool, vdi_uuid)?;
+        if !modes.contains(&xapi_proto::records::VbdMode::RW) || read_only {
+            return Err(format!("VDI {vdi_uuid} is not plugged read-write"));
+        }
+        self.write_blocks(pool, vdi_uuid, offset, data)
+    }
+
+    /// Writes bytes into a VDI that no VM has plugged, as `/import_raw_vdi` does.
+    pub fn import_vdi(
+        &mut self,
+        pool: PoolId,
+        vdi_uuid: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let (modes, read_only) = self.plugged_modes(pool, vdi_uuid)?;
+        if !modes.is_empty() || read_only {
+            return Err(format!("VDI {vdi_uuid} is in use or read-only"));
+        }
+        self.write_blocks(pool, vdi_uuid, offset, data)
+    }
+
+    /// Modes of the plugged VBDs of a VDI, and whether the VDI is read-only.
+    fn plugged_modes(
+        &self,
+        pool: PoolId,
+        vdi_uuid: &str,
+    ) -> Result<(Vec<xapi_proto::records::VbdMode>, bool), String> {
+        let m = &self.pools[pool.0];
+        let (_, record) = find_vdi(m, vdi_uuid)?;
+        let modes = record
+            .vbds
+            .iter()
+            .filter_map(|b| m.vbds.get(b))
+            .filter(|b| b.currently_attached)
+            .map(|b| b.mode)
+            .collect();
+        Ok((modes, record.read_only))
+    }
+
+    /// The uuid and size of a VDI named by ref or uuid, if it exists.
+    pub fn vdi_size(&self, pool: PoolId, vdi: &str) -> Option<(String, u64)> {
+        self.pools[pool.0]
+            .vdis
+            .iter()
+            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
+            .map(|(_, rec)| (rec.uuid.clone(), rec.virtual_size as u64))
+    }
+
+    /// True when `session` is a live session of `pool`.
+    pub fn session_is_valid(&self, pool: PoolId, session: &str) -> bool {
+        self.pools[pool.0]
+            .sessions
+            .keys()
+            .any(|s| s.as_str() == session)
+    }
+
+    fn write_blocks(
+        &mut self,
+        pool: PoolId,
+        vdi_uuid: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
         let block_bytes = content::BLOCK_BYTES as u64;
         let (vdi, size) = {
-            let m = &self.pools[pool.0];
-            let (vdi, record) = find_vdi(m, vdi_uuid)?;
-            let writable = record
-                .vbds
-                .iter()
-                .filter_map(|b| m.vbds.get(b))
-                .any(|b| b.currently_attached && b.mode == xapi_proto::records::VbdMode::RW);
-            if !writable || record.read_only {
-                return Err(format!("VDI {vdi_uuid} is not plugged read-write"));
-            }
+            let (vdi, record) = find_vdi(&self.pools[pool.0], vdi_uuid)?;
             (vdi.clone(), record.virtual_size as u64)
         };
         if offset + data.len() as u64 > size {

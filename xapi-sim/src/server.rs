@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post, put};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,10 @@ use xapi_proto::{Value, XapiError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest disk image `/import_raw_vdi` takes in one request.
+pub const MAX_IMPORT_BYTES: usize = 1 << 30;
+/// Bytes per piece of an `/export_raw_vdi` stream.
+const EXPORT_PIECE_BYTES: u64 = 4 << 20;
 
 /// Where a served pool's simulated time comes from.
 #[derive(Clone, Debug)]
@@ -163,6 +167,16 @@ pub fn router(server: PoolServer) -> Router {
     Router::new()
         .route("/jsonrpc", post(json_rpc))
         .route("/", post(xml_rpc))
+        .route("/export_raw_vdi", get(export_raw_vdi))
+        .route("/export_raw_vdi/", get(export_raw_vdi))
+        .route(
+            "/import_raw_vdi",
+            put(import_raw_vdi).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
+        .route(
+            "/import_raw_vdi/",
+            put(import_raw_vdi).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
         .fallback(post(xml_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(server)
@@ -209,4 +223,106 @@ async fn json_rpc(State(server): State<PoolServer>, body: Bytes) -> Response {
         reply.to_string(),
     )
         .into_response()
+}
+
+/// Query of `/export_raw_vdi` and `/import_raw_vdi`.
+#[derive(serde::Deserialize)]
+struct RawVdiQuery {
+    vdi: String,
+    session_id: String,
+    #[serde(default = "raw_format")]
+    format: String,
+    #[serde(default)]
+    base: Option<String>,
+}
+
+fn raw_format() -> String {
+    "raw".into()
+}
+
+fn http_error(status: StatusCode, message: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], message).into_response()
+}
+
+/// Checks session, format and VDI; returns the VDI's uuid and size, or the
+/// HTTP status and message to answer with.
+fn raw_vdi_target(
+    server: &PoolServer,
+    q: &RawVdiQuery,
+) -> Result<(String, u64), (StatusCode, String)> {
+    let sim = server.lock();
+    if !sim.session_is_valid(server.pool, &q.session_id) {
+        return Err((StatusCode::UNAUTHORIZED, "invalid session_id".into()));
+    }
+    if q.format != "raw" {
+        return Err((
+            StatusCode::NOT_IMPLEMENTED,
+            format!("format {:?}: the simulator serves raw only", q.format),
+        ));
+    }
+    if q.base.is_some() {
+        return Err((
+            StatusCode::NOT_IMPLEMENTED,
+            "base (differencing exports) is not served by the simulator".into(),
+        ));
+    }
+    sim.vdi_size(server.pool, &q.vdi)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no VDI {:?}", q.vdi)))
+}
+
+/// GET `/export_raw_vdi`: the VDI's bytes, streamed in pieces.
+async fn export_raw_vdi(
+    State(server): State<PoolServer>,
+    axum::extract::Query(q): axum::extract::Query<RawVdiQuery>,
+) -> Response {
+    let (uuid, size) = match raw_vdi_target(&server, &q) {
+        Ok(target) => target,
+        Err((status, message)) => return http_error(status, message),
+    };
+    let pieces = futures_util::stream::unfold(0u64, move |offset| {
+        let (server, uuid) = (server.clone(), uuid.clone());
+        async move {
+            if offset >= size {
+                return None;
+            }
+            let len = EXPORT_PIECE_BYTES.min(size - offset) as usize;
+            let mut piece = vec![0u8; len];
+            let read = server
+                .lock()
+                .read_vdi(server.pool, &uuid, offset, &mut piece)
+                .map(|()| Bytes::from(piece))
+                .map_err(std::io::Error::other);
+            Some((read, offset + len as u64))
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
+/// PUT `/import_raw_vdi`: writes the body at the start of an unplugged VDI.
+async fn import_raw_vdi(
+    State(server): State<PoolServer>,
+    axum::extract::Query(q): axum::extract::Query<RawVdiQuery>,
+    body: Bytes,
+) -> Response {
+    let (uuid, size) = match raw_vdi_target(&server, &q) {
+        Ok(target) => target,
+        Err((status, message)) => return http_error(status, message),
+    };
+    if body.len() as u64 > size {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            format!("{} bytes do not fit VDI {uuid} of {size} bytes", body.len()),
+        );
+    }
+    match server.lock().import_vdi(server.pool, &uuid, 0, &body) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => http_error(StatusCode::CONFLICT, e),
+    }
 }

@@ -84,3 +84,115 @@ async fn bad_bodies_get_a_clean_error() {
     // The server is still there.
     assert_eq!(post(addr, "/", LOGIN).await.0, 200);
 }
+
+/// Sends one request with a binary body; returns (status, body bytes).
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&reply[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, reply[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
+    let spec: WorldSpec = toml::from_str(
+        "[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n[[pool.vms]]\nname = \"vm\"\ndisks_mib = [2]\nrunning = false\n",
+    )
+    .unwrap();
+    let sim = Arc::new(Mutex::new(Sim::new(&spec, 1).unwrap()));
+    let pool = sim.lock().unwrap().pool_id("p").unwrap();
+    let server = PoolServer::new(Arc::clone(&sim), pool, ServeClock::new(1000.0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(server)).await });
+    let rpc = |method: &str, params: serde_json::Value| {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+                .to_string();
+        async move {
+            let (_, _, reply) = post(addr, "/jsonrpc", &body).await;
+            serde_json::from_str::<serde_json::Value>(&reply).unwrap()["result"].clone()
+        }
+    };
+    let session = rpc(
+        "session.login_with_password",
+        serde_json::json!(["root", "password"]),
+    )
+    .await;
+    let session = session.as_str().unwrap().to_string();
+    let vdis = rpc("VDI.get_all_records", serde_json::json!([session])).await;
+    let (vdi_ref, vdi) = vdis.as_object().unwrap().iter().next().unwrap();
+    let uuid = vdi["uuid"].as_str().unwrap();
+
+    let (status, bytes) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi?vdi={uuid}&format=raw&session_id={session}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut expected = vec![0u8; 2 << 20];
+    sim.lock()
+        .unwrap()
+        .read_vdi(pool, uuid, 0, &mut expected)
+        .unwrap();
+    assert!(bytes == expected, "exported {} bytes", bytes.len());
+    let (status, _) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi/?vdi={vdi_ref}&session_id=OpaqueRef:bad"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi?vdi={uuid}&format=vhd&session_id={session}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 501);
+
+    let image: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (status, _) = request(
+        addr,
+        "PUT",
+        &format!("/import_raw_vdi?vdi={uuid}&format=raw&session_id={session}"),
+        &image,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, bytes) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi?vdi={uuid}&session_id={session}"),
+        b"",
+    )
+    .await;
+    assert!(bytes[..image.len()] == image[..] && bytes[image.len()..] == expected[image.len()..]);
+    let too_big = vec![1u8; (2 << 20) + 1];
+    let (status, _) = request(
+        addr,
+        "PUT",
+        &format!("/import_raw_vdi?vdi={uuid}&session_id={session}"),
+        &too_big,
+    )
+    .await;
+    assert_eq!(status, 400);
+}
