@@ -342,7 +342,7 @@ impl Store {
         let mut all = Vec::new();
         for vm in self.vms()? {
             for seq in self.versions(&vm)? {
-                all.push(self.manifest(&vm, seq)?);
+                all.push(self.read_manifest_file(&self.manifest_path(&vm, seq))?);
             }
         }
         Ok(all)
