@@ -135,17 +135,8 @@ async fn attach_and_read(
         Some(_) => Some(cbt_plan(pool, &disks, previous.as_ref(), log).await),
         None => None,
     };
-    let mut plugged = Vec::new();
-    let mut result = Ok(());
-    for (i, (_, vdi)) in disks.iter().enumerate() {
-        match attach(pool, d, vdi, i + 1).await {
-            Ok(vbd) => plugged.push(vbd),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let vdis: Vec<OpaqueRef> = disks.iter().map(|(_, vdi)| vdi.clone()).collect();
+    let (plugged, result) = attach_all(pool, d, &vdis, VbdMode::RO).await;
     let read = match result {
         Ok(()) => {
             let ip = d.ip.expect("a ready delegate has an address");
@@ -190,6 +181,8 @@ struct CbtPlan {
     base_uuids: Vec<Option<String>>,
     new_bases: Vec<OpaqueRef>,
     old_bases: Vec<String>,
+    /// The version the plan is relative to (the new version's parent).
+    parent_seq: Option<u64>,
 }
 
 /// Asks XAPI which blocks changed since each disk's base (the previous
@@ -207,6 +200,7 @@ async fn cbt_plan(
         base_uuids: Vec::new(),
         new_bases: Vec::new(),
         old_bases: Vec::new(),
+        parent_seq: previous.map(|p| p.seq),
     };
     for (i, (_, vdi)) in disks.iter().enumerate() {
         let n = i + 1;
@@ -306,9 +300,6 @@ async fn commit_version(
         report.stored.chunks_new,
         read.chunks_total,
     ));
-    let previous = store
-        .latest(vm_name)
-        .map_err(|e| EngineError::Store(e.to_string()))?;
     let snapshot_uuid = pool
         .xapi
         .vm_get_record(snap)
@@ -331,7 +322,7 @@ async fn commit_version(
         .commit(ads::VersionDraft {
             vm: vm_name.to_string(),
             taken_at: crate::joblog::format_clock(pool.shared.now().as_millis() as u64),
-            parent_seq: previous.map(|p| p.seq),
+            parent_seq: cbt.parent_seq,
             vm_record: serde_json::json!({
                 "pool": pool.config.name,
                 "snapshot_uuid": snapshot_uuid,
@@ -351,17 +342,27 @@ async fn commit_version(
     Ok(())
 }
 
-async fn attach(
+/// Plugs `vdis` into the delegate as devices 1..n, stopping at the first
+/// failure. Returns the VBDs plugged so far (to detach in every case) and
+/// whether all were.
+pub(crate) async fn attach_all(
     pool: &PoolRuntime,
     d: &Delegate,
-    vdi: &OpaqueRef,
-    device: usize,
-) -> Result<OpaqueRef, EngineError> {
-    attach_as(pool, d, vdi, device, VbdMode::RO).await
+    vdis: &[OpaqueRef],
+    mode: VbdMode,
+) -> (Vec<OpaqueRef>, Result<(), EngineError>) {
+    let mut plugged = Vec::new();
+    for (i, vdi) in vdis.iter().enumerate() {
+        match attach_as(pool, d, vdi, i + 1, mode).await {
+            Ok(vbd) => plugged.push(vbd),
+            Err(e) => return (plugged, Err(e)),
+        }
+    }
+    (plugged, Ok(()))
 }
 
 /// Plugs `vdi` into the delegate as `device`, read-only or read-write.
-pub(crate) async fn attach_as(
+async fn attach_as(
     pool: &PoolRuntime,
     d: &Delegate,
     vdi: &OpaqueRef,

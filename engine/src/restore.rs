@@ -10,7 +10,7 @@
 //!   interrupted update is rewritten whole next time, never trusted.
 
 use crate::agent::{DiskProgress, ReadReport, RestoreSource};
-use crate::backup::{attach_as, detach};
+use crate::backup::{attach_all, detach};
 use crate::delegate::Delegate;
 use crate::error::EngineError;
 use crate::joblog::format_bytes;
@@ -262,17 +262,7 @@ async fn write_version(
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let store = store_of(pool)?;
-    let mut plugged = Vec::new();
-    let mut result = Ok(());
-    for (i, vdi) in targets.iter().enumerate() {
-        match attach_as(pool, d, vdi, i + 1, VbdMode::RW).await {
-            Ok(vbd) => plugged.push(vbd),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let (plugged, result) = attach_all(pool, d, targets, VbdMode::RW).await;
     let written = match result {
         Ok(()) => {
             let ip = d.ip.expect("a ready delegate has an address");
