@@ -13,14 +13,14 @@ use crate::manifest::{DiskManifest, Segment};
 use crate::source::DiskSource;
 use crate::store::{Blob, ChunkSink};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// Segments read and processed together (16 x 4 MiB = 64 MiB by default).
 const BATCH_SEGMENTS: usize = 16;
 
 /// What a disk backup read and sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadStats {
     /// Bytes read from the source disk.
     pub bytes_read: u64,

@@ -12,7 +12,8 @@ pub enum BlobCodec {
 }
 
 impl BlobCodec {
-    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+    /// The codec a stored byte names.
+    pub fn from_byte(byte: u8) -> Option<Self> {
         match byte {
             0 => Some(Self::Raw),
             1 => Some(Self::Lz4),

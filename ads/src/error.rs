@@ -61,6 +61,9 @@ pub enum AdsError {
     Invalid(String),
     #[error("source: {0}")]
     Source(#[source] std::io::Error),
+    /// A store reached over the network failed or answered badly.
+    #[error("data store at {url}: {detail}")]
+    Remote { url: String, detail: String },
     #[error("simulated crash at {0}")]
     Crashed(crate::CommitStep),
 }

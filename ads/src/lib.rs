@@ -30,7 +30,7 @@ pub use error::{AdsError, Result};
 pub use id::ChunkId;
 pub use manifest::{DiskManifest, Manifest, Segment};
 pub use restore::{restore_disk, restore_disk_over};
-pub use source::{DiskSource, DiskTarget, FileDisk, MemDisk};
+pub use source::{ChunkSource, DiskSource, DiskTarget, FileDisk, MemDisk};
 pub use store::{
     Access, Blob, ChunkSink, CommitStep, Store, StoreConfig, StoreStats, Transaction, VersionDraft,
 };

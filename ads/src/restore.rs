@@ -1,10 +1,10 @@
 //! Restore: a version's disk back to bytes, every chunk checked against its
 //! address and the whole disk against the digest taken at backup time.
 
+use crate::ChunkId;
 use crate::error::{AdsError, Result};
 use crate::manifest::{DiskManifest, Manifest, Segment};
-use crate::source::DiskTarget;
-use crate::store::Store;
+use crate::source::{ChunkSource, DiskTarget};
 use rayon::prelude::*;
 
 /// Segments restored together.
@@ -13,7 +13,7 @@ const BATCH_SEGMENTS: usize = 16;
 /// Writes disk `disk_index` of `manifest` to `target`; returns bytes written.
 /// `progress` gets bytes done and total after every batch.
 pub fn restore_disk(
-    store: &Store,
+    store: &dyn ChunkSource,
     manifest: &Manifest,
     disk_index: usize,
     target: &mut dyn DiskTarget,
@@ -26,7 +26,7 @@ pub fn restore_disk(
 /// disk in an earlier version): segments whose digest is unchanged are not
 /// written (incremental replication). Returns the bytes written.
 pub fn restore_disk_over(
-    store: &Store,
+    store: &dyn ChunkSource,
     manifest: &Manifest,
     disk_index: usize,
     base: Option<&DiskManifest>,
@@ -43,7 +43,7 @@ pub fn restore_disk_over(
         ))
     })?;
     disk.check_shape().map_err(|detail| AdsError::Corrupt {
-        path: store.root().join("versions"),
+        path: format!("versions/{}/{}", manifest.vm, manifest.seq).into(),
         what: "manifest",
         detail,
     })?;
@@ -71,11 +71,18 @@ pub fn restore_disk_over(
                 Segment::Data { chunks, .. } => {
                     let mut data =
                         Vec::with_capacity(chunks.iter().map(|(_, l)| *l as usize).sum());
+                    let stored: Vec<ChunkId> = chunks
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| !id.is_zero_run())
+                        .collect();
+                    let mut fetched = store.read_chunks(&stored)?.into_iter();
                     for (id, len) in chunks {
                         if id.is_zero_run() {
                             data.resize(data.len() + *len as usize, 0);
                         } else {
-                            data.extend_from_slice(&store.read_chunk(id)?);
+                            let chunk = fetched.next().ok_or(AdsError::MissingChunk { id: *id })?;
+                            data.extend_from_slice(&chunk);
                         }
                     }
                     Ok(Some(Some(data)))

@@ -4,6 +4,7 @@
 //! VDI in simulation); `abd ads backup` reads an image file. All are
 //! [`DiskSource`]s. Restores write to a [`DiskTarget`].
 
+use crate::ChunkId;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -14,6 +15,19 @@ pub trait DiskSource: Send {
     fn size_bytes(&self) -> u64;
     /// Fills `buf` from `offset`; the range lies inside the disk.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// Where restore gets chunks: the store itself, or a store reached over the
+/// network. Every chunk returned has been checked against its address.
+pub trait ChunkSource: Sync {
+    /// The decoded bytes of `ids`, in order.
+    fn read_chunks(&self, ids: &[ChunkId]) -> crate::Result<Vec<Vec<u8>>>;
+}
+
+impl ChunkSource for crate::Store {
+    fn read_chunks(&self, ids: &[ChunkId]) -> crate::Result<Vec<Vec<u8>>> {
+        ids.iter().map(|id| self.read_chunk(id)).collect()
+    }
 }
 
 /// A disk to write on restore.
@@ -38,6 +52,18 @@ impl FileDisk {
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
         use std::io::{Seek, SeekFrom};
         let mut file = File::open(path)?;
+        let size_bytes = file.seek(SeekFrom::End(0))?;
+        Ok(Self {
+            file,
+            size_bytes,
+            zeroed: false,
+        })
+    }
+
+    /// Opens an existing file or block device to restore onto.
+    pub fn open_rw(path: &std::path::Path) -> io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::options().read(true).write(true).open(path)?;
         let size_bytes = file.seek(SeekFrom::End(0))?;
         Ok(Self {
             file,

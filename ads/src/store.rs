@@ -429,7 +429,7 @@ fn version_file(seq: u64) -> String {
 }
 
 /// What the store side of a backup received and wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
     /// Encoded bytes received for new chunks.
     pub bytes_received: u64,
@@ -446,6 +446,21 @@ pub struct Blob {
     pub raw_len: u32,
     pub codec: BlobCodec,
     pub data: Vec<u8>,
+}
+
+impl Blob {
+    /// Checks that the blob decodes to content matching its address.
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        let raw = codec::decode(self.codec, &self.data, self.raw_len as usize)
+            .map_err(|e| format!("chunk {}: {e}", self.id.short()))?;
+        if ChunkId::of(&raw) != self.id {
+            return Err(format!(
+                "chunk {}: content does not match its address",
+                self.id.short()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The store side of source-side dedup: which chunks are lacking, and taking them.
