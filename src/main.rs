@@ -45,6 +45,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the diagnostic job on a real pool: one delegate through every
+    /// lifecycle step (clone, boot, address, agent), timed, then torn down.
+    Diag {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+    },
+    /// Backs up VMs of a real pool (one job), each through its own delegate.
+    Backup {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+        /// A VM to back up, by name (repeat for more).
+        #[arg(long = "vm", required = true)]
+        vms: Vec<String>,
+        /// VMs processed at once, each with its own delegate.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[command(flatten)]
+        store: abd::real_pool::StoreArgs,
+    },
     /// The delegate template of a real pool.
     Template {
         #[command(subcommand)]
@@ -155,6 +174,13 @@ fn main() -> ExitCode {
         } => run(&scenario, seed, json, quiet, xapi.into()),
         Command::Validate { pool, json } => real_pool(validate(pool, json)),
         Command::Template { action } => real_pool(template(action)),
+        Command::Diag { pool } => real_pool(diag(pool)),
+        Command::Backup {
+            pool,
+            vms,
+            concurrency,
+            store,
+        } => real_pool(backup(pool, vms, concurrency, store)),
         Command::Sim {
             command:
                 SimCommand::Serve {
@@ -298,6 +324,52 @@ async fn validate(args: abd::real_pool::PoolArgs, json: bool) -> anyhow::Result<
     }
     engine.shutdown().await;
     Ok(report.blockers.is_empty())
+}
+
+async fn diag(args: abd::real_pool::PoolArgs) -> anyhow::Result<bool> {
+    let (engine, name) = abd::real_pool::start(&args, None).await?;
+    let report = engine.run_diag(&name).await?;
+    report.log.lines.iter().for_each(|line| println!("{line}"));
+    for step in &report.steps {
+        println!(
+            "  {:<14} {:<4} {:>7} ms  {}",
+            step.name,
+            if step.passed { "ok" } else { "FAIL" },
+            step.duration_ms,
+            step.detail
+        );
+    }
+    println!(
+        "Diagnostic of pool {name}: {}",
+        if report.passed { "passed" } else { "FAILED" }
+    );
+    engine.shutdown().await;
+    Ok(report.passed)
+}
+
+async fn backup(
+    args: abd::real_pool::PoolArgs,
+    vms: Vec<String>,
+    concurrency: usize,
+    store: abd::real_pool::StoreArgs,
+) -> anyhow::Result<bool> {
+    let (engine, name) = abd::real_pool::start(&args, Some(&store)).await?;
+    let report = engine
+        .run_job(&engine::JobSpec {
+            name: "backup".into(),
+            pool: name,
+            vms,
+            concurrency,
+            restore: None,
+            replicate: None,
+        })
+        .await;
+    report.log.lines.iter().for_each(|line| println!("{line}"));
+    engine.shutdown().await;
+    Ok(matches!(
+        report.status,
+        engine::joblog::JobStatus::Success | engine::joblog::JobStatus::SuccessWithWarnings
+    ))
 }
 
 async fn template(action: TemplateAction) -> anyhow::Result<bool> {

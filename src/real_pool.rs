@@ -2,11 +2,10 @@
 //! pool master, or `abd sim serve`. Commands that need no delegate agent:
 //! `validate` (read-only) and the template operations.
 
-use engine::agent::{AgentError, DelegateAgent, DiskProgress, ReadReport};
+use engine::agent::{AgentClient, HttpAgentLink, TokenRegistry};
 use engine::xapi::{Credentials, HttpOptions, HttpTransport, Protocol, TlsPolicy};
 use engine::{Engine, EngineConfig, PoolConfig, PoolConnection};
 use serde::Deserialize;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,50 +44,44 @@ struct ConfigFile {
     delegates: Option<PoolConfig>,
 }
 
-/// The agent channel of real-pool mode for commands that never reach a delegate.
-struct NoAgent;
-
-#[async_trait::async_trait]
-impl DelegateAgent for NoAgent {
-    async fn identity(&self, ip: Ipv4Addr) -> Result<String, AgentError> {
-        Err(AgentError::Failed {
-            ip,
-            message: "this command does not talk to delegates".into(),
-        })
-    }
-    async fn read_disks(
-        &self,
-        ip: Ipv4Addr,
-        _target: Option<engine::agent::StoreTarget<'_>>,
-        _: &(dyn Fn(DiskProgress) + Send + Sync),
-    ) -> Result<ReadReport, AgentError> {
-        Err(AgentError::Failed {
-            ip,
-            message: "this command does not talk to delegates".into(),
-        })
-    }
-
-    async fn write_disks(
-        &self,
-        ip: Ipv4Addr,
-        _source: engine::agent::RestoreSource<'_>,
-        _: &(dyn Fn(DiskProgress) + Send + Sync),
-    ) -> Result<ReadReport, AgentError> {
-        Err(AgentError::Failed {
-            ip,
-            message: "this command does not talk to delegates".into(),
-        })
-    }
-}
-
 fn read_password(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?;
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
+/// Where a real-pool backup keeps its data, and how delegates reach it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// The data store directory (created when new). Without it, delegates
+    /// only read their disks (a read test).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Address the engine serves the store on, for delegates.
+    #[arg(long, default_value = "0.0.0.0:7480")]
+    pub store_listen: String,
+    /// The URL delegates use to reach the store (this machine's address on
+    /// the delegates' network, e.g. http://10.0.0.5:7480).
+    #[arg(long)]
+    pub store_url: Option<String>,
+}
+
 /// Connects the engine to the pool without changing anything.
 pub async fn connect(args: &PoolArgs) -> anyhow::Result<(Engine, String)> {
+    open(args, None, false).await
+}
+
+/// Starts the engine on the pool for work: reclaims this engine's leftovers,
+/// and with `store` serves the data store to delegates.
+pub async fn start(args: &PoolArgs, store: Option<&StoreArgs>) -> anyhow::Result<(Engine, String)> {
+    open(args, store, true).await
+}
+
+async fn open(
+    args: &PoolArgs,
+    store: Option<&StoreArgs>,
+    reclaim: bool,
+) -> anyhow::Result<(Engine, String)> {
     let config: ConfigFile = match &args.config {
         None => ConfigFile::default(),
         Some(path) => {
@@ -117,13 +110,41 @@ pub async fn connect(args: &PoolArgs) -> anyhow::Result<(Engine, String)> {
     let connection = PoolConnection {
         config: pool_config,
         transport: Arc::new(transport),
-        agent: Arc::new(NoAgent),
+        agent: Arc::new(AgentClient::new(
+            Arc::new(
+                HttpAgentLink::new(abd_agent::protocol::AGENT_PORT).map_err(anyhow::Error::msg)?,
+            ),
+            Arc::new(TokenRegistry::from_entropy()),
+        )),
         credentials: Credentials {
             user: args.user.clone(),
             password: read_password(&args.password_file)?,
         },
     };
-    let engine = Engine::connect(config.engine, vec![connection]).await?;
+    let mut engine_config = config.engine;
+    let store = store.filter(|s| s.store.is_some());
+    if let Some(store) = store {
+        engine_config.store_dir = store.store.clone();
+        engine_config.store_url = Some(store.store_url.clone().ok_or_else(|| {
+            anyhow::anyhow!("--store needs --store-url: the address delegates reach this engine at")
+        })?);
+    }
+    let tokens = Arc::clone(connection.agent.tokens());
+    let engine = match reclaim {
+        true => Engine::start(engine_config, vec![connection]).await?,
+        false => Engine::connect(engine_config, vec![connection]).await?,
+    };
+    if let (Some(args), Some(data)) = (store, engine.data_store()) {
+        let listener = tokio::net::TcpListener::bind(&args.store_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("serving the data store on {}: {e}", args.store_listen))?;
+        let service = engine::store_server::router(Arc::clone(data), tokens);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, service).await {
+                tracing::error!("the data store service stopped: {e}");
+            }
+        });
+    }
     Ok((engine, name))
 }
 

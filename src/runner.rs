@@ -3,8 +3,10 @@
 //! their times, and collects what happened.
 
 use crate::scenario::{Action, JobKind, Scenario};
-use crate::sim_link::{SharedSim, SimAgent, SimClock, SimTransport};
+use crate::sim_agents::{SimAgentNet, StoreService};
+use crate::sim_link::{SharedSim, SimClock, SimTransport};
 use engine::accounting::Accounting;
+use engine::agent::{AgentClient, TokenRegistry};
 use engine::diag::DiagReport;
 use engine::job::JobReport;
 use engine::joblog::{JobLog, JobStatus};
@@ -85,6 +87,10 @@ pub enum XapiLink {
     Http(engine::xapi::Protocol),
 }
 
+/// Where simulated delegates are told the data store is (any name: the
+/// simulated network routes store requests to the engine's store service).
+const SIM_STORE_URL: &str = "http://abd-engine.sim:7480";
+
 /// Runs `scenario` with `seed`, in process. Deterministic: same inputs, same
 /// output (apart from `wall`).
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutput {
@@ -105,14 +111,22 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         .then(|| tempfile::tempdir().expect("a temporary directory for the data store"));
     let mut engine_config = scenario.engine.clone();
     engine_config.store_dir = store_dir.as_ref().map(|d| d.path().join("ads"));
+    if engine_config.store_dir.is_some() && engine_config.store_url.is_none() {
+        engine_config.store_url = Some(SIM_STORE_URL.into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
-    let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) = runtime.block_on(
-        drive(scenario, engine_config, Arc::clone(&sim), served.as_ref()),
-    );
+    let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) =
+        runtime.block_on(drive(
+            scenario,
+            engine_config,
+            Arc::clone(&sim),
+            served.as_ref(),
+            seed,
+        ));
     drop(runtime);
     if let Some(served) = served {
         served.stop();
@@ -213,8 +227,11 @@ async fn drive(
     engine_config: engine::config::EngineConfig,
     sim: SharedSim,
     served: Option<&ServedPools>,
+    seed: u64,
 ) -> Driven {
     let clock = SimClock::start();
+    let tokens = Arc::new(TokenRegistry::seeded(seed));
+    let store_service = StoreService::default();
     let connections = scenario
         .pools
         .iter()
@@ -241,11 +258,15 @@ async fn drive(
             PoolConnection {
                 config: scenario.pool_config(&p.name),
                 transport,
-                agent: Arc::new(SimAgent {
-                    sim: Arc::clone(&sim),
-                    pool,
-                    clock,
-                }),
+                agent: Arc::new(AgentClient::new(
+                    Arc::new(SimAgentNet::new(
+                        Arc::clone(&sim),
+                        pool,
+                        clock,
+                        Arc::clone(&store_service),
+                    )),
+                    Arc::clone(&tokens),
+                )),
                 credentials: Credentials {
                     user: scenario.credentials.user.clone(),
                     password: scenario.credentials.password.clone(),
@@ -254,7 +275,13 @@ async fn drive(
         })
         .collect();
     let engine = match Engine::start(engine_config, connections).await {
-        Ok(engine) => Arc::new(engine),
+        Ok(engine) => {
+            if let Some(store) = engine.data_store() {
+                let service = engine::store_server::router(Arc::clone(store), tokens);
+                let _ = store_service.set(service);
+            }
+            Arc::new(engine)
+        }
         Err(e) => {
             return (
                 Vec::new(),

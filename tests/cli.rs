@@ -198,3 +198,43 @@ fn a_wrong_password_is_a_clean_error_that_never_shows_the_password() {
     assert!(stderr.contains("SESSION_AUTHENTICATION_FAILED"), "{stderr}");
     assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
 }
+
+#[test]
+fn real_pool_diag_runs_the_lifecycle_over_http_and_cleans_up() {
+    // The served simulator's delegates get addresses in its own (simulated)
+    // network, where no agent listens for this process: the diagnostic goes
+    // through clone, boot and address over real XAPI, fails at the agent step
+    // (identity) with a clear reason, and still tears the delegate down.
+    let served = Served::start("leftovers.toml");
+    let pw = password_file("diag", "password");
+    let dir = std::env::temp_dir().join(format!("abd-cli-diag-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("engine.toml");
+    std::fs::write(
+        &config,
+        "[engine]\nprovision_attempts = 1\n[delegates]\nname = \"lab\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = abd(&[
+        "diag",
+        "--pool",
+        &served.url,
+        "--password-file",
+        &pw,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Diagnostic of pool lab: FAILED"),
+        "{stdout}"
+    );
+    // Nothing, or something that is not this delegate's agent, answers there
+    // (which of the two depends on the machine's network).
+    assert!(stdout.contains("Diag step identity: FAILED"), "{stdout}");
+    assert!(stdout.contains("torn down"), "{stdout}");
+    // Only our own delegate came and went; the look-alikes are untouched.
+    for name in ["ABD 1", "ABD 2"] {
+        assert_eq!(vms_named(&served.url, name), 1, "{name}");
+    }
+}

@@ -141,8 +141,7 @@ async fn attach_and_read(
         Ok(()) => {
             let ip = d.ip.expect("a ready delegate has an address");
             let on_progress = |p: DiskProgress| log.disk_progress("Processing", p);
-            let target = pool.store().map(|store| StoreTarget {
-                store,
+            let target = pool.store().map(|_| StoreTarget {
                 vm_name,
                 previous: previous.as_ref(),
                 changed_blocks: cbt
@@ -151,7 +150,7 @@ async fn attach_and_read(
                     .unwrap_or_default(),
             });
             pool.agent
-                .read_disks(ip, target, &on_progress)
+                .read_disks(ip, &d.token, vdis.len(), target, &on_progress)
                 .await
                 .map_err(EngineError::from)
         }
@@ -179,6 +178,8 @@ struct CbtPlan {
     changed_blocks: Vec<Option<Vec<bool>>>,
     /// Per disk: uuid of the snapshot VDI to record as the next base, if CBT is on.
     base_uuids: Vec<Option<String>>,
+    /// Per disk: uuid of the snapshot VDI read (empty if its record was unreadable).
+    vdi_uuids: Vec<String>,
     new_bases: Vec<OpaqueRef>,
     old_bases: Vec<String>,
     /// The version the plan is relative to (the new version's parent).
@@ -198,6 +199,7 @@ async fn cbt_plan(
     let mut plan = CbtPlan {
         changed_blocks: Vec::new(),
         base_uuids: Vec::new(),
+        vdi_uuids: Vec::new(),
         new_bases: Vec::new(),
         old_bases: Vec::new(),
         parent_seq: previous.map(|p| p.seq),
@@ -212,9 +214,11 @@ async fn cbt_plan(
                 ));
                 plan.changed_blocks.push(None);
                 plan.base_uuids.push(None);
+                plan.vdi_uuids.push(String::new());
                 continue;
             }
         };
+        plan.vdi_uuids.push(record.uuid.clone());
         if !record.cbt_enabled {
             log.ok(format!(
                 "Disk {n}: CBT is not enabled; reading the whole disk (deduplicated)"
@@ -309,11 +313,11 @@ async fn commit_version(
     let disks_meta: Vec<serde_json::Value> = report
         .written
         .iter()
-        .zip(&cbt.base_uuids)
-        .map(|(d, base)| {
+        .zip(cbt.base_uuids.iter().zip(&cbt.vdi_uuids))
+        .map(|(d, (base, vdi_uuid))| {
             serde_json::json!({
                 "userdevice": d.userdevice,
-                "snapshot_vdi_uuid": d.vdi_uuid,
+                "snapshot_vdi_uuid": vdi_uuid,
                 "cbt_base_vdi_uuid": base,
             })
         })

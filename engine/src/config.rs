@@ -25,6 +25,9 @@ pub struct EngineConfig {
     /// The data store directory (created when new). Without one, delegates
     /// only read their disks (a timing model, as in most scenarios).
     pub store_dir: Option<std::path::PathBuf>,
+    /// Where delegates reach the engine's data store (`http://10.0.0.5:7480`),
+    /// handed to each delegate in `xenstore_data`. Needed with `store_dir`.
+    pub store_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             provision_attempts: 3,
             retry_backoff_s: 10,
             store_dir: None,
+            store_url: None,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The engine's data store (ADS): one store directory for every job. Agents
-//! write chunks into it (data first); the engine commits a VM's version only
-//! after its whole backup succeeded, so a failed backup leaves no version.
+//! write chunks into it (data first, over [`crate::store_server`]); the engine
+//! commits a VM's version only after its whole backup succeeded, so a failed
+//! backup leaves no version.
 
-use ads::{Access, AdsError, Manifest, Store, StoreStats, Transaction, VersionDraft};
+use ads::{Access, AdsError, Blob, ChunkId, ChunkSink, Manifest, Store, StoreStats, VersionDraft};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -43,17 +44,35 @@ impl DataStore {
         }
     }
 
-    /// Runs `write` in a transaction and makes its chunks durable and indexed
-    /// (no version yet). Returns what `write` returned and what the store took.
-    pub fn write_chunks<T>(
-        &self,
-        write: impl FnOnce(&mut Transaction<'_>) -> Result<T, AdsError>,
-    ) -> Result<(T, StoreStats), AdsError> {
+    /// The store's fixed settings (chunking, compression).
+    pub fn config(&self) -> ads::StoreConfig {
+        self.lock().config().clone()
+    }
+
+    /// For each id, true when the store lacks the chunk.
+    pub fn missing(&self, ids: &[ChunkId]) -> Vec<bool> {
+        let store = self.lock();
+        ids.iter()
+            .map(|id| !id.is_zero_run() && !store.index().contains(id))
+            .collect()
+    }
+
+    /// Stores `blobs` and makes them durable and indexed (no version yet).
+    /// Every blob is checked against its address first: a bad one is refused
+    /// and nothing of the batch is stored.
+    pub fn put(&self, blobs: Vec<Blob>) -> Result<StoreStats, AdsError> {
+        for blob in &blobs {
+            blob.verify().map_err(AdsError::Invalid)?;
+        }
         let mut store = self.lock();
         let mut txn = store.begin()?;
-        let value = write(&mut txn)?;
-        let stats = txn.flush()?;
-        Ok((value, stats))
+        txn.put(blobs)?;
+        txn.flush()
+    }
+
+    /// The decoded bytes of `ids`, each checked against its address.
+    pub fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>, AdsError> {
+        ads::ChunkSource::read_chunks(&*self.lock(), ids)
     }
 
     /// Commits a version whose chunks are all stored.

@@ -11,6 +11,7 @@ use crate::placement::choose_host;
 use crate::pool::{PoolRuntime, Topology, VmLog};
 use crate::tags;
 use crate::template::TemplateInfo;
+use abd_agent::protocol::{VM_DATA_STORE_URL, VM_DATA_TOKEN};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct Delegate {
     pub own_srs: Vec<OpaqueRef>,
     /// Static address lease, returned at teardown.
     pub lease: Option<Lease>,
+    /// The token its agent accepts (revoked at teardown).
+    pub token: crate::agent::Token,
     /// True once the VM exists and is counted as live.
     counted: bool,
 }
@@ -111,6 +114,7 @@ pub async fn create(
         own_vdis: Vec::new(),
         own_srs: Vec::new(),
         lease,
+        token: pool.agent.tokens().issue(),
         counted: true,
     };
     match configure(pool, &mut delegate, network, job).await {
@@ -188,6 +192,14 @@ async fn configure(
         x.vm_set_xenstore_key(&d.vm, &key, &value)
             .await
             .map_err(fail("writing network settings"))?;
+    }
+    x.vm_set_xenstore_key(&d.vm, VM_DATA_TOKEN, d.token.expose())
+        .await
+        .map_err(fail("handing over its token"))?;
+    if let (Some(_), Some(url)) = (pool.store(), &pool.engine_config().store_url) {
+        x.vm_set_xenstore_key(&d.vm, VM_DATA_STORE_URL, url)
+            .await
+            .map_err(fail("handing over the data store's address"))?;
     }
     Ok(())
 }
@@ -334,7 +346,7 @@ pub async fn verify_identity(
         d.ip.expect("identity is checked after the address is known");
     let answered = pool
         .agent
-        .identity(ip)
+        .identity(ip, &d.token)
         .await
         .map_err(|e| EngineError::Identity {
             delegate: d.label(),
@@ -446,6 +458,7 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
     if d.counted {
         pool.account(Change::DelegateDestroyed);
     }
+    pool.agent.tokens().revoke(&d.token);
     if let Some(lease) = d.lease {
         lease.release();
     }

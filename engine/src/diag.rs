@@ -81,18 +81,13 @@ pub async fn run(pool: Arc<PoolRuntime>) -> DiagReport {
     let delegate = run_steps(&pool, &mut steps).await;
     if let Some(d) = delegate {
         let started = Instant::now();
-        let name = d.name.clone();
+        let (name, vm) = (d.name.clone(), d.vm.clone());
         delegate::teardown(&pool, d, &vm_log).await;
-        let left = pool
-            .xapi
-            .vm_get_by_name_label(&name)
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0);
-        let result: Result<(), EngineError> = match left {
-            0 => Ok(()),
-            n => Err(EngineError::Template(format!(
-                "{n} VM(s) named {name:?} still exist after teardown"
+        // The delegate itself must be gone (look-alikes with its name are not ours).
+        let result: Result<(), EngineError> = match pool.xapi.vm_get_record(&vm).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err(EngineError::Teardown(format!(
+                "{name} ({vm}) still exists after teardown"
             ))),
         };
         steps.record("teardown", started, &result, |_| {

@@ -2,7 +2,7 @@
 //! backup jobs and diagnostics, and tears idle delegates down at shutdown.
 
 use crate::accounting::{Accounting, Change};
-use crate::agent::DelegateAgent;
+use crate::agent::AgentClient;
 use crate::backup::remove_snapshot;
 use crate::config::{EngineConfig, JobSpec, PoolConfig};
 use crate::delegate::destroy_delegate_vm;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub struct PoolConnection {
     pub config: PoolConfig,
     pub transport: Arc<dyn Transport>,
-    pub agent: Arc<dyn DelegateAgent>,
+    pub agent: Arc<AgentClient>,
     pub credentials: Credentials,
 }
 
@@ -90,6 +90,12 @@ impl Engine {
         self.pools
             .get(name)
             .ok_or_else(|| EngineError::UnknownPool(name.to_string()))
+    }
+
+    /// The engine's data store, if it has one (to serve it to agents with
+    /// [`crate::store_server::router`]).
+    pub fn data_store(&self) -> Option<&Arc<crate::datastore::DataStore>> {
+        self.shared.store.as_ref()
     }
 
     /// Every pool, by name.

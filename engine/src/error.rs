@@ -53,6 +53,9 @@ pub enum EngineError {
     /// The template cannot be deployed or used.
     #[error("template: {0}")]
     Template(String),
+    /// A delegate that should be gone is still there.
+    #[error("teardown: {0}")]
+    Teardown(String),
 }
 
 impl EngineError {

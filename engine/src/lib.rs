@@ -2,7 +2,8 @@
 //! XenServer / XCP-ng pools.
 //!
 //! The engine talks to pools only through [`xapi::Transport`] and to delegates
-//! only through [`agent::DelegateAgent`]; it reads time only from `tokio::time`,
+//! only through [`agent::AgentClient`] (the `abd-agent` protocol over an
+//! [`agent::AgentLink`]); it reads time only from `tokio::time`,
 //! so the same code runs on a paused clock against the simulator and on the
 //! wall clock against a real pool. It never depends on the simulator.
 
@@ -22,6 +23,7 @@ pub mod joblog;
 pub mod placement;
 pub mod pool;
 pub mod restore;
+pub mod store_server;
 pub mod tags;
 pub mod template;
 pub mod validate;

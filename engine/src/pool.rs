@@ -3,7 +3,7 @@
 
 use crate::accounting::{Accounting, Change};
 use crate::address::{AddressQueue, HolderId, StaticAllocator};
-use crate::agent::DelegateAgent;
+use crate::agent::AgentClient;
 use crate::boot_gate::BootGate;
 use crate::config::{Addressing, EngineConfig, PoolConfig};
 use crate::delegate::Delegate;
@@ -148,7 +148,7 @@ pub struct PoolRuntime {
     pub(crate) shared: Arc<Shared>,
     pub config: PoolConfig,
     pub xapi: XapiClient,
-    pub agent: Arc<dyn DelegateAgent>,
+    pub agent: Arc<AgentClient>,
     pub(crate) addresses: Option<AddressQueue>,
     pub(crate) boot_gate: BootGate,
     pub(crate) template: tokio::sync::Mutex<Option<TemplateInfo>>,
@@ -198,7 +198,7 @@ impl PoolRuntime {
         shared: Arc<Shared>,
         config: PoolConfig,
         xapi: XapiClient,
-        agent: Arc<dyn DelegateAgent>,
+        agent: Arc<AgentClient>,
     ) -> Result<Self, EngineError> {
         let addresses = match &config.addressing {
             Addressing::Dhcp => None,

@@ -261,19 +261,15 @@ async fn write_version(
     targets: &[OpaqueRef],
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
-    let store = store_of(pool)?;
+    store_of(pool)?;
     let (plugged, result) = attach_all(pool, d, targets, VbdMode::RW).await;
     let written = match result {
         Ok(()) => {
             let ip = d.ip.expect("a ready delegate has an address");
             let on_progress = |p: DiskProgress| log.disk_progress("Writing", p);
-            let source = RestoreSource {
-                store,
-                manifest,
-                base,
-            };
+            let source = RestoreSource { manifest, base };
             pool.agent
-                .write_disks(ip, source, &on_progress)
+                .write_disks(ip, &d.token, source, &on_progress)
                 .await
                 .map_err(EngineError::from)
         }

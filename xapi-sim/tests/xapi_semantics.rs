@@ -301,11 +301,13 @@ fn the_appliance_gets_a_dhcp_lease_reports_it_and_releases_it_with_its_vif() {
     let answer = w
         .sim
         .appliance_at(w.pool, SimTime(w.now_ms), "10.0.0.10".parse().unwrap());
-    assert_eq!(
-        answer,
-        ApplianceAnswer::Appliance {
-            vm_uuid: uuid.as_str().unwrap().into()
-        }
+    let ApplianceAnswer::Appliance { vm_uuid, vm_data } = answer else {
+        panic!("an appliance should answer, got {answer:?}");
+    };
+    assert_eq!(vm_uuid, uuid.as_str().unwrap());
+    assert!(
+        vm_data.keys().all(|k| k.starts_with("vm-data/")),
+        "the guest sees only its vm-data keys: {vm_data:?}"
     );
 
     // The range holds one address: a second appliance gets no lease, so no address.

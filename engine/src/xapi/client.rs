@@ -457,20 +457,8 @@ impl XapiClient {
 /// Decodes XAPI's CBT bitmap (base64, most significant bit first) into one
 /// bool per 64 KiB block of a disk of `size_bytes`.
 pub fn decode_cbt_bitmap(text: &str, size_bytes: u64) -> Result<Vec<bool>, String> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| format!("CBT bitmap is not base64: {e}"))?;
-    let blocks = size_bytes.div_ceil(64 * 1024) as usize;
-    if bytes.len() * 8 < blocks {
-        return Err(format!(
-            "CBT bitmap covers {} blocks, the disk has {blocks}",
-            bytes.len() * 8
-        ));
-    }
-    Ok((0..blocks)
-        .map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0)
-        .collect())
+    let blocks = size_bytes.div_ceil(ads::chunking::CBT_BLOCK_BYTES) as usize;
+    abd_agent::protocol::decode_blocks(text, blocks)
 }
 
 fn refv(r: &OpaqueRef) -> Value {

@@ -59,8 +59,12 @@ impl Ctx<'_> {
 /// What answers an appliance-protocol request sent to an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApplianceAnswer {
-    /// An appliance answered with its own VM uuid.
-    Appliance { vm_uuid: String },
+    /// An appliance answered: its own VM uuid, and the `vm-data/...` keys
+    /// of its xenstore (what the guest was told at provisioning).
+    Appliance {
+        vm_uuid: String,
+        vm_data: std::collections::BTreeMap<String, String>,
+    },
     /// A host answered that does not speak the appliance protocol.
     Foreign,
     /// Nothing answers at that address.
@@ -74,6 +78,12 @@ pub(crate) fn appliance_at(m: &PoolModel, ip: Ipv4Addr) -> ApplianceAnswer {
     match m.guests.get(vm).map(|g| g.kind) {
         Some(GuestKind::Appliance) => ApplianceAnswer::Appliance {
             vm_uuid: m.vms[vm].uuid.clone(),
+            vm_data: m.vms[vm]
+                .xenstore_data
+                .iter()
+                .filter(|(k, _)| k.starts_with(xapi_proto::tags::VM_DATA_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         },
         _ => ApplianceAnswer::Foreign,
     }

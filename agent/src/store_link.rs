@@ -1,0 +1,248 @@
+//! The agent's side of the data store: the engine serves its store over HTTP
+//! and the agent uses it as an `ads` chunk sink (backup) and chunk source
+//! (restore). Every chunk read back is checked against its address here, so
+//! nothing on the wire is trusted.
+
+use crate::protocol::{self, ErrorBody, ManifestRequest, Token, paths};
+use ads::{AdsError, Blob, ChunkId, ChunkSink, ChunkSource, Manifest, StoreConfig, StoreStats};
+use axum::http::{Request, Response, StatusCode, header};
+use std::sync::Arc;
+
+/// Largest body of one chunk upload.
+const PUT_BATCH_BYTES: usize = 16 << 20;
+
+/// Carries one HTTP request to the store and blocks until the answer is in.
+/// Called from the agent's worker threads, never from async code.
+pub trait StoreLink: Send + Sync {
+    /// Where the store is, for messages.
+    fn url(&self) -> String;
+    /// Sends `request` (path and query only in its URI).
+    fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String>;
+}
+
+/// The store over real HTTP (reqwest, on the agent's runtime).
+pub struct HttpStoreLink {
+    base: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpStoreLink {
+    /// A link to the store at `base` (`http://engine:7480`), driven on `runtime`.
+    pub fn new(base: &str, runtime: tokio::runtime::Handle) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            client,
+            runtime,
+        })
+    }
+}
+
+impl StoreLink for HttpStoreLink {
+    fn url(&self) -> String {
+        self.base.clone()
+    }
+
+    fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
+        let (parts, body) = request.into_parts();
+        let url = format!("{}{}", self.base, parts.uri);
+        let client = self.client.clone();
+        self.runtime.block_on(async move {
+            // Built inside the runtime: the request's timeout needs its timer.
+            let reply = client
+                .request(parts.method, &url)
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut response = Response::builder().status(reply.status());
+            for (name, value) in reply.headers() {
+                response = response.header(name, value);
+            }
+            let body = reply.bytes().await.map_err(|e| e.to_string())?;
+            response.body(body.to_vec()).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The store as an in-process HTTP service (a simulated delegate talking to
+/// the engine in the same process): the same requests, no socket.
+pub struct ServiceLink {
+    pub name: String,
+    pub service: axum::Router,
+}
+
+impl StoreLink for ServiceLink {
+    fn url(&self) -> String {
+        self.name.clone()
+    }
+
+    fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
+        use tower::ServiceExt;
+        let request = request.map(axum::body::Body::from);
+        futures_executor::block_on(async {
+            let response = self
+                .service
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Response::from_parts(parts, bytes.to_vec()))
+        })
+    }
+}
+
+/// The engine's data store, as the agent uses it.
+pub struct RemoteStore {
+    link: Arc<dyn StoreLink>,
+    token: Token,
+    /// What the store took for this agent's uploads.
+    stats: StoreStats,
+}
+
+impl RemoteStore {
+    pub fn new(link: Arc<dyn StoreLink>, token: Token) -> Self {
+        Self {
+            link,
+            token,
+            stats: StoreStats::default(),
+        }
+    }
+
+    fn error(&self, detail: impl Into<String>) -> AdsError {
+        AdsError::Remote {
+            url: self.link.url(),
+            detail: detail.into(),
+        }
+    }
+
+    fn call(&self, path: &str, content_type: &str, body: Vec<u8>) -> ads::Result<Vec<u8>> {
+        let request = Request::post(path)
+            .header(header::AUTHORIZATION, self.token.bearer())
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .map_err(|e| self.error(e.to_string()))?;
+        let response = self
+            .link
+            .send(request)
+            .map_err(|e| self.error(format!("{path}: {e}")))?;
+        let status = response.status();
+        let body = response.into_body();
+        if status != StatusCode::OK {
+            let detail = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(self.error(format!("{path}: HTTP {status}: {detail}")));
+        }
+        Ok(body)
+    }
+
+    fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> ads::Result<T> {
+        let body = serde_json::to_vec(body).expect("request serialises");
+        let reply = self.call(path, "application/json", body)?;
+        serde_json::from_slice(&reply).map_err(|e| self.error(format!("{path}: bad answer: {e}")))
+    }
+
+    /// The store's chunking and compression.
+    pub fn config(&self) -> ads::Result<StoreConfig> {
+        self.call_json(paths::STORE_CONFIG, &())
+    }
+
+    /// Version `seq` of `vm`.
+    pub fn manifest(&self, vm: &str, seq: u64) -> ads::Result<Manifest> {
+        self.call_json(
+            paths::STORE_MANIFEST,
+            &ManifestRequest {
+                vm: vm.to_string(),
+                seq,
+            },
+        )
+    }
+
+    /// What the store took for the chunks sent so far.
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    fn upload(&mut self, blobs: &[Blob]) -> ads::Result<()> {
+        let body = protocol::encode_blobs(blobs);
+        let stats: StoreStats = {
+            let reply = self.call(paths::STORE_CHUNKS, "application/octet-stream", body)?;
+            serde_json::from_slice(&reply)
+                .map_err(|e| self.error(format!("chunk upload: bad answer: {e}")))?
+        };
+        self.stats.bytes_received += stats.bytes_received;
+        self.stats.bytes_stored += stats.bytes_stored;
+        self.stats.chunks_new += stats.chunks_new;
+        Ok(())
+    }
+}
+
+const OCTETS: &str = "application/octet-stream";
+
+impl ChunkSink for RemoteStore {
+    fn missing(&mut self, ids: &[ChunkId]) -> ads::Result<Vec<bool>> {
+        let reply = self.call(paths::STORE_MISSING, OCTETS, protocol::encode_ids(ids))?;
+        if reply.len() != ids.len() {
+            return Err(self.error(format!(
+                "asked about {} chunks, got {} answers",
+                ids.len(),
+                reply.len()
+            )));
+        }
+        Ok(reply.into_iter().map(|b| b != 0).collect())
+    }
+
+    fn put(&mut self, blobs: Vec<Blob>) -> ads::Result<()> {
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, blob) in blobs.iter().enumerate() {
+            if bytes > 0 && bytes + blob.data.len() > PUT_BATCH_BYTES {
+                self.upload(&blobs[start..i])?;
+                (start, bytes) = (i, 0);
+            }
+            bytes += blob.data.len();
+        }
+        if start < blobs.len() {
+            self.upload(&blobs[start..])?;
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSource for RemoteStore {
+    fn read_chunks(&self, ids: &[ChunkId]) -> ads::Result<Vec<Vec<u8>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self.call(paths::STORE_READ, OCTETS, protocol::encode_ids(ids))?;
+        let chunks = protocol::decode_frames(&reply).map_err(|e| self.error(e))?;
+        if chunks.len() != ids.len() {
+            return Err(self.error(format!(
+                "asked for {} chunks, got {}",
+                ids.len(),
+                chunks.len()
+            )));
+        }
+        for (id, chunk) in ids.iter().zip(&chunks) {
+            if ChunkId::of(chunk) != *id {
+                return Err(self.error(format!("chunk {} arrived with other content", id.short())));
+            }
+        }
+        Ok(chunks)
+    }
+}

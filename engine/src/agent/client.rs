@@ -1,0 +1,303 @@
+//! `AgentClient`: drives a delegate's agent over its HTTP API. Starts a task,
+//! follows it with long polls (turning its progress into 25/50/75/100 % steps),
+//! and cancels it if the engine stops waiting.
+
+use super::{
+    AgentError, AgentLink, DiskProgress, LinkError, ReadReport, RestoreSource, StoreTarget, Token,
+    TokenRegistry, WrittenDisk,
+};
+use abd_agent::protocol::{
+    AGENT_HEADER, BackupDisk, BackupRequest, ErrorBody, Identity, RestoreRequest, StoreBackup,
+    TaskResult, TaskStarted, TaskState, TaskStatus, encode_blocks, paths,
+};
+use axum::http::{Method, Request, Response, StatusCode, header};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one status request may wait for a change.
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// Failed status requests tolerated in a row before the task counts as lost.
+const POLL_RETRIES: u32 = 3;
+
+/// The engine's client for delegate agents.
+pub struct AgentClient {
+    link: Arc<dyn AgentLink>,
+    tokens: Arc<TokenRegistry>,
+}
+
+/// Progress callback.
+pub type OnProgress<'a> = &'a (dyn Fn(DiskProgress) + Send + Sync);
+
+impl AgentClient {
+    pub fn new(link: Arc<dyn AgentLink>, tokens: Arc<TokenRegistry>) -> Self {
+        Self { link, tokens }
+    }
+
+    /// The tokens this client issues (the data store accepts them).
+    pub fn tokens(&self) -> &Arc<TokenRegistry> {
+        &self.tokens
+    }
+
+    async fn request(
+        &self,
+        ip: Ipv4Addr,
+        token: &Token,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Vec<u8>>, AgentError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, token.bearer());
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(body.unwrap_or_default())
+            .expect("a well-formed request");
+        let response = self.link.send(ip, request).await.map_err(|e| match e {
+            LinkError::Unreachable(_) => AgentError::Unreachable { ip },
+            LinkError::Broken(message) => AgentError::Failed { ip, message },
+        })?;
+        if !response.headers().contains_key(AGENT_HEADER) {
+            return Err(AgentError::Foreign { ip });
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // An agent, but not this delegate's: another delegate holds the address.
+            return Err(AgentError::Foreign { ip });
+        }
+        if response.status() != StatusCode::OK {
+            let body = response.body();
+            let message = serde_json::from_slice::<ErrorBody>(body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+            return Err(AgentError::Failed {
+                ip,
+                message: format!("HTTP {}: {message}", response.status()),
+            });
+        }
+        Ok(response)
+    }
+
+    async fn request_json<T: serde::de::DeserializeOwned>(
+        &self,
+        ip: Ipv4Addr,
+        token: &Token,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, AgentError> {
+        let response = self.request(ip, token, method, uri, body).await?;
+        serde_json::from_slice(response.body()).map_err(|e| AgentError::Failed {
+            ip,
+            message: format!("{uri}: unreadable answer: {e}"),
+        })
+    }
+
+    /// The VM uuid the agent at `ip` reports as its own.
+    pub async fn identity(&self, ip: Ipv4Addr, token: &Token) -> Result<String, AgentError> {
+        let identity: Identity = self
+            .request_json(ip, token, Method::GET, paths::IDENTITY, None)
+            .await?;
+        Ok(identity.vm_uuid)
+    }
+
+    /// Reads the `disks` disks hot-plugged into the delegate at `ip` (devices
+    /// 1..n): into the data store when there is a `target`, otherwise only a
+    /// read test.
+    pub async fn read_disks(
+        &self,
+        ip: Ipv4Addr,
+        token: &Token,
+        disks: usize,
+        target: Option<StoreTarget<'_>>,
+        progress: OnProgress<'_>,
+    ) -> Result<ReadReport, AgentError> {
+        let request = BackupRequest {
+            disks: (0..disks)
+                .map(|i| BackupDisk {
+                    device: i as u32 + 1,
+                    changed_blocks: target
+                        .as_ref()
+                        .and_then(|t| t.changed_blocks.get(i).cloned().flatten())
+                        .map(|blocks| encode_blocks(&blocks)),
+                })
+                .collect(),
+            into_store: target.as_ref().map(|t| StoreBackup {
+                vm: t.vm_name.to_string(),
+                previous: t.previous.map(|p| p.seq),
+            }),
+        };
+        let status = self
+            .run_task(ip, token, paths::BACKUP, &request, progress)
+            .await?;
+        let mut report = ReadReport {
+            disks,
+            ..Default::default()
+        };
+        match status.result {
+            Some(TaskResult::Backup { disks, stored }) => {
+                for disk in disks {
+                    report.bytes_read += disk.read.bytes_read;
+                    report.written.push(WrittenDisk {
+                        userdevice: disk.device.to_string(),
+                        manifest: disk.manifest,
+                        read: disk.read,
+                    });
+                }
+                report.stored = stored;
+            }
+            Some(TaskResult::Read { bytes_read }) => report.bytes_read = bytes_read,
+            other => return Err(unexpected(ip, other)),
+        }
+        Ok(report)
+    }
+
+    /// Writes `source`'s disks onto the disks hot-plugged read-write into the
+    /// delegate at `ip` (devices 1..n), each verified against its digest. The
+    /// report's `bytes_read` counts the bytes written.
+    pub async fn write_disks(
+        &self,
+        ip: Ipv4Addr,
+        token: &Token,
+        source: RestoreSource<'_>,
+        progress: OnProgress<'_>,
+    ) -> Result<ReadReport, AgentError> {
+        let disks = source.manifest.disks.len();
+        let request = RestoreRequest {
+            vm: source.manifest.vm.clone(),
+            version: source.manifest.seq,
+            base: source.base.map(|b| b.seq),
+            devices: (1..=disks as u32).collect(),
+        };
+        let status = self
+            .run_task(ip, token, paths::RESTORE, &request, progress)
+            .await?;
+        match status.result {
+            Some(TaskResult::Restore { bytes_written }) => Ok(ReadReport {
+                disks,
+                bytes_read: bytes_written,
+                ..Default::default()
+            }),
+            other => Err(unexpected(ip, other)),
+        }
+    }
+
+    /// Starts a task with `request` at `path` and follows it to its end.
+    async fn run_task(
+        &self,
+        ip: Ipv4Addr,
+        token: &Token,
+        path: &str,
+        request: &impl serde::Serialize,
+        progress: OnProgress<'_>,
+    ) -> Result<TaskStatus, AgentError> {
+        let body = serde_json::to_vec(request).expect("request serialises");
+        let started: TaskStarted = self
+            .request_json(ip, token, Method::POST, path, Some(body))
+            .await?;
+        let mut guard = CancelOnDrop {
+            link: Arc::clone(&self.link),
+            ip,
+            token: token.clone(),
+            task: Some(started.task),
+        };
+        let mut shown = Vec::new();
+        let mut revision = 0;
+        let mut failures = 0;
+        loop {
+            let uri = format!(
+                "{}/{}?after={revision}&wait_ms={}",
+                paths::TASKS,
+                started.task,
+                LONG_POLL.as_millis()
+            );
+            let status: TaskStatus =
+                match self.request_json(ip, token, Method::GET, &uri, None).await {
+                    Ok(status) => status,
+                    Err(AgentError::Failed { message, .. }) if failures < POLL_RETRIES => {
+                        failures += 1;
+                        tracing::debug!(%ip, "task status failed ({message}); retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+            failures = 0;
+            revision = status.revision;
+            report_progress(&status, &mut shown, progress);
+            match status.state {
+                TaskState::Running => continue,
+                TaskState::Succeeded => {
+                    guard.task = None;
+                    return Ok(status);
+                }
+                TaskState::Failed | TaskState::Cancelled => {
+                    guard.task = None;
+                    return Err(AgentError::Failed {
+                        ip,
+                        message: status.error.unwrap_or_else(|| "task failed".into()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(ip: Ipv4Addr, result: Option<TaskResult>) -> AgentError {
+    AgentError::Failed {
+        ip,
+        message: format!("unexpected task result {result:?}"),
+    }
+}
+
+/// Turns disk progress into one callback per quarter reached.
+fn report_progress(status: &TaskStatus, shown: &mut Vec<u8>, progress: OnProgress<'_>) {
+    shown.resize(status.disks.len(), 0);
+    let count = status.disks.len();
+    for (i, disk) in status.disks.iter().enumerate() {
+        if disk.size_bytes == 0 {
+            continue;
+        }
+        let percent = (disk.done_bytes.min(disk.size_bytes) * 100 / disk.size_bytes) as u8;
+        while shown[i] + 25 <= percent {
+            shown[i] += 25;
+            progress(DiskProgress {
+                disk_index: i + 1,
+                disk_count: count,
+                size_bytes: disk.size_bytes,
+                percent: shown[i],
+            });
+        }
+    }
+}
+
+/// Cancels the agent's task if the engine stops following it before its end
+/// (a job cancelled or timed out).
+struct CancelOnDrop {
+    link: Arc<dyn AgentLink>,
+    ip: Ipv4Addr,
+    token: Token,
+    task: Option<u64>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(task) = self.task else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (link, ip) = (Arc::clone(&self.link), self.ip);
+        let request = Request::post(format!("{}/{task}/cancel", paths::TASKS))
+            .header(header::AUTHORIZATION, self.token.bearer())
+            .body(Vec::new())
+            .expect("a well-formed request");
+        runtime.spawn(async move {
+            if let Err(e) = link.send(ip, request).await {
+                tracing::warn!(%ip, task, "could not cancel the agent's task: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,253 @@
+//! Delegate agents in a simulated pool: the real `abd-agent`, run in-process
+//! for each booted delegate, reached through a simulated network.
+//!
+//! A request to an address goes to whoever answers there in the simulator:
+//! nobody (unreachable), a foreign host (an HTTP answer that is not an
+//! agent's), or a delegate, whose agent is built from what its guest reads in
+//! xenstore (`vm-data/abd-token`) and serves the request through its real
+//! router. The agent's disks are the simulator's VDIs plugged into that VM;
+//! its data store is the engine's store service, in-process. Transfers take
+//! the simulated time of their bytes at the SR's bandwidth.
+
+use crate::sim_link::{SharedSim, SimClock, lock};
+use abd_agent::devices::{DeviceSet, OnBytes};
+use abd_agent::protocol::{Token, VM_DATA_STORE_URL, VM_DATA_TOKEN};
+use abd_agent::{Agent, AgentConfig, Execution, ServiceLink, StoreLink};
+use async_trait::async_trait;
+use axum::http::{Request, Response, StatusCode};
+use engine::agent::{AgentLink, LinkError};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use xapi_sim::{ApplianceAnswer, AttachedDisk, PoolId};
+
+/// Progress of a simulated transfer is reported in this many steps.
+const PROGRESS_STEPS: u64 = 4;
+
+/// The engine's data store service, once the engine runs.
+pub type StoreService = Arc<OnceLock<axum::Router>>;
+
+/// The network between the engine and one simulated pool's delegates.
+pub struct SimAgentNet {
+    pub sim: SharedSim,
+    pub pool: PoolId,
+    pub clock: SimClock,
+    pub store: StoreService,
+    /// Running agents by VM uuid, with the token and address they started with.
+    agents: Mutex<BTreeMap<String, RunningAgent>>,
+}
+
+struct RunningAgent {
+    token: Token,
+    ip: Ipv4Addr,
+    router: axum::Router,
+}
+
+impl SimAgentNet {
+    pub fn new(sim: SharedSim, pool: PoolId, clock: SimClock, store: StoreService) -> Self {
+        Self {
+            sim,
+            pool,
+            clock,
+            store,
+            agents: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The agent of `vm_uuid` as its guest would start it, or `None` when the
+    /// guest was given no usable token (the agent would not start).
+    fn agent_for(
+        &self,
+        vm_uuid: &str,
+        ip: Ipv4Addr,
+        vm_data: &BTreeMap<String, String>,
+    ) -> Option<axum::Router> {
+        let token = vm_data.get(VM_DATA_TOKEN).and_then(|t| Token::parse(t))?;
+        let mut agents = self.agents.lock().expect("agents lock");
+        if let Some(running) = agents.get(vm_uuid)
+            && running.token == token
+            && running.ip == ip
+        {
+            return Some(running.router.clone());
+        }
+        let store = match (vm_data.get(VM_DATA_STORE_URL), self.store.get()) {
+            (Some(url), Some(service)) => Some(Arc::new(ServiceLink {
+                name: url.clone(),
+                service: service.clone(),
+            }) as Arc<dyn StoreLink>),
+            _ => None,
+        };
+        let agent = Agent::new(AgentConfig {
+            vm_uuid: vm_uuid.to_string(),
+            token: token.clone(),
+            devices: Arc::new(SimDevices {
+                sim: Arc::clone(&self.sim),
+                pool: self.pool,
+                clock: self.clock,
+                ip,
+            }),
+            store,
+            execution: Execution::Inline,
+        });
+        let router = abd_agent::router(agent);
+        agents.insert(
+            vm_uuid.to_string(),
+            RunningAgent {
+                token,
+                ip,
+                router: router.clone(),
+            },
+        );
+        Some(router)
+    }
+}
+
+#[async_trait]
+impl AgentLink for SimAgentNet {
+    async fn send(
+        &self,
+        ip: Ipv4Addr,
+        request: Request<Vec<u8>>,
+    ) -> Result<Response<Vec<u8>>, LinkError> {
+        let duration = lock(&self.sim).agent_duration();
+        tokio::time::sleep(duration).await;
+        let answer = lock(&self.sim).appliance_at(self.pool, self.clock.now(), ip);
+        let router = match answer {
+            ApplianceAnswer::Nobody => {
+                return Err(LinkError::Unreachable(format!("no host answers at {ip}")));
+            }
+            ApplianceAnswer::Foreign => {
+                // Some other web server: an answer, but not an agent's.
+                return Ok(Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(b"Not Found".to_vec())
+                    .expect("a response"));
+            }
+            ApplianceAnswer::Appliance { vm_uuid, vm_data } => {
+                self.agent_for(&vm_uuid, ip, &vm_data).ok_or_else(|| {
+                    LinkError::Unreachable(format!("the agent at {ip} did not start (no token)"))
+                })?
+            }
+        };
+        use tower::ServiceExt;
+        let response = router
+            .oneshot(request.map(axum::body::Body::from))
+            .await
+            .map_err(|e| LinkError::Broken(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| LinkError::Broken(e.to_string()))?;
+        Ok(Response::from_parts(parts, body.to_vec()))
+    }
+}
+
+/// The disks plugged into a simulated delegate: the simulator's VDI content.
+struct SimDevices {
+    sim: SharedSim,
+    pool: PoolId,
+    clock: SimClock,
+    ip: Ipv4Addr,
+}
+
+impl SimDevices {
+    fn plugged(&self, device: u32) -> io::Result<AttachedDisk> {
+        let disks = lock(&self.sim)
+            .appliance_disks(self.pool, self.clock.now(), self.ip)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "the delegate is not running")
+            })?;
+        disks
+            .into_iter()
+            .find(|d| d.userdevice == device.to_string())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no disk is plugged as device {device}"),
+                )
+            })
+    }
+}
+
+impl SimDevices {
+    fn open(&self, device: u32) -> io::Result<SimDisk> {
+        let disk = self.plugged(device)?;
+        Ok(SimDisk {
+            sim: Arc::clone(&self.sim),
+            pool: self.pool,
+            vdi_uuid: disk.vdi_uuid,
+            size_bytes: disk.virtual_size as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl DeviceSet for SimDevices {
+    fn open_read(&self, device: u32) -> io::Result<Box<dyn ads::DiskSource>> {
+        Ok(Box::new(self.open(device)?))
+    }
+
+    fn open_write(&self, device: u32) -> io::Result<Box<dyn ads::DiskTarget + Send>> {
+        Ok(Box::new(self.open(device)?))
+    }
+
+    /// Takes the simulated time of `bytes` at the SR's bandwidth, in steps,
+    /// reporting the position reached on the disk. The disk must stay
+    /// plugged throughout: a detach or a dead delegate fails the transfer.
+    async fn pace(&self, device: u32, bytes: u64, progress: OnBytes<'_>) -> io::Result<()> {
+        let disk = self.plugged(device)?;
+        let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s);
+        let size = disk.virtual_size as u64;
+        for step in 1..=PROGRESS_STEPS {
+            tokio::time::sleep(total / PROGRESS_STEPS as u32).await;
+            let still = self
+                .plugged(device)
+                .is_ok_and(|d| d.vdi_uuid == disk.vdi_uuid);
+            if !still {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("disk {device} went away during the transfer"),
+                ));
+            }
+            progress(size * step / PROGRESS_STEPS);
+        }
+        Ok(())
+    }
+
+    /// A read test in simulation reads nothing: it takes the disk's time.
+    async fn read_through(&self, device: u32, progress: OnBytes<'_>) -> io::Result<u64> {
+        let size = self.plugged(device)?.virtual_size as u64;
+        self.pace(device, size, progress).await?;
+        Ok(size)
+    }
+}
+
+/// A simulated VDI as a delegate's agent sees it (`/dev/xvdX` in a real delegate).
+struct SimDisk {
+    sim: SharedSim,
+    pool: PoolId,
+    vdi_uuid: String,
+    size_bytes: u64,
+}
+
+impl ads::DiskSource for SimDisk {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        lock(&self.sim)
+            .read_vdi(self.pool, &self.vdi_uuid, offset, buf)
+            .map_err(io::Error::other)
+    }
+}
+
+impl ads::DiskTarget for SimDisk {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        lock(&self.sim)
+            .write_vdi(self.pool, &self.vdi_uuid, offset, data)
+            .map_err(io::Error::other)
+    }
+}
