@@ -232,6 +232,7 @@ async fn drive(
     let clock = SimClock::start();
     let tokens = Arc::new(TokenRegistry::seeded(seed));
     let store_service = StoreService::default();
+    let activity = crate::sim_link::Activity::default();
     let connections = scenario
         .pools
         .iter()
@@ -246,6 +247,7 @@ async fn drive(
                     sim: Arc::clone(&sim),
                     pool,
                     clock,
+                    activity: Arc::clone(&activity),
                 }),
                 Some(served) => Arc::new(crate::sim_link::HttpLink {
                     sim: Arc::clone(&sim),
@@ -253,6 +255,7 @@ async fn drive(
                     served_time_ms: Arc::clone(&served.time_ms),
                     http: Arc::clone(&served.transports[&p.name]),
                     io: served.io.handle().clone(),
+                    activity: Arc::clone(&activity),
                 }),
             };
             PoolConnection {

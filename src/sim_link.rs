@@ -43,11 +43,72 @@ pub(crate) fn lock(sim: &SharedSim) -> std::sync::MutexGuard<'_, Sim> {
     sim.lock().expect("simulator lock poisoned")
 }
 
+/// Wakes blocked `event.from` calls whenever another call lands.
+pub type Activity = Arc<tokio::sync::Notify>;
+
+/// Longest `event.from` wait a caller may ask for, in seconds.
+const MAX_EVENT_WAIT_S: f64 = 3600.0;
+
+/// `event.from(session, classes, token, timeout)` as XAPI has it, a call that
+/// blocks until something to report or the timeout, on the simulated clock:
+/// asks without waiting and, while nothing is reported, sleeps until the
+/// simulator next has something due or another call lands.
+async fn wait_for_events<F, Fut>(
+    sim: &SharedSim,
+    clock: SimClock,
+    activity: &Activity,
+    mut params: Vec<Value>,
+    mut ask: F,
+) -> Result<Value, CallError>
+where
+    F: FnMut(Vec<Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, CallError>>,
+{
+    let timeout_s = params
+        .get(3)
+        .and_then(|t| t.as_f64().or_else(|| t.as_str()?.parse().ok()))
+        .unwrap_or(0.0)
+        .clamp(0.0, MAX_EVENT_WAIT_S);
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout_s);
+    if let Some(timeout) = params.get_mut(3) {
+        *timeout = Value::from(0.0);
+    }
+    loop {
+        let landed = activity.notified();
+        tokio::pin!(landed);
+        landed.as_mut().enable();
+        let reply = ask(params.clone()).await?;
+        let empty = reply["events"].as_array().is_none_or(Vec::is_empty);
+        if !empty || Instant::now() >= deadline {
+            return Ok(reply);
+        }
+        let due = lock(sim)
+            .next_due()
+            .map(|t| clock.instant_at(Duration::from_millis(t.as_ms())));
+        let wake = due.map_or(deadline, |d| d.min(deadline));
+        tokio::select! {
+            biased;
+            () = &mut landed => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
 /// XAPI calls to one simulated pool master.
 pub struct SimTransport {
     pub sim: SharedSim,
     pub pool: PoolId,
     pub clock: SimClock,
+    pub activity: Activity,
+}
+
+impl SimTransport {
+    fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
+        let now = self.clock.now();
+        lock(&self.sim)
+            .dispatch(self.pool, now, method, params)
+            .map_err(CallError::Xapi)
+    }
 }
 
 #[async_trait]
@@ -56,10 +117,15 @@ impl Transport for SimTransport {
         // The call takes its time first; its effect lands when it completes.
         let duration = lock(&self.sim).call_duration(method);
         tokio::time::sleep(duration).await;
-        let now = self.clock.now();
-        lock(&self.sim)
-            .dispatch(self.pool, now, method, &params)
-            .map_err(CallError::Xapi)
+        if method == "event.from" {
+            let ask = |params: Vec<Value>| std::future::ready(self.dispatch(method, &params));
+            return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
+        }
+        let result = self.dispatch(method, &params);
+        if !xapi_sim::is_read_only(method) {
+            self.activity.notify_waiters();
+        }
+        result
     }
 }
 
@@ -78,6 +144,7 @@ pub struct HttpLink {
     pub http: Arc<engine::xapi::HttpTransport>,
     /// The real-time runtime the HTTP client and the servers run on.
     pub io: tokio::runtime::Handle,
+    pub activity: Activity,
 }
 
 #[async_trait]
@@ -85,6 +152,21 @@ impl Transport for HttpLink {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
         let duration = lock(&self.sim).call_duration(method);
         tokio::time::sleep(duration).await;
+        if method == "event.from" {
+            let ask = |params: Vec<Value>| std::future::ready(self.send(method, params));
+            return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
+        }
+        let result = self.send(method, params);
+        if !xapi_sim::is_read_only(method) {
+            self.activity.notify_waiters();
+        }
+        result
+    }
+}
+
+impl HttpLink {
+    /// Sends one call at the current simulated time and blocks until its reply.
+    fn send(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
         self.served_time_ms.store(
             self.clock.now().as_ms(),
             std::sync::atomic::Ordering::SeqCst,

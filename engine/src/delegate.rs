@@ -292,7 +292,12 @@ pub async fn boot(
     Ok(permit)
 }
 
-/// Waits for the appliance to write `vm-data/assigned-ip`.
+/// Longest single `event.from` wait, in seconds.
+const MAX_EVENT_WAIT_S: f64 = 60.0;
+
+/// Waits for the appliance to write `vm-data/assigned-ip`. Watches the VM
+/// with `event.from`, so the number of calls does not grow with boot time;
+/// polls `xenstore_data` where events are not available.
 pub async fn await_address(
     pool: &PoolRuntime,
     d: &mut Delegate,
@@ -301,6 +306,88 @@ pub async fn await_address(
     let cfg = pool.engine_config();
     let started = Instant::now();
     let deadline = started + cfg.address_timeout();
+    let ip = match watch_for_address(pool, d, deadline).await {
+        Ok(Some(ip)) => ip,
+        Ok(None) => poll_for_address(pool, d, deadline).await?,
+        Err(e) => return Err(e),
+    };
+    d.ip = Some(ip);
+    let how = if pool.addresses.is_some() {
+        "static"
+    } else {
+        "DHCP"
+    };
+    log.ok(format!(
+        "{} booted with address {ip} ({how}) after {}",
+        d.name,
+        format_duration(started.elapsed())
+    ));
+    Ok(ip)
+}
+
+fn address_timeout(pool: &PoolRuntime, d: &Delegate) -> EngineError {
+    EngineError::AddressTimeout {
+        delegate: d.label(),
+        waited_s: pool.engine_config().address_timeout_s,
+    }
+}
+
+/// The address in a VM record (or event snapshot), once the guest wrote it.
+fn assigned_ip(xenstore_data: &serde_json::Value) -> Option<Ipv4Addr> {
+    xenstore_data[VM_DATA_ASSIGNED_IP].as_str()?.parse().ok()
+}
+
+/// Follows the delegate's VM with `event.from` until its address shows.
+/// `Ok(None)` when the pool does not answer events (then the caller polls).
+async fn watch_for_address(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    deadline: Instant,
+) -> Result<Option<Ipv4Addr>, EngineError> {
+    let classes = vec![format!("vm/{}", d.vm)];
+    let mut token = String::new();
+    loop {
+        // The first call (empty token) returns the VM as it is now, at once.
+        let wait = match token.is_empty() {
+            true => 0.0,
+            false => deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .min(MAX_EVENT_WAIT_S),
+        };
+        let batch = match pool.xapi.event_from(&classes, &token, wait).await {
+            Ok(batch) => batch,
+            Err(e) if token.is_empty() => {
+                tracing::debug!(vm = %d.vm, "event.from unavailable ({e}); polling for the address");
+                return Ok(None);
+            }
+            Err(e) => return Err(EngineError::xapi(d.label(), "watching for its address", e)),
+        };
+        token = batch.token;
+        for event in batch.events.iter().filter(|e| e.reference == d.vm) {
+            if event.operation == "del" {
+                return Err(EngineError::Teardown(format!(
+                    "{} was destroyed while waiting for its address",
+                    d.label()
+                )));
+            }
+            if let Some(ip) = assigned_ip(&event.snapshot["xenstore_data"]) {
+                return Ok(Some(ip));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(address_timeout(pool, d));
+        }
+    }
+}
+
+/// Reads `xenstore_data` every `address_poll_interval_s` until the address shows.
+async fn poll_for_address(
+    pool: &PoolRuntime,
+    d: &Delegate,
+    deadline: Instant,
+) -> Result<Ipv4Addr, EngineError> {
+    let cfg = pool.engine_config();
     loop {
         let data = pool
             .xapi
@@ -311,24 +398,10 @@ pub async fn await_address(
             .get(VM_DATA_ASSIGNED_IP)
             .and_then(|s| s.parse::<Ipv4Addr>().ok())
         {
-            d.ip = Some(ip);
-            let how = if pool.addresses.is_some() {
-                "static"
-            } else {
-                "DHCP"
-            };
-            log.ok(format!(
-                "{} booted with address {ip} ({how}) after {}",
-                d.name,
-                format_duration(started.elapsed())
-            ));
             return Ok(ip);
         }
         if Instant::now() >= deadline {
-            return Err(EngineError::AddressTimeout {
-                delegate: d.label(),
-                waited_s: cfg.address_timeout_s,
-            });
+            return Err(address_timeout(pool, d));
         }
         let next = (Instant::now() + cfg.address_poll_interval()).min(deadline);
         tokio::time::sleep_until(next).await;

@@ -1,6 +1,7 @@
 //! Routes an XAPI method call (`Class.method`, params) to the model, checking
 //! the session, the parameter count and the parameter types as XAPI does.
 
+use crate::events::Interest;
 use crate::ops::Ctx;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,6 +61,7 @@ const WRITES: &[(&str, usize)] = &[
     ("VBD.destroy", 2),
     ("host.compute_free_memory", 2),
     ("task.destroy", 2),
+    ("task.cancel", 2),
     ("event.from", 4),
     ("event.inject", 3),
     ("session.logout", 1),
@@ -229,6 +231,21 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
             "VBD.plug" => void(ctx.vbd_plug(&ref_param(a, 0, "self")?)?),
             "VBD.unplug" => void(ctx.vbd_unplug(&ref_param(a, 0, "self")?)?),
             "VBD.destroy" => void(ctx.vbd_destroy(&ref_param(a, 0, "self")?)?),
+            "task.cancel" => {
+                // Cooperative, as in XAPI: the task is `cancelling` until its
+                // call ends, then `cancelled`. A finished task stays as it is.
+                let task = ref_param(a, 0, "task")?;
+                let record = ctx
+                    .m
+                    .tasks
+                    .get_mut(&task)
+                    .ok_or_else(|| XapiError::handle_invalid("task", task.as_str()))?;
+                if record.status == xapi_proto::records::TaskStatus::Pending {
+                    record.status = xapi_proto::records::TaskStatus::Cancelling;
+                    ctx.log(format!("task {task} cancelling"));
+                }
+                Value::Null
+            }
             "task.destroy" => {
                 let task = ref_param(a, 0, "self")?;
                 ctx.m
@@ -238,14 +255,27 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
                 Value::Null
             }
             "event.from" => {
-                let classes: Vec<String> = record_param(a, 0, "classes")?;
+                let entries: Vec<String> = record_param(a, 0, "classes")?;
                 let token = string_param(a, 1, "token")?;
-                events_of(ctx)?.from(&classes, &token)?
+                let interests: Vec<Interest> = entries
+                    .iter()
+                    .filter_map(|e| Interest::parse(e, CLASSES))
+                    .collect();
+                let current = records_for(ctx, &interests);
+                let tracker = events_of(ctx);
+                tracker.watch(interests.clone(), current);
+                tracker.from(&interests, &token)?
             }
             "event.inject" => {
                 let (class, reference) = (string_param(a, 0, "class")?, ref_param(a, 1, "ref")?);
                 let now = ctx.now;
-                Value::from(events_of(ctx)?.inject(now, &class, &reference)?)
+                // Clients take the token inject returns as the start of their
+                // event loop, for whatever classes they ask next: from here on,
+                // every change counts.
+                let current = records_for(ctx, &[Interest::All]);
+                let tracker = events_of(ctx);
+                tracker.watch(vec![Interest::All], current);
+                Value::from(tracker.inject(now, &class, &reference)?)
             }
             "host.compute_free_memory" => {
                 let host = ref_param(a, 0, "host")?;
@@ -259,27 +289,49 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
     Ok(Some(value))
 }
 
-/// The pool's event stream, started on the first `event.*` call (runs that
-/// never ask pay nothing for it).
-fn events_of<'a>(ctx: &'a mut Ctx<'_>) -> Result<&'a mut crate::events::EventTracker, XapiError> {
-    if ctx.m.events.is_none() {
-        let mut tracker = crate::events::EventTracker::default();
-        tracker.sync(ctx.now, all_records(ctx));
-        ctx.m.events = Some(tracker);
-    }
-    Ok(ctx.m.events.as_mut().expect("just started"))
+/// True for calls that change nothing (getters, `event.from`, ...): after
+/// them the event stream has nothing new to look for.
+pub fn is_read_only(method: &str) -> bool {
+    let name = method.rsplit('.').next().unwrap_or(method);
+    name.starts_with("get")
+        || method.starts_with("system.")
+        || matches!(method, "event.from" | "host.compute_free_memory")
 }
 
-/// Every record of the pool by (class, ref): what the event tracker compares.
-pub(crate) fn all_records(ctx: &Ctx<'_>) -> std::collections::BTreeMap<(String, OpaqueRef), Value> {
-    CLASSES
-        .iter()
-        .flat_map(|class| {
-            class_records(ctx, class)
-                .into_iter()
-                .map(move |(r, v)| ((class.to_string(), r), v))
-        })
-        .collect()
+/// The pool's event stream, started on the first `event.*` call (runs that
+/// never ask pay nothing for it).
+fn events_of<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut crate::events::EventTracker {
+    ctx.m.events.get_or_insert_with(Default::default)
+}
+
+/// The records `interests` cover, by (class, ref): what the event tracker compares.
+pub(crate) fn records_for(
+    ctx: &Ctx<'_>,
+    interests: &[Interest],
+) -> std::collections::BTreeMap<(String, OpaqueRef), Value> {
+    let mut records = std::collections::BTreeMap::new();
+    let all = interests.contains(&Interest::All);
+    for class in CLASSES {
+        let whole = all
+            || interests
+                .iter()
+                .any(|i| matches!(i, Interest::Class(c) if c == class));
+        if whole {
+            for (r, v) in class_records(ctx, class) {
+                records.insert((class.to_string(), r), v);
+            }
+            continue;
+        }
+        for interest in interests {
+            if let Interest::Object(c, r) = interest
+                && c == class
+                && let Some(v) = record_of(ctx, class, r)
+            {
+                records.insert((class.to_string(), r.clone()), v);
+            }
+        }
+    }
+    records
 }
 
 fn set_name(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Value, XapiError> {

@@ -1,11 +1,16 @@
 //! XAPI's event stream for one pool: `event.from` and `event.inject`.
 //!
-//! The tracker compares every record with the copy it saw last, after each
-//! call and each guest happening, and turns the differences into add / mod /
-//! del events. Only served pools track events; in-process runs pay nothing.
+//! The tracker compares the records clients asked about (`*`, a class, or one
+//! object as `vm/OpaqueRef:...`) with the copies it saw last, after each call
+//! and each guest happening, and turns the differences into add / mod / del
+//! events. Nothing is tracked until a client asks, and only what it asked for,
+//! so a run that watches one delegate pays for one record per call.
+//! `event.inject` starts tracking everything: its token is where clients (Xen
+//! Orchestra's) start an event loop over any classes. A token from
+//! `event.from` covers the classes that call named.
 
 use crate::time::SimTime;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use xapi_proto::{OpaqueRef, Value, XapiError, codes};
 
 /// Events kept for clients that are behind; older tokens get EVENTS_LOST.
@@ -23,12 +28,52 @@ pub struct XapiEvent {
     pub snapshot: Value,
 }
 
+/// What a client asked `event.from` about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Interest {
+    /// `*`: every class.
+    All,
+    /// A class, by its datamodel name (`VM`).
+    Class(String),
+    /// One object (`vm/OpaqueRef:...`).
+    Object(String, OpaqueRef),
+}
+
+impl Interest {
+    /// Reads an `event.from` class entry, given the datamodel's class names.
+    pub fn parse(entry: &str, classes: &[&str]) -> Option<Interest> {
+        if entry == "*" {
+            return Some(Interest::All);
+        }
+        let (class, object) = match entry.split_once('/') {
+            Some((class, object)) => (class, Some(object)),
+            None => (entry, None),
+        };
+        let class = classes.iter().find(|c| c.eq_ignore_ascii_case(class))?;
+        Some(match object {
+            Some(r) => Interest::Object(class.to_string(), OpaqueRef::from(r)),
+            None => Interest::Class(class.to_string()),
+        })
+    }
+
+    fn covers(&self, class: &str, reference: &OpaqueRef) -> bool {
+        match self {
+            Interest::All => true,
+            Interest::Class(c) => c.eq_ignore_ascii_case(class),
+            Interest::Object(c, r) => c.eq_ignore_ascii_case(class) && r == reference,
+        }
+    }
+}
+
 /// The event history of one pool.
 #[derive(Default)]
 pub struct EventTracker {
     seen: BTreeMap<(String, OpaqueRef), Value>,
     events: VecDeque<XapiEvent>,
     next_id: u64,
+    interests: BTreeSet<Interest>,
+    /// Something may have changed since the last sync.
+    stale: bool,
 }
 
 /// A token is the id of the last event a client has seen.
@@ -37,8 +82,39 @@ fn token(id: u64) -> String {
 }
 
 impl EventTracker {
-    /// Records the differences between `now_records` and what was seen before.
+    /// What clients asked about so far: the records to pass to [`Self::sync`].
+    pub fn interests(&self) -> &BTreeSet<Interest> {
+        &self.interests
+    }
+
+    /// Notes that records may have changed (a call that writes, a guest
+    /// happening): the next [`Self::needs_sync`] says yes.
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// True when records may have changed since the last sync.
+    pub fn needs_sync(&self) -> bool {
+        self.stale && !self.interests.is_empty()
+    }
+
+    /// Starts watching `interests`, taking `current` (their records now) as
+    /// the baseline: no events for what already exists.
+    pub fn watch(
+        &mut self,
+        interests: Vec<Interest>,
+        current: BTreeMap<(String, OpaqueRef), Value>,
+    ) {
+        self.interests.extend(interests);
+        for (key, record) in current {
+            self.seen.entry(key).or_insert(record);
+        }
+    }
+
+    /// Records the differences between `now_records` (every record of the
+    /// interests) and what was seen before.
     pub fn sync(&mut self, at: SimTime, now_records: BTreeMap<(String, OpaqueRef), Value>) {
+        self.stale = false;
         let gone: Vec<(String, OpaqueRef)> = self
             .seen
             .keys()
@@ -58,6 +134,12 @@ impl EventTracker {
             self.push(at, &key, operation, record.clone());
             self.seen.insert(key, record);
         }
+        // An object that is gone has had its `del`: stop watching it.
+        let seen = &self.seen;
+        self.interests.retain(|i| match i {
+            Interest::Object(class, r) => seen.contains_key(&(class.clone(), r.clone())),
+            _ => true,
+        });
     }
 
     fn push(
@@ -99,18 +181,20 @@ impl EventTracker {
         Ok(token(self.next_id))
     }
 
-    /// `event.from(classes, token)`: events after `token` for `classes` ("*" = all),
-    /// or, for an empty token, every current object as `add`.
-    pub fn from(&self, classes: &[String], since: &str) -> Result<Value, XapiError> {
+    /// `event.from(classes, token)`: events after `token` for `classes`,
+    /// or, for an empty token, every current object of them as `add`.
+    pub fn from(&self, classes: &[Interest], since: &str) -> Result<Value, XapiError> {
+        let wanted_object = |class: &str, r: &OpaqueRef| classes.iter().any(|i| i.covers(class, r));
         let wanted = |class: &str| {
-            classes
-                .iter()
-                .any(|c| c == "*" || c.eq_ignore_ascii_case(class))
+            classes.iter().any(|i| match i {
+                Interest::All => true,
+                Interest::Class(c) | Interest::Object(c, _) => c.eq_ignore_ascii_case(class),
+            })
         };
         let events: Vec<Value> = if since.is_empty() {
             self.seen
                 .iter()
-                .filter(|((class, _), _)| wanted(class))
+                .filter(|((class, r), _)| wanted_object(class, r))
                 .map(|((class, r), snapshot)| {
                     event_value(&XapiEvent {
                         id: self.next_id,
@@ -143,7 +227,7 @@ impl EventTracker {
             }
             self.events
                 .iter()
-                .filter(|e| e.id > since && wanted(&e.class))
+                .filter(|e| e.id > since && wanted_object(&e.class, &e.reference))
                 .map(event_value)
                 .collect()
         };

@@ -20,6 +20,7 @@ pub mod server;
 pub mod spec;
 pub mod time;
 mod timing;
+pub mod vhd;
 
 use log::{Event, EventLog};
 use model::PoolModel;
@@ -29,8 +30,9 @@ use spec::{SpecError, WorldSpec};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use time::SimTime;
-use xapi_proto::{Value, XapiError};
+use xapi_proto::{Value, XapiError, codes};
 
+pub use dispatch::is_read_only;
 pub use ops::ApplianceAnswer;
 
 /// Which pool (XAPI endpoint) a call goes to.
@@ -295,6 +297,12 @@ impl Sim {
         self.rng.duration(self.spec.timing.agent_s)
     }
 
+    /// When the next scheduled guest happening is due (what a blocking
+    /// `event.from` waits for in simulated time).
+    pub fn next_due(&self) -> Option<SimTime> {
+        self.schedule.next_at()
+    }
+
     /// Applies every scheduled event due at or before `now`.
     pub fn advance_to(&mut self, now: SimTime) {
         assert!(
@@ -306,6 +314,7 @@ impl Sim {
             self.now = at;
             let mut ctx = self.ctx(pool, at);
             ctx.apply_scheduled(event);
+            self.mark_stale(pool);
         }
         self.now = now;
     }
@@ -322,8 +331,18 @@ impl Sim {
         self.sync_events(pool, now);
         let mut ctx = self.ctx(pool, now);
         let result = dispatch::dispatch(&mut ctx, method, params);
+        if !dispatch::is_read_only(method) {
+            self.mark_stale(pool);
+        }
         self.sync_events(pool, now);
         result
+    }
+
+    /// Notes that `pool`'s records may have changed, for the event stream.
+    fn mark_stale(&mut self, pool: PoolId) {
+        if let Some(tracker) = self.pools[pool.0].events.as_mut() {
+            tracker.mark_stale();
+        }
     }
 
     /// Makes `pool`'s records carry every XAPI field, as a served pool master's do.
@@ -332,10 +351,19 @@ impl Sim {
     }
 
     fn sync_events(&mut self, pool: PoolId, now: SimTime) {
-        if self.pools[pool.0].events.is_none() {
+        if !self.pools[pool.0]
+            .events
+            .as_ref()
+            .is_some_and(|t| t.needs_sync())
+        {
             return;
         }
-        let records = dispatch::all_records(&self.ctx(pool, now));
+        let interests: Vec<_> = self.pools[pool.0]
+            .events
+            .as_ref()
+            .map(|t| t.interests().iter().cloned().collect())
+            .unwrap_or_default();
+        let records = dispatch::records_for(&self.ctx(pool, now), &interests);
         if let Some(tracker) = self.pools[pool.0].events.as_mut() {
             tracker.sync(now, records);
         }
@@ -368,6 +396,7 @@ impl Sim {
         };
         ctx.m.tasks.insert(task.clone(), record);
         ctx.log(format!("task {task} {name} pending"));
+        self.mark_stale(pool);
         self.sync_events(pool, now);
         task
     }
@@ -389,6 +418,10 @@ impl Sim {
         record.progress = 1.0;
         record.finished = finished;
         match result {
+            _ if record.status == xapi_proto::records::TaskStatus::Cancelling => {
+                record.status = xapi_proto::records::TaskStatus::Cancelled;
+                record.error_info = vec![codes::TASK_CANCELLED.into(), task.as_str().into()];
+            }
             Ok(v) => {
                 record.status = xapi_proto::records::TaskStatus::Success;
                 record.result = xapi_proto::wire::xmlrpc::render_value(v);
@@ -400,6 +433,7 @@ impl Sim {
         }
         let status = format!("{:?}", record.status).to_lowercase();
         ctx.log(format!("task {task} {status}"));
+        self.mark_stale(pool);
         self.sync_events(pool, now);
     }
 
@@ -431,7 +465,9 @@ impl Sim {
     ) -> Result<(), XapiError> {
         self.advance_to(now);
         let mut ctx = self.ctx(pool, now);
-        ctx.move_vm_disks(vm_name, sr_name)
+        let moved = ctx.move_vm_disks(vm_name, sr_name);
+        self.mark_stale(pool);
+        moved
     }
 
     fn ctx(&mut self, pool: PoolId, now: SimTime) -> ops::Ctx<'_> {

@@ -34,6 +34,11 @@ impl Schedule {
         self.next_seq += 1;
     }
 
+    /// When the next event is due.
+    pub(crate) fn next_at(&self) -> Option<SimTime> {
+        self.due.first_key_value().map(|(&(at, _), _)| at)
+    }
+
     pub(crate) fn pop_due(&mut self, now: SimTime) -> Option<(SimTime, PoolId, Scheduled)> {
         let (&(at, seq), _) = self.due.first_key_value()?;
         if at > now {

@@ -3,13 +3,14 @@
 //! simulated duration (scaled by `speed`) in real time.
 
 use crate::time::SimTime;
-use crate::{PoolId, Sim};
+use crate::{PoolId, Sim, vhd};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -254,20 +255,98 @@ fn raw_vdi_target(
     if !sim.session_is_valid(server.pool, &q.session_id) {
         return Err((StatusCode::UNAUTHORIZED, "invalid session_id".into()));
     }
-    if q.format != "raw" {
+    if !matches!(q.format.as_str(), "raw" | "vhd") {
         return Err((
-            StatusCode::NOT_IMPLEMENTED,
-            format!("format {:?}: the simulator serves raw only", q.format),
-        ));
-    }
-    if q.base.is_some() {
-        return Err((
-            StatusCode::NOT_IMPLEMENTED,
-            "base (differencing exports) is not served by the simulator".into(),
+            StatusCode::BAD_REQUEST,
+            format!("format {:?}: use raw or vhd", q.format),
         ));
     }
     sim.vdi_size(server.pool, &q.vdi)
         .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no VDI {:?}", q.vdi)))
+}
+
+/// Which 2 MiB blocks a VHD export holds: those that are not all zeros, or,
+/// relative to `base`, those whose bytes differ from the base's.
+fn vhd_blocks(
+    sim: &crate::Sim,
+    pool: crate::PoolId,
+    uuid: &str,
+    size: u64,
+    base: Option<&str>,
+) -> Result<Vec<bool>, String> {
+    let mut block = vec![0u8; vhd::BLOCK_BYTES as usize];
+    let mut other = vec![0u8; vhd::BLOCK_BYTES as usize];
+    (0..size.div_ceil(vhd::BLOCK_BYTES))
+        .map(|i| {
+            let offset = i * vhd::BLOCK_BYTES;
+            let len = vhd::BLOCK_BYTES.min(size - offset) as usize;
+            sim.read_vdi(pool, uuid, offset, &mut block[..len])?;
+            match base {
+                None => Ok(block[..len].iter().any(|b| *b != 0)),
+                Some(base) => {
+                    sim.read_vdi(pool, base, offset, &mut other[..len])?;
+                    Ok(block[..len] != other[..len])
+                }
+            }
+        })
+        .collect()
+}
+
+/// `format=vhd`: the VDI as a dynamic VHD (zero blocks left out), or with
+/// `base` as a differencing VHD holding only the blocks that changed.
+fn export_vhd(server: PoolServer, uuid: String, size: u64, base: Option<&str>) -> Response {
+    let layout = {
+        let sim = server.lock();
+        let base = match base {
+            None => None,
+            Some(base) => match sim.vdi_size(server.pool, base) {
+                Some((base_uuid, base_size)) if base_size == size => Some(base_uuid),
+                Some((base_uuid, base_size)) => {
+                    return http_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("base VDI {base_uuid} is {base_size} bytes, VDI {uuid} is {size}"),
+                    );
+                }
+                None => return http_error(StatusCode::NOT_FOUND, format!("no base VDI {base:?}")),
+            },
+        };
+        match vhd_blocks(&sim, server.pool, &uuid, size, base.as_deref()) {
+            Ok(blocks) => vhd::VhdLayout::new(size, &uuid, blocks, base.as_deref()),
+            Err(e) => return http_error(StatusCode::CONFLICT, e),
+        }
+    };
+    let total = layout.total_bytes();
+    let blocks: Vec<u64> = layout.blocks().collect();
+    let layout = std::sync::Arc::new(layout);
+    let head = futures_util::stream::iter([Ok(Bytes::from(layout.head()))]);
+    let body = {
+        let layout = std::sync::Arc::clone(&layout);
+        futures_util::stream::iter(blocks).then(move |block| {
+            let (server, uuid, layout) = (server.clone(), uuid.clone(), layout.clone());
+            async move {
+                let offset = block * vhd::BLOCK_BYTES;
+                let len = vhd::BLOCK_BYTES.min(size - offset) as usize;
+                let mut piece = layout.block_prefix();
+                let start = piece.len();
+                // A partial last block is padded with zeros to a whole block.
+                piece.resize(start + vhd::BLOCK_BYTES as usize, 0);
+                server
+                    .lock()
+                    .read_vdi(server.pool, &uuid, offset, &mut piece[start..start + len])
+                    .map(|()| Bytes::from(piece))
+                    .map_err(std::io::Error::other)
+            }
+        })
+    };
+    let footer = futures_util::stream::iter([Ok(Bytes::from(layout.footer()))]);
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, total.to_string()),
+        ],
+        axum::body::Body::from_stream(head.chain(body).chain(footer)),
+    )
+        .into_response()
 }
 
 /// GET `/export_raw_vdi`: the VDI's bytes, streamed in pieces.
@@ -279,6 +358,16 @@ async fn export_raw_vdi(
         Ok(target) => target,
         Err((status, message)) => return http_error(status, message),
     };
+    match (q.format.as_str(), &q.base) {
+        ("vhd", base) => return export_vhd(server, uuid, size, base.as_deref()),
+        (_, Some(_)) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "base (a differencing export) needs format=vhd".into(),
+            );
+        }
+        _ => {}
+    }
     let pieces = futures_util::stream::unfold(0u64, move |offset| {
         let (server, uuid) = (server.clone(), uuid.clone());
         async move {
@@ -315,6 +404,12 @@ async fn import_raw_vdi(
         Ok(target) => target,
         Err((status, message)) => return http_error(status, message),
     };
+    if q.format != "raw" || q.base.is_some() {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            format!("import takes format=raw without base, not {:?}", q.format),
+        );
+    }
     if body.len() as u64 > size {
         return http_error(
             StatusCode::BAD_REQUEST,

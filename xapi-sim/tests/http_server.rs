@@ -110,7 +110,7 @@ async fn request(
 #[tokio::test]
 async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
     let spec: WorldSpec = toml::from_str(
-        "[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n[[pool.vms]]\nname = \"vm\"\ndisks_mib = [2]\nrunning = false\n",
+        "[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n[[pool.vms]]\nname = \"vm\"\ndisks_mib = [6]\nrunning = false\n",
     )
     .unwrap();
     let sim = Arc::new(Mutex::new(Sim::new(&spec, 1).unwrap()));
@@ -146,7 +146,7 @@ async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut expected = vec![0u8; 2 << 20];
+    let mut expected = vec![0u8; 6 << 20];
     sim.lock()
         .unwrap()
         .read_vdi(pool, uuid, 0, &mut expected)
@@ -160,14 +160,32 @@ async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, _) = request(
+    // As a dynamic VHD: the same disk, zero blocks left out.
+    let (status, vhd) = request(
         addr,
         "GET",
         &format!("/export_raw_vdi?vdi={uuid}&format=vhd&session_id={session}"),
         b"",
     )
     .await;
-    assert_eq!(status, 501);
+    assert_eq!(status, 200);
+    let (disk_type, blocks) = parse_vhd(&vhd);
+    assert_eq!(disk_type, 3, "dynamic");
+    assert!(reassemble(&blocks, &vec![0u8; expected.len()]) == expected);
+    // A snapshot now is the base of a differencing export later.
+    let vm = rpc("VM.get_by_name_label", serde_json::json!([session, "vm"])).await[0].clone();
+    let snap = rpc("VM.snapshot", serde_json::json!([session, vm, "base"])).await;
+    let snap_vbds = rpc("VM.get_VBDs", serde_json::json!([session, snap])).await;
+    let base = rpc("VBD.get_VDI", serde_json::json!([session, snap_vbds[0]])).await;
+    let base = base.as_str().unwrap().to_string();
+    let (status, _) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi?vdi={uuid}&format=raw&base={base}&session_id={session}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 400, "a differencing export needs format=vhd");
 
     let image: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
     let (status, _) = request(
@@ -186,7 +204,20 @@ async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
     )
     .await;
     assert!(bytes[..image.len()] == image[..] && bytes[image.len()..] == expected[image.len()..]);
-    let too_big = vec![1u8; (2 << 20) + 1];
+    // Relative to the snapshot taken before the import: only block 0 changed.
+    let (status, delta) = request(
+        addr,
+        "GET",
+        &format!("/export_raw_vdi?vdi={uuid}&format=vhd&base={base}&session_id={session}"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (disk_type, blocks) = parse_vhd(&delta);
+    assert_eq!(disk_type, 4, "differencing");
+    assert_eq!(blocks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0]);
+    assert!(reassemble(&blocks, &expected) == bytes);
+    let too_big = vec![1u8; (6 << 20) + 1];
     let (status, _) = request(
         addr,
         "PUT",
@@ -195,4 +226,48 @@ async fn raw_vdi_export_serves_the_disk_bytes_and_import_writes_them() {
     )
     .await;
     assert_eq!(status, 400);
+}
+
+/// Reads a VHD the way a consumer would: footer, dynamic header, allocation
+/// table; returns the disk type and the allocated blocks (index, data).
+fn parse_vhd(vhd: &[u8]) -> (u32, Vec<(usize, Vec<u8>)>) {
+    let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().unwrap());
+    let be64 = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().unwrap());
+    let footer = &vhd[vhd.len() - 512..];
+    assert_eq!(&footer[..8], b"conectix");
+    assert_eq!(footer, &vhd[..512], "the footer is copied at the start");
+    let checksum = !footer
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(64..68).contains(i))
+        .fold(0u32, |s, (_, b)| s.wrapping_add(*b as u32));
+    assert_eq!(be32(&footer[64..]), checksum, "footer checksum");
+    let header = &vhd[be64(&footer[16..]) as usize..];
+    assert_eq!(&header[..8], b"cxsparse");
+    let (bat_at, entries, block) = (
+        be64(&header[16..]) as usize,
+        be32(&header[28..]) as usize,
+        be32(&header[32..]) as usize,
+    );
+    let blocks = (0..entries)
+        .filter_map(|i| {
+            let sector = be32(&vhd[bat_at + 4 * i..]);
+            (sector != u32::MAX).then(|| {
+                let start = sector as usize * 512 + 512;
+                (i, vhd[start..start + block].to_vec())
+            })
+        })
+        .collect();
+    (be32(&footer[60..]), blocks)
+}
+
+/// The disk a VHD describes, over `under` (zeros, or the base's bytes).
+fn reassemble(blocks: &[(usize, Vec<u8>)], under: &[u8]) -> Vec<u8> {
+    let mut disk = under.to_vec();
+    for (i, data) in blocks {
+        let start = i * data.len();
+        let end = (start + data.len()).min(disk.len());
+        disk[start..end].copy_from_slice(&data[..end - start]);
+    }
+    disk
 }

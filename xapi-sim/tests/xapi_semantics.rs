@@ -477,3 +477,88 @@ fn cbt_reports_the_blocks_a_day_changed_and_data_destroy_keeps_only_metadata() {
     assert!(err.contains("CBT metadata only"), "{err}");
     assert_eq!(w.ok("VDI.list_changed_blocks", &[day0, day1]), bitmap);
 }
+
+#[test]
+fn event_from_follows_one_object_and_reports_only_what_changed() {
+    let mut w = World::new();
+    let watched = w.vm("local-vm");
+    let other = w.appliance_clone("ABD 1");
+    let class = format!("vm/{}", watched.as_str().unwrap());
+    // An empty token: the object as it is now, and nothing else.
+    let first = w.ok("event.from", &[json!([class]), json!(""), json!(0.0)]);
+    let events = first["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{first}");
+    assert_eq!(events[0]["operation"], "add");
+    assert_eq!(events[0]["ref"], watched);
+    let token = first["token"].clone();
+    // A change elsewhere is not reported; a change to the object is, once.
+    w.ok("VM.set_name_label", &[other.clone(), json!("renamed")]);
+    let quiet = w.ok("event.from", &[json!([class]), token.clone(), json!(0.0)]);
+    assert!(quiet["events"].as_array().unwrap().is_empty(), "{quiet}");
+    w.ok(
+        "VM.set_name_description",
+        &[watched.clone(), json!("watched")],
+    );
+    let changed = w.ok(
+        "event.from",
+        &[json!([class]), quiet["token"].clone(), json!(0.0)],
+    );
+    let events = changed["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{changed}");
+    assert_eq!(events[0]["operation"], "mod");
+    assert_eq!(events[0]["snapshot"]["name_description"], "watched");
+    // A guest happening (the appliance writing its address) is an event too.
+    let class = format!("vm/{}", other.as_str().unwrap());
+    w.ok("VM.provision", &[other.clone()]);
+    w.ok("VM.set_is_a_template", &[other.clone(), json!(false)]);
+    w.ok(
+        "VM.add_to_xenstore_data",
+        &[other.clone(), json!("vm-data/dhcp"), json!("true")],
+    );
+    let start = w.ok("event.from", &[json!([class]), json!(""), json!(0.0)]);
+    w.ok("VM.start", &[other.clone(), json!(false), json!(false)]);
+    w.wait(60);
+    let booted = w.ok(
+        "event.from",
+        &[json!([class]), start["token"].clone(), json!(0.0)],
+    );
+    let wrote_ip = booted["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["snapshot"]["xenstore_data"]["vm-data/assigned-ip"].is_string());
+    assert!(wrote_ip, "{booted}");
+}
+
+#[test]
+fn task_cancel_is_cooperative_and_leaves_finished_tasks_alone() {
+    let mut w = World::new();
+    w.now_ms += 1000;
+    let task = w
+        .sim
+        .task_create(w.pool, SimTime(w.now_ms), "Async.VM.clone");
+    w.ok("task.cancel", &[json!(task.as_str())]);
+    assert_eq!(
+        w.ok("task.get_status", &[json!(task.as_str())]),
+        "cancelling"
+    );
+    w.now_ms += 1000;
+    w.sim
+        .task_finish(w.pool, SimTime(w.now_ms), &task, &Ok(json!("OpaqueRef:x")));
+    let record = w.ok("task.get_record", &[json!(task.as_str())]);
+    assert_eq!(record["status"], "cancelled");
+    assert_eq!(
+        record["error_info"],
+        json!(["TASK_CANCELLED", task.as_str()])
+    );
+    // Cancelling a finished task changes nothing; an unknown one is a bad handle.
+    w.ok("task.cancel", &[json!(task.as_str())]);
+    assert_eq!(
+        w.ok("task.get_status", &[json!(task.as_str())]),
+        "cancelled"
+    );
+    assert_eq!(
+        w.err("task.cancel", &[json!("OpaqueRef:nope")]),
+        ["HANDLE_INVALID", "task", "OpaqueRef:nope"]
+    );
+}

@@ -207,6 +207,27 @@ impl XapiClient {
         self.typed("VM.get_xenstore_data", vec![refv(vm)]).await
     }
 
+    /// `event.from(classes, token, timeout)`: what changed in `classes`
+    /// (`vm`, or one object as `vm/OpaqueRef:...`) since `token`, waiting up
+    /// to `timeout_s` for something to report. An empty token gives every
+    /// current object of the classes.
+    pub async fn event_from(
+        &self,
+        classes: &[String],
+        token: &str,
+        timeout_s: f64,
+    ) -> Result<EventBatch, CallError> {
+        self.typed(
+            "event.from",
+            vec![
+                Value::from(classes.to_vec()),
+                Value::from(token),
+                Value::from(timeout_s),
+            ],
+        )
+        .await
+    }
+
     /// `VM.get_power_state`.
     pub async fn vm_get_power_state(&self, vm: &OpaqueRef) -> Result<PowerState, CallError> {
         self.typed("VM.get_power_state", vec![refv(vm)]).await
@@ -452,6 +473,28 @@ impl XapiClient {
         )
         .await
     }
+}
+
+/// One event from `event.from`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct XapiEvent {
+    /// Lowercase class name (`vm`).
+    pub class: String,
+    /// `add`, `mod` or `del`.
+    pub operation: String,
+    #[serde(rename = "ref")]
+    pub reference: OpaqueRef,
+    /// The object's record after the change.
+    #[serde(default)]
+    pub snapshot: Value,
+}
+
+/// What one `event.from` returned.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<XapiEvent>,
+    /// Where the next call starts.
+    pub token: String,
 }
 
 /// Decodes XAPI's CBT bitmap (base64, most significant bit first) into one

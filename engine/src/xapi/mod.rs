@@ -4,7 +4,7 @@
 mod client;
 mod http;
 
-pub use client::{Credentials, XapiClient, decode_cbt_bitmap};
+pub use client::{Credentials, EventBatch, XapiClient, XapiEvent, decode_cbt_bitmap};
 pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
 use async_trait::async_trait;
