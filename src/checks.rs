@@ -111,11 +111,31 @@ pub fn check(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
         }
     }
     problems.extend(snapshot_counts(scenario, out));
+    problems.extend(convergence(scenario, out));
     problems
 }
 
-/// Each VM is snapshotted at most once per job that lists it, and at least
-/// once when it was processed.
+/// Liveness, for scenarios with `[swarm]`: once the last fault healed, every
+/// job is over within `converge_within_s`.
+fn convergence(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
+    let Some(deadline_s) = scenario.converge_deadline_s() else {
+        return Vec::new();
+    };
+    out.jobs
+        .iter()
+        .filter(|run| run.report.finished_ms as f64 > deadline_s * 1000.0)
+        .map(|run| {
+            format!(
+                "job {}: still running at {deadline_s:.0} s, after every fault healed (no convergence)",
+                run.report.name
+            )
+        })
+        .collect()
+}
+
+/// Each VM is snapshotted at most once per job that lists it (plus once per
+/// delegate lost mid-work, which starts the VM over), and at least once when
+/// it was processed.
 fn snapshot_counts(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
     let mut problems = Vec::new();
     let mut listed: std::collections::BTreeMap<(String, String), (usize, usize)> =
@@ -128,7 +148,16 @@ fn snapshot_counts(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
             let e = listed
                 .entry((job.pool.get_ref().clone(), vm.vm.clone()))
                 .or_default();
-            e.0 += 1;
+            e.0 += 1 + run
+                .report
+                .log
+                .lines
+                .iter()
+                .filter(|l| {
+                    l.vm.as_deref() == Some(vm.vm.as_str())
+                        && l.text.contains("starting over with a new delegate")
+                })
+                .count();
             if vm.status != VmStatus::Failed {
                 e.1 += 1;
             }
@@ -143,7 +172,7 @@ fn snapshot_counts(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
             .count();
         if snaps > jobs {
             problems.push(format!(
-                "pool {pool}: VM {vm} snapshotted {snaps} times for {jobs} job(s)"
+                "pool {pool}: VM {vm} snapshotted {snaps} times, {jobs} allowed by its jobs and restarts"
             ));
         }
         if snaps < processed {

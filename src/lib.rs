@@ -12,6 +12,7 @@ pub mod serve;
 pub mod sim_agents;
 pub mod sim_link;
 pub mod summary;
+pub mod swarm;
 
 use scenario::Scenario;
 use summary::Summary;
@@ -28,6 +29,7 @@ pub fn run_and_check_with(
     seed: u64,
     link: runner::XapiLink,
 ) -> (runner::RunOutput, Summary) {
+    let scenario = &scenario.for_seed(seed);
     let out = runner::run_with(scenario, seed, link);
     let problems = checks::check(scenario, &out);
     let summary = Summary::new(scenario, &out, problems);

@@ -36,6 +36,22 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Link::InProcess)]
         xapi: Link,
     },
+    /// Runs a scenario over many seeds, each also drawing the scenario's fault
+    /// rates and `[swarm]` topology; prints a table and, for each failing
+    /// seed, the command that replays it. Exits 1 if any seed failed.
+    Swarm {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        start: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checks a real pool (or `abd sim serve`) without changing anything:
     /// API version, hosts, default SR, networks, template, what would block jobs.
     Validate {
@@ -172,6 +188,12 @@ fn main() -> ExitCode {
             quiet,
             xapi,
         } => run(&scenario, seed, json, quiet, xapi.into()),
+        Command::Swarm {
+            scenario,
+            seeds,
+            start,
+            json,
+        } => swarm(&scenario, start, seeds, json),
         Command::Validate { pool, json } => real_pool(validate(pool, json)),
         Command::Template { action } => real_pool(template(action)),
         Command::Diag { pool } => real_pool(diag(pool)),
@@ -239,6 +261,26 @@ fn run(
             path.display()
         );
         ExitCode::FAILURE
+    }
+}
+
+fn swarm(path: &std::path::Path, start: u64, seeds: u64, json: bool) -> ExitCode {
+    let scenario = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let report = abd::swarm::run(&scenario, start, seeds);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.text(path));
+    }
+    match report.failures().next() {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::FAILURE,
     }
 }
 

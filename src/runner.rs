@@ -70,6 +70,8 @@ pub struct RunOutput {
     pub sim_end: SimTime,
     pub wall: Duration,
     pub xapi_calls: u64,
+    /// How many times a `[[fault]]` fired.
+    pub faults_injected: u64,
     pub pools: BTreeMap<String, PoolEnd>,
     /// Set when the engine could not even start.
     pub engine_error: Option<String>,
@@ -149,6 +151,7 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         sim_end: end,
         wall: wall_start.elapsed(),
         xapi_calls,
+        faults_injected: sim.faults_injected(),
         pools,
         engine_error,
         data,
@@ -251,6 +254,7 @@ async fn drive(
                 }),
                 Some(served) => Arc::new(crate::sim_link::HttpLink {
                     sim: Arc::clone(&sim),
+                    pool,
                     clock,
                     served_time_ms: Arc::clone(&served.time_ms),
                     http: Arc::clone(&served.transports[&p.name]),

@@ -36,6 +36,12 @@ pub struct Scenario {
     pub jobs: Vec<ScenarioJob>,
     #[serde(default, rename = "action")]
     pub actions: Vec<Action>,
+    /// Faults the simulated pools inject (`[[fault]]`).
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<xapi_sim::faults::FaultSpec>,
+    /// Topology drawn per seed, for swarm runs (`[swarm]`).
+    #[serde(default)]
+    pub swarm: Option<SwarmSpec>,
     /// Back up real bytes into a data store (a fresh directory per run), and
     /// check after the run that every version restores byte-identical.
     #[serde(default)]
@@ -105,6 +111,25 @@ pub struct Action {
     pub vm: Option<String>,
     #[serde(default)]
     pub sr: Option<String>,
+}
+
+/// What a seed varies besides fault rates: `[low, high]` ranges, drawn per
+/// seed, so `abd run --seed S` replays exactly what `abd swarm` ran.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmSpec {
+    /// Hosts per pool.
+    pub hosts: Option<[u32; 2]>,
+    /// Concurrency of every job.
+    pub concurrency: Option<[usize; 2]>,
+    /// After the last fault heals, every job must be over within this many
+    /// seconds of simulated time (liveness).
+    #[serde(default = "default_converge_s")]
+    pub converge_within_s: f64,
+}
+
+fn default_converge_s() -> f64 {
+    6.0 * 3600.0
 }
 
 /// Outcomes the run must show; absent keys are not checked.
@@ -182,7 +207,41 @@ impl Scenario {
             appliance: self.appliance.clone(),
             credentials: self.credentials.clone(),
             pools: self.pools.clone(),
+            faults: self.faults.clone(),
         }
+    }
+
+    /// The scenario as seed `seed` runs it: `[swarm]` ranges drawn.
+    pub fn for_seed(&self, seed: u64) -> Scenario {
+        use rand::{RngExt, SeedableRng};
+        let mut scenario = self.clone();
+        let Some(swarm) = &self.swarm else {
+            return scenario;
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0073_7761_726d);
+        if let Some([lo, hi]) = swarm.hosts {
+            for pool in &mut scenario.pools {
+                pool.hosts = rng.random_range(lo.min(hi)..=hi.max(lo));
+            }
+        }
+        if let Some([lo, hi]) = swarm.concurrency {
+            for job in &mut scenario.jobs {
+                job.concurrency = rng.random_range(lo.min(hi)..=hi.max(lo));
+            }
+        }
+        scenario
+    }
+
+    /// When every job must be over by (liveness), with `[swarm]`: the last
+    /// fault's healing plus `converge_within_s`.
+    pub fn converge_deadline_s(&self) -> Option<f64> {
+        let swarm = self.swarm.as_ref()?;
+        let healed = self
+            .faults
+            .iter()
+            .map(|f| f.until_s.unwrap_or(f.from_s))
+            .fold(0.0, f64::max);
+        Some(healed + swarm.converge_within_s)
     }
 
     /// The engine's settings for a pool (defaults when none are given).

@@ -115,7 +115,7 @@ impl SimTransport {
 impl Transport for SimTransport {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
         // The call takes its time first; its effect lands when it completes.
-        let duration = lock(&self.sim).call_duration(method);
+        let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
         if method == "event.from" {
             let ask = |params: Vec<Value>| std::future::ready(self.dispatch(method, &params));
@@ -138,6 +138,7 @@ impl Transport for SimTransport {
 /// calls at the same simulated times: the run is the in-process run, byte for byte.
 pub struct HttpLink {
     pub sim: SharedSim,
+    pub pool: PoolId,
     pub clock: SimClock,
     /// The served pools' simulated time, in milliseconds.
     pub served_time_ms: Arc<std::sync::atomic::AtomicU64>,
@@ -150,7 +151,7 @@ pub struct HttpLink {
 #[async_trait]
 impl Transport for HttpLink {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        let duration = lock(&self.sim).call_duration(method);
+        let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
         if method == "event.from" {
             let ask = |params: Vec<Value>| std::future::ready(self.send(method, params));

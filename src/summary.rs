@@ -52,6 +52,8 @@ pub struct Summary {
     pub addresses_left: usize,
     pub peak_delegates: BTreeMap<String, usize>,
     pub xapi_calls: u64,
+    /// How many times a `[[fault]]` fired.
+    pub faults_injected: u64,
     pub events: usize,
     pub event_log_digest: String,
     pub sim_duration_ms: u64,
@@ -131,6 +133,7 @@ impl Summary {
                 .collect(),
             pools,
             xapi_calls: out.xapi_calls,
+            faults_injected: out.faults_injected,
             events: out.events.len(),
             event_log_digest: out.digest.clone(),
             sim_duration_ms: sim_ms,
@@ -198,6 +201,9 @@ impl Summary {
             "VMs processed {}, failed {}; XAPI calls {}\n",
             self.vms_processed, self.vms_failed, self.xapi_calls
         );
+        if self.faults_injected > 0 {
+            s += &format!("Faults injected: {}\n", self.faults_injected);
+        }
         s += &format!(
             "Simulated {} in {:.3} s wall ({} simulated s per wall s)\n",
             format_clock(self.sim_duration_ms),

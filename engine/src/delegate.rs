@@ -273,16 +273,29 @@ pub async fn boot(
         .await
         .map(|r| r.memory_static_max + r.memory_overhead)
         .map_err(|e| EngineError::xapi(d.label(), "reading", e))?;
-    let host = choose_host(&views, &needs, memory_needed, excluded)?;
+    let down: BTreeSet<OpaqueRef> = pool.hosts_down().into_iter().collect();
+    let mut avoid = excluded.clone();
+    avoid.extend(down.iter().cloned());
+    let host = match choose_host(&views, &needs, memory_needed, &avoid) {
+        // Every fitting host was tried: the failures may not have been the
+        // hosts' fault (a guest that did not boot), so try again anywhere
+        // XAPI has not reported down.
+        Err(crate::placement::PlacementError::AllExcluded) => {
+            log.warn("Every fitting host already failed this delegate once; trying them again");
+            choose_host(&views, &needs, memory_needed, &down)?
+        }
+        other => other?,
+    };
     let (host_ref, host_name) = (host.host.clone(), host.name.clone());
     let permit = pool.boot_gate.enter(slot, &host_ref).await;
     let started = Instant::now();
+    // The target host, even if the start fails: a retry then knows what to avoid.
+    d.host = host_ref.clone();
+    d.host_name = host_name.clone();
     pool.xapi
         .vm_start_on(&d.vm, &host_ref)
         .await
         .map_err(|e| EngineError::xapi(format!("{} on {host_name}", d.label()), "start", e))?;
-    d.host = host_ref;
-    d.host_name = host_name;
     log.ok(format!(
         "{} started on {} ({})",
         d.name,
@@ -497,6 +510,9 @@ pub async fn provision(
                 if attempt == attempts || matches!(e, EngineError::Placement(_)) {
                     return Err(e);
                 }
+                if e.is_host_down() && !host.is_null() {
+                    pool.mark_host_down(&host);
+                }
                 let elsewhere = if e.is_host_related() && !host.is_null() {
                     excluded.insert(host);
                     format!(" on another host than {host_name}")
@@ -560,13 +576,24 @@ pub(crate) async fn destroy_delegate_vm(
         let object = label.clone();
         move |e| EngineError::xapi(object, step, e)
     };
+    // The VM may halt under us (its host crashed): a step that fails
+    // because it already halted is done, not an error.
+    let halted = || async { x.vm_get_power_state(vm).await.ok() == Some(PowerState::Halted) };
     if record.power_state != PowerState::Halted {
-        detach_work_disks(pool, &record).await?;
-        if let Err(e) = x.vm_clean_shutdown(vm).await {
+        if let Err(e) = detach_work_disks(pool, &record).await
+            && !halted().await
+        {
+            return Err(e);
+        }
+        if let Err(e) = x.vm_clean_shutdown(vm).await
+            && !halted().await
+        {
             tracing::warn!(vm = %vm, error = %e, "clean shutdown failed; forcing");
-            x.vm_hard_shutdown(vm)
-                .await
-                .map_err(fail("hard shutdown"))?;
+            if let Err(e) = x.vm_hard_shutdown(vm).await
+                && !halted().await
+            {
+                return Err(fail("hard shutdown")(e));
+            }
         }
     }
     let own: Vec<OpaqueRef> = if own_vdis.is_empty() {

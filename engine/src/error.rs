@@ -70,6 +70,15 @@ impl EngineError {
 
     /// True when the failure is about the host the delegate ran on, so another
     /// host may do better.
+    /// True when XAPI said the host is offline or disabled: other delegates
+    /// should avoid it for a while too.
+    pub fn is_host_down(&self) -> bool {
+        matches!(self, EngineError::Xapi { cause, .. } if matches!(
+            cause.code(),
+            Some(xapi_proto::codes::HOST_OFFLINE | xapi_proto::codes::HOST_DISABLED)
+        ))
+    }
+
     pub fn is_host_related(&self) -> bool {
         match self {
             EngineError::Xapi { cause, .. } => matches!(

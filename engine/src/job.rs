@@ -263,57 +263,46 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             }
         },
     };
-    let delegate = match pool.take_idle(&ctx.topo, &required_srs) {
-        Some(d) => {
-            log.ok(format!(
-                "Reusing idle delegate {} on {}",
-                d.name, d.host_name
+    let mut attempt = 1;
+    let (work, delegate_name) = loop {
+        let delegate = match acquire_delegate(ctx, &required_srs, log).await {
+            Ok(d) => d,
+            Err(reason) => {
+                log.fail(format!("VM not processed: {reason}"));
+                return failed(vm_name, reason, None);
+            }
+        };
+        pool.account(Change::DelegateBusy);
+        let work = match (&ctx.write, &vm) {
+            (Some(WriteJob::Restore { version, sr }), _) => {
+                crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log)
+                    .await
+            }
+            (Some(WriteJob::Replicate { sr }), _) => {
+                crate::restore::replicate_vm(pool, &delegate, vm_name, sr, &ctx.job, log).await
+            }
+            (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
+            (None, None) => unreachable!("a backup job located its VM"),
+        };
+        pool.account(Change::DelegateIdle);
+        let delegate_name = delegate.name.clone();
+        let lost = work.is_err() && delegate_lost(pool, &delegate).await;
+        release(pool, delegate, work.is_ok(), log).await;
+        if lost && attempt < VM_ATTEMPTS {
+            let cause = work
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            log.warn(format!(
+                "{delegate_name} was lost during the work (its VM stopped running; {cause}); \
+                 starting over with a new delegate"
             ));
-            if let Err(e) = pool
-                .xapi
-                .vm_set_other_config_key(&d.vm, crate::tags::JOB, &ctx.job)
-                .await
-            {
-                tracing::warn!(delegate = %d.name, error = %e, "could not retag reused delegate");
-            }
-            d
+            attempt += 1;
+            continue;
         }
-        None => {
-            log.progress("Provisioning a delegate");
-            match delegate::provision(
-                pool,
-                &ctx.template,
-                &ctx.topo,
-                &ctx.network,
-                &required_srs,
-                &ctx.job,
-                log,
-            )
-            .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    let reason = format!("no delegate: {e}");
-                    log.fail(format!("VM not processed: {reason}"));
-                    return failed(vm_name, reason, None);
-                }
-            }
-        }
+        break (work, delegate_name);
     };
-    pool.account(Change::DelegateBusy);
-    let work = match (&ctx.write, &vm) {
-        (Some(WriteJob::Restore { version, sr }), _) => {
-            crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log).await
-        }
-        (Some(WriteJob::Replicate { sr }), _) => {
-            crate::restore::replicate_vm(pool, &delegate, vm_name, sr, &ctx.job, log).await
-        }
-        (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
-        (None, None) => unreachable!("a backup job located its VM"),
-    };
-    pool.account(Change::DelegateIdle);
-    let delegate_name = delegate.name.clone();
-    release(pool, delegate, work.is_ok(), log).await;
     match work {
         Ok(report) => {
             let warned = log.warned();
@@ -342,6 +331,54 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             log.fail(format!("VM not processed: {e}"));
             failed(vm_name, e.to_string(), Some(delegate_name))
         }
+    }
+}
+
+/// How many delegates one VM may go through when they are lost mid-work.
+const VM_ATTEMPTS: u32 = 2;
+
+/// An idle delegate that sees `required_srs`, or a newly provisioned one.
+async fn acquire_delegate(
+    ctx: &JobContext,
+    required_srs: &[OpaqueRef],
+    log: &VmLog,
+) -> Result<Delegate, String> {
+    let pool = &ctx.pool;
+    if let Some(d) = pool.take_idle(&ctx.topo, required_srs) {
+        log.ok(format!(
+            "Reusing idle delegate {} on {}",
+            d.name, d.host_name
+        ));
+        if let Err(e) = pool
+            .xapi
+            .vm_set_other_config_key(&d.vm, crate::tags::JOB, &ctx.job)
+            .await
+        {
+            tracing::warn!(delegate = %d.name, error = %e, "could not retag reused delegate");
+        }
+        return Ok(d);
+    }
+    log.progress("Provisioning a delegate");
+    delegate::provision(
+        pool,
+        &ctx.template,
+        &ctx.topo,
+        &ctx.network,
+        required_srs,
+        &ctx.job,
+        log,
+    )
+    .await
+    .map_err(|e| format!("no delegate: {e}"))
+}
+
+/// True when the delegate's VM is gone or no longer running (its host
+/// crashed, or someone stopped it): the work failed for the delegate's sake,
+/// not the VM's.
+async fn delegate_lost(pool: &PoolRuntime, d: &Delegate) -> bool {
+    match pool.xapi.vm_get_power_state(&d.vm).await {
+        Ok(state) => state != xapi_proto::records::PowerState::Running,
+        Err(e) => e.code() == Some(xapi_proto::codes::HANDLE_INVALID),
     }
 }
 

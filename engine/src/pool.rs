@@ -137,6 +137,9 @@ impl VmLog {
     }
 }
 
+/// How long a host XAPI reported offline or disabled is avoided.
+pub const HOST_DOWN_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A delegate kept running idle for reuse (persistent mode).
 pub(crate) struct IdleDelegate {
     pub delegate: Delegate,
@@ -154,6 +157,8 @@ pub struct PoolRuntime {
     pub(crate) template: tokio::sync::Mutex<Option<TemplateInfo>>,
     pub(crate) idle: Mutex<Vec<IdleDelegate>>,
     idle_generation: AtomicU64,
+    /// Hosts XAPI recently reported offline or disabled, with when.
+    down_hosts: Mutex<BTreeMap<OpaqueRef, tokio::time::Instant>>,
     next_number: AtomicU64,
 }
 
@@ -227,6 +232,7 @@ impl PoolRuntime {
             idle: Mutex::new(Vec::new()),
             idle_generation: AtomicU64::new(0),
             next_number: AtomicU64::new(1),
+            down_hosts: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -238,6 +244,23 @@ impl PoolRuntime {
     /// Engine-wide settings.
     pub fn engine_config(&self) -> &EngineConfig {
         &self.shared.config
+    }
+
+    /// Notes that XAPI reported `host` offline or disabled: placement avoids
+    /// it for [`HOST_DOWN_MEMORY`].
+    pub fn mark_host_down(&self, host: &OpaqueRef) {
+        self.down_hosts
+            .lock()
+            .expect("down hosts lock poisoned")
+            .insert(host.clone(), tokio::time::Instant::now());
+    }
+
+    /// Hosts reported down within the last [`HOST_DOWN_MEMORY`].
+    pub fn hosts_down(&self) -> Vec<OpaqueRef> {
+        let now = tokio::time::Instant::now();
+        let mut down = self.down_hosts.lock().expect("down hosts lock poisoned");
+        down.retain(|_, at| now.duration_since(*at) < HOST_DOWN_MEMORY);
+        down.keys().cloned().collect()
     }
 
     /// The engine's data store, if it has one.

@@ -11,6 +11,7 @@ pub mod content;
 pub mod dhcp;
 mod dispatch;
 pub mod events;
+pub mod faults;
 pub mod log;
 pub mod model;
 mod ops;
@@ -25,7 +26,7 @@ pub mod vhd;
 use log::{Event, EventLog};
 use model::PoolModel;
 use rng::SimRng;
-use schedule::Schedule;
+use schedule::{Schedule, Scheduled};
 use spec::{SpecError, WorldSpec};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub struct Sim {
     log: EventLog,
     schedule: Schedule,
     spec: WorldSpec,
+    faults: faults::Faults,
     now: SimTime,
 }
 
@@ -95,12 +97,35 @@ impl Sim {
                 content.disk.seed = seed ^ ((i as u64 + 1) << 48);
             }
         }
+        let mut faults = faults::Faults::arm(&spec.faults, seed, |name| {
+            spec.pools.iter().position(|p| p.name == name)
+        });
+        let mut schedule = Schedule::default();
+        for (pool, host, at, back) in faults.host_crashes() {
+            let Some(host) = pools[pool]
+                .hosts
+                .iter()
+                .find(|(_, h)| h.name_label == host)
+                .map(|(r, _)| r.clone())
+            else {
+                continue;
+            };
+            schedule.at(
+                at,
+                PoolId(pool),
+                Scheduled::HostCrash { host: host.clone() },
+            );
+            if let Some(back) = back {
+                schedule.at(back, PoolId(pool), Scheduled::HostBack { host });
+            }
+        }
         Ok(Sim {
             pools,
             rng,
             log: EventLog::default(),
-            schedule: Schedule::default(),
+            schedule,
             spec: spec.clone(),
+            faults,
             now: SimTime::ZERO,
         })
     }
@@ -292,6 +317,17 @@ impl Sim {
         self.rng.duration(range)
     }
 
+    /// How long `method` takes on `pool` now: its timing, plus any latency
+    /// a fault adds.
+    pub fn call_delay(&mut self, pool: PoolId, now: SimTime, method: &str) -> Duration {
+        self.call_duration(method) + self.faults.call_latency(pool.0, now, method)
+    }
+
+    /// How many times a fault fired so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.faults.injected
+    }
+
     /// How long one request to an appliance's agent takes.
     pub fn agent_duration(&mut self) -> Duration {
         self.rng.duration(self.spec.timing.agent_s)
@@ -329,6 +365,11 @@ impl Sim {
     ) -> Result<Value, XapiError> {
         self.advance_to(now);
         self.sync_events(pool, now);
+        if let Some(error) = self.faults.call_error(pool.0, now, method) {
+            let mut ctx = self.ctx(pool, now);
+            ctx.log(format!("fault: {method} fails with {}", error.code));
+            return Err(error);
+        }
         let mut ctx = self.ctx(pool, now);
         let result = dispatch::dispatch(&mut ctx, method, params);
         if !dispatch::is_read_only(method) {
@@ -477,6 +518,7 @@ impl Sim {
             log: &mut self.log,
             schedule: &mut self.schedule,
             spec: &self.spec,
+            faults: &mut self.faults,
             pool,
             now,
         }

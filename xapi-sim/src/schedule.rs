@@ -19,6 +19,10 @@ pub(crate) enum Scheduled {
         epoch: u64,
         ip: Ipv4Addr,
     },
+    /// A fault: the host crashes; its VMs halt.
+    HostCrash { host: OpaqueRef },
+    /// The crashed host is back.
+    HostBack { host: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

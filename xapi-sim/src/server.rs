@@ -107,7 +107,11 @@ impl PoolServer {
     /// Waits the call's simulated duration, then dispatches it.
     async fn call_sync(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
         if !self.clock.is_external() {
-            let duration = self.lock().call_duration(method);
+            let duration = {
+                let mut sim = self.lock();
+                let now = self.clock.now().max(sim.now());
+                sim.call_delay(self.pool, now, method)
+            };
             tokio::time::sleep(self.clock.real(duration)).await;
         }
         self.dispatch_now(method, params)

@@ -34,6 +34,9 @@ pub struct WorldSpec {
     /// The pools.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
+    /// Faults injected during the run.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<crate::faults::FaultSpec>,
 }
 
 /// Login accepted by the simulated pool masters.
@@ -377,6 +380,25 @@ impl WorldSpec {
     /// Checks the references and ranges inside the spec; names the first problem.
     pub fn check(&self) -> Result<(), SpecError> {
         self.timing.check()?;
+        for (i, fault) in self.faults.iter().enumerate() {
+            fault.check(i)?;
+            let Some(pool) = self.pools.iter().find(|p| p.name == fault.pool) else {
+                return Err(SpecError::new(format!(
+                    "fault {}: no pool named {:?}",
+                    i + 1,
+                    fault.pool
+                )));
+            };
+            if let Some(host) = &fault.host
+                && !(1..=pool.hosts).any(|n| *host == format!("{}-host-{n}", pool.name))
+            {
+                return Err(SpecError::new(format!(
+                    "fault {}: pool {:?} has no host named {host:?}",
+                    i + 1,
+                    fault.pool
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
             if !names.insert(pool.name.as_str()) {

@@ -22,9 +22,41 @@ impl Ctx<'_> {
             Scheduled::AddressUp { vm, epoch, ip } if self.guest_current(&vm, epoch) => {
                 self.address_up(&vm, ip)
             }
+            Scheduled::HostCrash { host } => self.host_crash(&host),
+            Scheduled::HostBack { host } => self.host_back(&host),
             // The VM was stopped, restarted or destroyed since: the event is stale.
             _ => {}
         }
+    }
+
+    /// A fault: the host goes offline and every VM on it halts at once.
+    fn host_crash(&mut self, host: &OpaqueRef) {
+        let Some(record) = self.m.hosts.get(host).cloned() else {
+            return;
+        };
+        if let Some(metrics) = self.m.host_metrics.get_mut(&record.metrics) {
+            metrics.live = false;
+        }
+        self.faults.injected += 1;
+        self.log(format!("fault: host {} crashed", record.name_label));
+        for vm in record.resident_vms {
+            let control = self.m.vms.get(&vm).is_some_and(|v| v.is_control_domain);
+            if !control {
+                self.power_off(&vm);
+                self.log(format!("VM {} halted with its host", self.vm_label(&vm)));
+            }
+        }
+    }
+
+    /// The crashed host is back (its VMs stay halted).
+    fn host_back(&mut self, host: &OpaqueRef) {
+        let Some(record) = self.m.hosts.get(host).cloned() else {
+            return;
+        };
+        if let Some(metrics) = self.m.host_metrics.get_mut(&record.metrics) {
+            metrics.live = true;
+        }
+        self.log(format!("host {} is back", record.name_label));
     }
 
     fn guest_current(&self, vm: &OpaqueRef, epoch: u64) -> bool {

@@ -23,6 +23,7 @@ pub(crate) struct Ctx<'a> {
     pub log: &'a mut EventLog,
     pub schedule: &'a mut Schedule,
     pub spec: &'a WorldSpec,
+    pub faults: &'a mut crate::faults::Faults,
     pub pool: PoolId,
     pub now: SimTime,
 }

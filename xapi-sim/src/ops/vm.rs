@@ -577,7 +577,13 @@ impl Ctx<'_> {
             "VM.start {} on {host_name} domid {domid}",
             self.vm_label(vm)
         ));
-        if !paused {
+        let appliance = self.m.guests.get(vm).map(|g| g.kind) == Some(GuestKind::Appliance);
+        if !paused && appliance && self.faults.boot_fails(self.pool.0, self.now) {
+            self.log(format!(
+                "fault: the guest of {} will not boot",
+                self.vm_label(vm)
+            ));
+        } else if !paused {
             let boot = self.rng.duration(self.spec.timing.boot_s);
             self.schedule.at(
                 self.now.after(boot),

@@ -1,0 +1,34 @@
+//! The job logs of the fault scenarios, word for word: what an operator reads
+//! when XAPI refuses calls, a host crashes or delegates do not boot. Any change
+//! to the engine's behaviour under these faults shows here.
+
+use abd::scenario::Scenario;
+use std::path::PathBuf;
+
+fn job_log(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml"));
+    let scenario = Scenario::load(&path).unwrap();
+    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+    out.jobs
+        .iter()
+        .flat_map(|j| j.report.log.lines.iter())
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn fault_xapi_errors_log() {
+    insta::assert_snapshot!("fault_xapi_errors", job_log("fault-xapi-errors"));
+}
+
+#[test]
+fn fault_host_crash_log() {
+    insta::assert_snapshot!("fault_host_crash", job_log("fault-host-crash"));
+}
+
+#[test]
+fn fault_boot_failure_log() {
+    insta::assert_snapshot!("fault_boot_failure", job_log("fault-boot-failure"));
+}

@@ -1,0 +1,315 @@
+//! Faults the simulated world injects: a scenario's `[[fault]]` entries.
+//!
+//! Each fault is active in a window of simulated time and fires at each
+//! opportunity (a call, a boot) with its rate, up to its count. A rate given
+//! as `[low, high]` is drawn once per seed, so swarm runs explore different
+//! rates and `abd run --seed S` replays the same one. Faults draw from their
+//! own seeded generator: adding one does not shift the rest of the run.
+
+use crate::spec::SpecError;
+use crate::time::SimTime;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use xapi_proto::XapiError;
+
+/// What a fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// A call (`method`, or `*`) fails with `error` and changes nothing.
+    XapiError,
+    /// A call (`method`, or `*`) takes `latency_s` longer.
+    Latency,
+    /// `host` crashes at `from_s` (its VMs halt) and is back at `until_s`.
+    HostCrash,
+    /// A delegate's guest never finishes booting (no address).
+    BootFailure,
+}
+
+/// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    Fixed(f64),
+    Range([f64; 2]),
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate::Fixed(1.0)
+    }
+}
+
+/// One `[[fault]]` entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub kind: FaultKind,
+    /// The pool it happens in.
+    pub pool: String,
+    /// Active from this simulated time, in seconds.
+    #[serde(default)]
+    pub from_s: f64,
+    /// Healed at this simulated time; absent: active to the end.
+    pub until_s: Option<f64>,
+    #[serde(default)]
+    pub rate: Rate,
+    /// At most this many times.
+    pub count: Option<u32>,
+    /// `xapi_error`, `latency`: the method (`VM.start`), or `*` for every
+    /// call but `session.*` and `event.*`.
+    pub method: Option<String>,
+    /// `xapi_error`: the error code, then its parameters.
+    #[serde(default)]
+    pub error: Vec<String>,
+    /// `latency`: seconds added to each matching call.
+    pub latency_s: Option<f64>,
+    /// `host_crash`: the host, by name.
+    pub host: Option<String>,
+}
+
+impl FaultSpec {
+    /// Checks the entry; errors name the field.
+    pub fn check(&self, index: usize) -> Result<(), SpecError> {
+        let fail = |what: String| Err(SpecError::new(format!("fault {}: {what}", index + 1)));
+        let needs_method = matches!(self.kind, FaultKind::XapiError | FaultKind::Latency);
+        if needs_method && self.method.is_none() {
+            return fail(format!("{:?} needs `method`", self.kind));
+        }
+        if self.kind == FaultKind::XapiError && self.error.is_empty() {
+            return fail("xapi_error needs `error` (the code, then its parameters)".into());
+        }
+        if self.kind == FaultKind::Latency && self.latency_s.is_none_or(|l| l < 0.0) {
+            return fail("latency needs `latency_s` >= 0".into());
+        }
+        if self.kind == FaultKind::HostCrash && self.host.is_none() {
+            return fail("host_crash needs `host`".into());
+        }
+        if self.until_s.is_some_and(|u| u < self.from_s) {
+            return fail("`until_s` is before `from_s`".into());
+        }
+        let (lo, hi) = match self.rate {
+            Rate::Fixed(r) => (r, r),
+            Rate::Range([lo, hi]) => (lo, hi),
+        };
+        if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+            return fail(format!(
+                "`rate` must lie in 0..1, low <= high, not {lo}..{hi}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn active_at(&self, now: SimTime) -> bool {
+        let s = now.as_ms() as f64 / 1000.0;
+        s >= self.from_s && self.until_s.is_none_or(|u| s < u)
+    }
+
+    fn covers_method(&self, method: &str) -> bool {
+        match self.method.as_deref() {
+            Some("*") => !method.starts_with("session.") && !method.starts_with("event."),
+            Some(m) => m == method,
+            None => false,
+        }
+    }
+}
+
+/// A fault of the run, with its rate resolved for the seed.
+#[derive(Clone, Debug)]
+struct Armed {
+    spec: FaultSpec,
+    pool: usize,
+    rate: f64,
+    fired: u32,
+}
+
+/// The run's faults.
+pub struct Faults {
+    armed: Vec<Armed>,
+    rng: ChaCha8Rng,
+    /// How many times a fault fired.
+    pub injected: u64,
+}
+
+impl Faults {
+    /// Arms `specs` for `seed`; `pool_of` maps a pool name to its index.
+    pub fn arm(specs: &[FaultSpec], seed: u64, pool_of: impl Fn(&str) -> Option<usize>) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6661_756c_7473);
+        let armed = specs
+            .iter()
+            .filter_map(|spec| {
+                let rate = match spec.rate {
+                    Rate::Fixed(r) => r,
+                    Rate::Range([lo, hi]) if hi > lo => rng.random_range(lo..=hi),
+                    Rate::Range([lo, _]) => lo,
+                };
+                Some(Armed {
+                    pool: pool_of(&spec.pool)?,
+                    spec: spec.clone(),
+                    rate,
+                    fired: 0,
+                })
+            })
+            .collect();
+        Faults {
+            armed,
+            rng,
+            injected: 0,
+        }
+    }
+
+    /// Fires the first active fault of `kind` in `pool` that `matches` and
+    /// wins its draw; returns its spec.
+    fn fire(
+        &mut self,
+        pool: usize,
+        now: SimTime,
+        kind: FaultKind,
+        matches: impl Fn(&FaultSpec) -> bool,
+    ) -> Option<FaultSpec> {
+        for fault in &mut self.armed {
+            let eligible = fault.pool == pool
+                && fault.spec.kind == kind
+                && fault.spec.active_at(now)
+                && fault.spec.count.is_none_or(|c| fault.fired < c)
+                && matches(&fault.spec);
+            if !eligible {
+                continue;
+            }
+            if self.rng.random_range(0.0..1.0) < fault.rate {
+                fault.fired += 1;
+                self.injected += 1;
+                return Some(fault.spec.clone());
+            }
+        }
+        None
+    }
+
+    /// The error `method` fails with now, if a fault says so.
+    pub fn call_error(&mut self, pool: usize, now: SimTime, method: &str) -> Option<XapiError> {
+        let spec = self.fire(pool, now, FaultKind::XapiError, |s| s.covers_method(method))?;
+        let (code, params) = spec.error.split_first().expect("checked: error has a code");
+        Some(XapiError::new(code, params.iter().cloned()))
+    }
+
+    /// Extra time `method` takes now.
+    pub fn call_latency(&mut self, pool: usize, now: SimTime, method: &str) -> Duration {
+        self.fire(pool, now, FaultKind::Latency, |s| s.covers_method(method))
+            .and_then(|s| s.latency_s)
+            .map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
+    /// True when a delegate's guest booting now should never come up.
+    pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
+        self.fire(pool, now, FaultKind::BootFailure, |_| true)
+            .is_some()
+    }
+
+    /// Host crashes to schedule: (pool, host name, crash at, back at), each
+    /// kept or dropped by its rate.
+    pub fn host_crashes(&mut self) -> Vec<(usize, String, SimTime, Option<SimTime>)> {
+        let mut crashes = Vec::new();
+        for fault in &mut self.armed {
+            if fault.spec.kind != FaultKind::HostCrash {
+                continue;
+            }
+            if self.rng.random_range(0.0..1.0) >= fault.rate {
+                continue;
+            }
+            let at = |s: f64| SimTime((s * 1000.0).round() as u64);
+            crashes.push((
+                fault.pool,
+                fault
+                    .spec
+                    .host
+                    .clone()
+                    .expect("checked: host_crash has a host"),
+                at(fault.spec.from_s),
+                fault.spec.until_s.map(at),
+            ));
+        }
+        crashes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> FaultSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_fault_fires_in_its_window_up_to_its_count() {
+        let s = spec(
+            "kind = \"xapi_error\"\npool = \"p\"\nmethod = \"VM.start_on\"\nerror = [\"HOST_OFFLINE\", \"h\"]\nfrom_s = 10\nuntil_s = 20\ncount = 2\n",
+        );
+        s.check(0).unwrap();
+        let mut faults = Faults::arm(&[s], 1, |_| Some(0));
+        let at = |s: u64| SimTime(s * 1000);
+        assert!(
+            faults.call_error(0, at(5), "VM.start_on").is_none(),
+            "before"
+        );
+        assert!(
+            faults.call_error(0, at(11), "VM.clone").is_none(),
+            "other method"
+        );
+        let e = faults.call_error(0, at(11), "VM.start_on").unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.params.clone()),
+            ("HOST_OFFLINE", vec!["h".into()])
+        );
+        assert!(faults.call_error(0, at(12), "VM.start_on").is_some());
+        assert!(
+            faults.call_error(0, at(13), "VM.start_on").is_none(),
+            "count spent"
+        );
+        assert_eq!(faults.injected, 2);
+    }
+
+    #[test]
+    fn a_rate_range_is_drawn_per_seed_and_wildcards_spare_sessions() {
+        let s = spec(
+            "kind = \"latency\"\npool = \"p\"\nmethod = \"*\"\nlatency_s = 2.0\nrate = [0.0, 1.0]\n",
+        );
+        let fired = |seed| {
+            let mut f = Faults::arm(std::slice::from_ref(&s), seed, |_| Some(0));
+            (0..200)
+                .filter(|_| !f.call_latency(0, SimTime(0), "VM.get_record").is_zero())
+                .count()
+        };
+        assert_eq!(fired(7), fired(7), "same seed, same draws");
+        assert_ne!(fired(7), fired(8), "another seed, another rate");
+        let mut f = Faults::arm(std::slice::from_ref(&s), 7, |_| Some(0));
+        assert!((0..50).all(|_| {
+            f.call_latency(0, SimTime(0), "session.login_with_password")
+                .is_zero()
+        }));
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let missing = spec("kind = \"xapi_error\"\npool = \"p\"\nmethod = \"VM.start\"\n");
+        assert!(
+            missing
+                .check(2)
+                .unwrap_err()
+                .to_string()
+                .contains("fault 3: xapi_error needs `error`")
+        );
+        let rate = spec("kind = \"boot_failure\"\npool = \"p\"\nrate = [0.5, 0.2]\n");
+        assert!(rate.check(0).unwrap_err().to_string().contains("`rate`"));
+        let window = spec("kind = \"boot_failure\"\npool = \"p\"\nfrom_s = 9\nuntil_s = 3\n");
+        assert!(
+            window
+                .check(0)
+                .unwrap_err()
+                .to_string()
+                .contains("before `from_s`")
+        );
+    }
+}
