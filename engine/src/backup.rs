@@ -390,6 +390,17 @@ async fn attach_as(
         .await
         .map_err(|e| EngineError::xapi(d.label(), "attaching a snapshot disk", e))?;
     if let Err(e) = pool.xapi.vbd_plug(&vbd).await {
+        // The plug may have taken effect with its reply lost: the VBD's
+        // state, not the answer, says whether the disk is attached.
+        let attached = pool
+            .xapi
+            .vbd_get_record(&vbd)
+            .await
+            .is_ok_and(|r| r.currently_attached);
+        if attached {
+            tracing::warn!(%vbd, error = %e, "VBD.plug failed but the disk is attached");
+            return Ok(vbd);
+        }
         let _ = pool.xapi.vbd_destroy(&vbd).await;
         return Err(EngineError::xapi(d.label(), "plugging a snapshot disk", e));
     }
@@ -401,12 +412,14 @@ pub(crate) async fn detach(pool: &PoolRuntime, vbds: &[OpaqueRef]) -> Result<(),
     let mut first_error = None;
     for vbd in vbds {
         let step = async {
-            pool.xapi.vbd_unplug(vbd).await?;
+            // The state decides, not the answer: an unplug whose reply was
+            // lost, or of a disk whose VM has halted, has detached all the same.
+            let unplugged = pool.xapi.vbd_unplug(vbd).await;
             let after = pool.xapi.vbd_get_record(vbd).await?;
             if after.currently_attached {
-                return Err(crate::xapi::CallError::Transport(
-                    "VBD still attached after unplug".into(),
-                ));
+                return Err(unplugged.err().unwrap_or_else(|| {
+                    crate::xapi::CallError::Transport("VBD still attached after unplug".into())
+                }));
             }
             pool.xapi.vbd_destroy(vbd).await
         };

@@ -176,6 +176,25 @@ pub async fn deploy(pool: &PoolRuntime, topo: &Topology) -> Result<TemplateInfo,
         .into_iter()
         .next()
         .ok_or_else(|| EngineError::Template(format!("importing {url} produced no VM")))?;
+    match finish_import(pool, topo, &vm_ref, sr).await {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            // We imported it: whatever stopped us, it must not stay behind.
+            discard_import(pool, &vm_ref).await;
+            Err(e)
+        }
+    }
+}
+
+/// Tags, names and marks a freshly imported appliance as our template.
+async fn finish_import(
+    pool: &PoolRuntime,
+    topo: &Topology,
+    vm_ref: &OpaqueRef,
+    sr: OpaqueRef,
+) -> Result<TemplateInfo, EngineError> {
+    let x = &pool.xapi;
+    let vm_ref = vm_ref.clone();
     let object = format!("template {vm_ref}");
     let fail = |step: &'static str| {
         let object = object.clone();
@@ -216,6 +235,31 @@ pub async fn deploy(pool: &PoolRuntime, topo: &Topology) -> Result<TemplateInfo,
         sr_name: topo.sr_name(&sr),
         sr,
     })
+}
+
+/// Destroys an appliance we imported but could not make our template, with
+/// its disks (best effort, logged).
+async fn discard_import(pool: &PoolRuntime, vm: &OpaqueRef) {
+    let x = &pool.xapi;
+    let mut disks = Vec::new();
+    if let Ok(record) = x.vm_get_record(vm).await {
+        for vbd in &record.vbds {
+            if let Ok(b) = x.vbd_get_record(vbd).await
+                && !b.empty
+            {
+                disks.push(b.vdi);
+            }
+        }
+    }
+    if let Err(e) = x.vm_destroy(vm).await {
+        tracing::warn!(%vm, error = %e, "could not remove a half-deployed template");
+        return;
+    }
+    for vdi in disks {
+        if let Err(e) = x.vdi_destroy(&vdi).await {
+            tracing::warn!(%vdi, error = %e, "could not remove a half-deployed template's disk");
+        }
+    }
 }
 
 /// Deletes the pool's template (refused while delegates exist). True if one was deleted.

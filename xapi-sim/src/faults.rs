@@ -26,6 +26,15 @@ pub enum FaultKind {
     HostCrash,
     /// A delegate's guest never finishes booting (no address).
     BootFailure,
+    /// The DHCP server does not answer (each request with `rate`).
+    DhcpDown,
+    /// At `from_s`, running delegates (appliance guests) are stopped from
+    /// outside, each with `rate` (`count` at most).
+    GuestKill,
+    /// Every session of the pool becomes invalid at once (the toolstack
+    /// restarted), at `from_s` and then every `every_s` until `until_s`:
+    /// calls fail SESSION_INVALID until their client logs in again.
+    SessionExpiry,
 }
 
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
@@ -64,10 +73,16 @@ pub struct FaultSpec {
     /// `xapi_error`: the error code, then its parameters.
     #[serde(default)]
     pub error: Vec<String>,
+    /// `xapi_error`: the call takes effect and only its answer is the error
+    /// (a reply lost to a timeout): retries must be safe.
+    #[serde(default)]
+    pub after_effect: bool,
     /// `latency`: seconds added to each matching call.
     pub latency_s: Option<f64>,
     /// `host_crash`: the host, by name.
     pub host: Option<String>,
+    /// `session_expiry`: repeat this often (seconds) until `until_s`.
+    pub every_s: Option<f64>,
 }
 
 impl FaultSpec {
@@ -187,11 +202,20 @@ impl Faults {
         None
     }
 
-    /// The error `method` fails with now, if a fault says so.
-    pub fn call_error(&mut self, pool: usize, now: SimTime, method: &str) -> Option<XapiError> {
+    /// The error `method` fails with now, if a fault says so, and whether
+    /// the call takes effect first.
+    pub fn call_error(
+        &mut self,
+        pool: usize,
+        now: SimTime,
+        method: &str,
+    ) -> Option<(XapiError, bool)> {
         let spec = self.fire(pool, now, FaultKind::XapiError, |s| s.covers_method(method))?;
         let (code, params) = spec.error.split_first().expect("checked: error has a code");
-        Some(XapiError::new(code, params.iter().cloned()))
+        Some((
+            XapiError::new(code, params.iter().cloned()),
+            spec.after_effect,
+        ))
     }
 
     /// Extra time `method` takes now.
@@ -205,6 +229,49 @@ impl Faults {
     pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
         self.fire(pool, now, FaultKind::BootFailure, |_| true)
             .is_some()
+    }
+
+    /// When sessions expire: (pool, time), each kept by its rate.
+    pub fn session_expiries(&mut self) -> Vec<(usize, SimTime)> {
+        let mut times = Vec::new();
+        for fault in &self.armed {
+            if fault.spec.kind != FaultKind::SessionExpiry {
+                continue;
+            }
+            let mut at = fault.spec.from_s;
+            let until = fault.spec.until_s.unwrap_or(at);
+            loop {
+                if self.rng.random_range(0.0..1.0) < fault.rate {
+                    times.push((fault.pool, SimTime((at * 1000.0).round() as u64)));
+                }
+                match fault.spec.every_s.filter(|e| *e > 0.0) {
+                    Some(every) if at + every < until => at += every,
+                    _ => break,
+                }
+            }
+        }
+        times
+    }
+
+    /// True when the DHCP server ignores a request now.
+    pub fn dhcp_ignores(&mut self, pool: usize, now: SimTime) -> bool {
+        self.fire(pool, now, FaultKind::DhcpDown, |_| true)
+            .is_some()
+    }
+
+    /// True when a running delegate is to be killed now (at a `guest_kill`'s time).
+    pub fn kills_guest(&mut self, pool: usize, now: SimTime) -> bool {
+        self.fire(pool, now, FaultKind::GuestKill, |_| true)
+            .is_some()
+    }
+
+    /// When `guest_kill` faults strike: (pool, time).
+    pub fn guest_kills(&self) -> Vec<(usize, SimTime)> {
+        self.armed
+            .iter()
+            .filter(|f| f.spec.kind == FaultKind::GuestKill)
+            .map(|f| (f.pool, SimTime((f.spec.from_s * 1000.0).round() as u64)))
+            .collect()
     }
 
     /// Host crashes to schedule: (pool, host name, crash at, back at), each
@@ -258,7 +325,7 @@ mod tests {
             faults.call_error(0, at(11), "VM.clone").is_none(),
             "other method"
         );
-        let e = faults.call_error(0, at(11), "VM.start_on").unwrap();
+        let (e, _) = faults.call_error(0, at(11), "VM.start_on").unwrap();
         assert_eq!(
             (e.code.as_str(), e.params.clone()),
             ("HOST_OFFLINE", vec!["h".into()])

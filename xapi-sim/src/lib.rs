@@ -119,6 +119,12 @@ impl Sim {
                 schedule.at(back, PoolId(pool), Scheduled::HostBack { host });
             }
         }
+        for (pool, at) in faults.guest_kills() {
+            schedule.at(at, PoolId(pool), Scheduled::KillGuests);
+        }
+        for (pool, at) in faults.session_expiries() {
+            schedule.at(at, PoolId(pool), Scheduled::ExpireSessions);
+        }
         Ok(Sim {
             pools,
             rng,
@@ -365,13 +371,23 @@ impl Sim {
     ) -> Result<Value, XapiError> {
         self.advance_to(now);
         self.sync_events(pool, now);
-        if let Some(error) = self.faults.call_error(pool.0, now, method) {
+        let fault = self.faults.call_error(pool.0, now, method);
+        if let Some((error, false)) = &fault {
             let mut ctx = self.ctx(pool, now);
             ctx.log(format!("fault: {method} fails with {}", error.code));
-            return Err(error);
+            return Err(error.clone());
         }
         let mut ctx = self.ctx(pool, now);
-        let result = dispatch::dispatch(&mut ctx, method, params);
+        let mut result = dispatch::dispatch(&mut ctx, method, params);
+        if let Some((error, true)) = fault
+            && result.is_ok()
+        {
+            ctx.log(format!(
+                "fault: {method} took effect, its answer lost ({})",
+                error.code
+            ));
+            result = Err(error);
+        }
         if !dispatch::is_read_only(method) {
             self.mark_stale(pool);
         }

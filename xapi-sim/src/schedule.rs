@@ -23,6 +23,10 @@ pub(crate) enum Scheduled {
     HostCrash { host: OpaqueRef },
     /// The crashed host is back.
     HostBack { host: OpaqueRef },
+    /// A fault: running appliance guests are stopped from outside.
+    KillGuests,
+    /// A fault: every session of the pool becomes invalid.
+    ExpireSessions,
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

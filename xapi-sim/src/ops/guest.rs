@@ -24,6 +24,12 @@ impl Ctx<'_> {
             }
             Scheduled::HostCrash { host } => self.host_crash(&host),
             Scheduled::HostBack { host } => self.host_back(&host),
+            Scheduled::KillGuests => self.kill_guests(),
+            Scheduled::ExpireSessions => {
+                self.m.sessions.clear();
+                self.faults.injected += 1;
+                self.log("fault: the toolstack restarted; every session is invalid".into());
+            }
             // The VM was stopped, restarted or destroyed since: the event is stale.
             _ => {}
         }
@@ -44,6 +50,32 @@ impl Ctx<'_> {
             if !control {
                 self.power_off(&vm);
                 self.log(format!("VM {} halted with its host", self.vm_label(&vm)));
+            }
+        }
+    }
+
+    /// A fault: someone stops running appliance guests from outside.
+    fn kill_guests(&mut self) {
+        let running: Vec<OpaqueRef> = self
+            .m
+            .guests
+            .iter()
+            .filter(|(_, g)| g.kind == GuestKind::Appliance)
+            .map(|(vm, _)| vm.clone())
+            .filter(|vm| {
+                self.m
+                    .vms
+                    .get(vm)
+                    .is_some_and(|v| v.power_state == PowerState::Running)
+            })
+            .collect();
+        for vm in running {
+            if self.faults.kills_guest(self.pool.0, self.now) {
+                self.power_off(&vm);
+                self.log(format!(
+                    "fault: VM {} stopped from outside",
+                    self.vm_label(&vm)
+                ));
             }
         }
     }
@@ -114,10 +146,14 @@ impl Ctx<'_> {
             .filter_map(|v| self.m.vifs.get(v))
             .find(|v| v.device == "0" && v.currently_attached)
             .map(|v| (v.network.clone(), v.mac.clone()));
-        let offer = primary.as_ref().and_then(|(net, mac)| {
-            let now = self.now;
-            self.m.dhcp.get_mut(net).and_then(|s| s.request(mac, now))
-        });
+        let ignored = primary.is_some() && self.faults.dhcp_ignores(self.pool.0, self.now);
+        let offer = primary
+            .as_ref()
+            .filter(|_| !ignored)
+            .and_then(|(net, mac)| {
+                let now = self.now;
+                self.m.dhcp.get_mut(net).and_then(|s| s.request(mac, now))
+            });
         match offer {
             Some(ip) => {
                 let mac = primary.map(|p| p.1).unwrap_or_default();
