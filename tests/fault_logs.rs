@@ -32,3 +32,18 @@ fn fault_host_crash_log() {
 fn fault_boot_failure_log() {
     insta::assert_snapshot!("fault_boot_failure", job_log("fault-boot-failure"));
 }
+
+#[test]
+fn fault_dhcp_down_log() {
+    insta::assert_snapshot!("fault_dhcp_down", job_log("fault-dhcp-down"));
+}
+
+#[test]
+fn fault_delegate_killed_log() {
+    insta::assert_snapshot!("fault_delegate_killed", job_log("fault-delegate-killed"));
+}
+
+#[test]
+fn fault_sr_full_log() {
+    insta::assert_snapshot!("fault_sr_full", job_log("fault-sr-full"));
+}

@@ -31,6 +31,9 @@ pub enum FaultKind {
     /// At `from_s`, running delegates (appliance guests) are stopped from
     /// outside, each with `rate` (`count` at most).
     GuestKill,
+    /// The SR `sr` fills up at `from_s` (something else writes to it) and
+    /// that space is freed at `until_s`.
+    SrFill,
     /// Every session of the pool becomes invalid at once (the toolstack
     /// restarted), at `from_s` and then every `every_s` until `until_s`:
     /// calls fail SESSION_INVALID until their client logs in again.
@@ -83,6 +86,8 @@ pub struct FaultSpec {
     pub host: Option<String>,
     /// `session_expiry`: repeat this often (seconds) until `until_s`.
     pub every_s: Option<f64>,
+    /// `sr_fill`: the SR, by name.
+    pub sr: Option<String>,
 }
 
 impl FaultSpec {
@@ -101,6 +106,9 @@ impl FaultSpec {
         }
         if self.kind == FaultKind::HostCrash && self.host.is_none() {
             return fail("host_crash needs `host`".into());
+        }
+        if self.kind == FaultKind::SrFill && self.sr.is_none() {
+            return fail("sr_fill needs `sr`".into());
         }
         if self.until_s.is_some_and(|u| u < self.from_s) {
             return fail("`until_s` is before `from_s`".into());
@@ -229,6 +237,25 @@ impl Faults {
     pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
         self.fire(pool, now, FaultKind::BootFailure, |_| true)
             .is_some()
+    }
+
+    /// SRs to fill: (pool, SR name, full at, freed at), each kept by its rate.
+    pub fn sr_fills(&mut self) -> Vec<(usize, String, SimTime, Option<SimTime>)> {
+        let mut fills = Vec::new();
+        for fault in &self.armed {
+            if fault.spec.kind != FaultKind::SrFill || self.rng.random_range(0.0..1.0) >= fault.rate
+            {
+                continue;
+            }
+            let at = |s: f64| SimTime((s * 1000.0).round() as u64);
+            fills.push((
+                fault.pool,
+                fault.spec.sr.clone().expect("checked: sr_fill has an sr"),
+                at(fault.spec.from_s),
+                fault.spec.until_s.map(at),
+            ));
+        }
+        fills
     }
 
     /// When sessions expire: (pool, time), each kept by its rate.

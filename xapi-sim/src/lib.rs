@@ -125,6 +125,20 @@ impl Sim {
         for (pool, at) in faults.session_expiries() {
             schedule.at(at, PoolId(pool), Scheduled::ExpireSessions);
         }
+        for (pool, sr, at, freed) in faults.sr_fills() {
+            let Some(sr) = pools[pool]
+                .srs
+                .iter()
+                .find(|(_, s)| s.name_label == sr)
+                .map(|(r, _)| r.clone())
+            else {
+                continue;
+            };
+            schedule.at(at, PoolId(pool), Scheduled::SrFill { sr: sr.clone() });
+            if let Some(freed) = freed {
+                schedule.at(freed, PoolId(pool), Scheduled::SrDrain { sr });
+            }
+        }
         Ok(Sim {
             pools,
             rng,

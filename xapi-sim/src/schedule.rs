@@ -27,6 +27,10 @@ pub(crate) enum Scheduled {
     KillGuests,
     /// A fault: every session of the pool becomes invalid.
     ExpireSessions,
+    /// A fault: the SR fills up.
+    SrFill { sr: OpaqueRef },
+    /// The space the fill took is freed.
+    SrDrain { sr: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

@@ -389,6 +389,15 @@ impl WorldSpec {
                     fault.pool
                 )));
             };
+            if let Some(sr) = &fault.sr
+                && !pool.srs.iter().any(|s| &s.name == sr)
+            {
+                return Err(SpecError::new(format!(
+                    "fault {}: pool {:?} has no SR named {sr:?}",
+                    i + 1,
+                    fault.pool
+                )));
+            }
             if let Some(host) = &fault.host
                 && !(1..=pool.hosts).any(|n| *host == format!("{}-host-{n}", pool.name))
             {

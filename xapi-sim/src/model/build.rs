@@ -47,6 +47,7 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         vdis: BTreeMap::new(),
         tasks: BTreeMap::new(),
         sessions: BTreeMap::new(),
+        sr_filled: BTreeMap::new(),
         guests: BTreeMap::new(),
         sr_bandwidth_bytes_per_s: BTreeMap::new(),
         dhcp: BTreeMap::new(),

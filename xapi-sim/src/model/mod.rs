@@ -49,6 +49,8 @@ pub struct PoolModel {
     pub tasks: Table<TaskRecord>,
     /// Live sessions and their user.
     pub sessions: BTreeMap<OpaqueRef, String>,
+    /// Space an `sr_fill` fault took on each SR, given back when it heals.
+    pub sr_filled: BTreeMap<OpaqueRef, i64>,
     pub guests: BTreeMap<OpaqueRef, GuestState>,
     /// Sequential read bandwidth of each SR, bytes per second.
     pub sr_bandwidth_bytes_per_s: BTreeMap<OpaqueRef, f64>,

@@ -25,6 +25,8 @@ impl Ctx<'_> {
             Scheduled::HostCrash { host } => self.host_crash(&host),
             Scheduled::HostBack { host } => self.host_back(&host),
             Scheduled::KillGuests => self.kill_guests(),
+            Scheduled::SrFill { sr } => self.sr_fill(&sr),
+            Scheduled::SrDrain { sr } => self.sr_drain(&sr),
             Scheduled::ExpireSessions => {
                 self.m.sessions.clear();
                 self.faults.injected += 1;
@@ -78,6 +80,30 @@ impl Ctx<'_> {
                 ));
             }
         }
+    }
+
+    /// A fault: something else fills the SR to the brim.
+    fn sr_fill(&mut self, sr: &OpaqueRef) {
+        let Some(record) = self.m.srs.get_mut(sr) else {
+            return;
+        };
+        let taken = (record.physical_size - record.physical_utilisation).max(0);
+        record.physical_utilisation += taken;
+        let name = record.name_label.clone();
+        *self.m.sr_filled.entry(sr.clone()).or_default() += taken;
+        self.faults.injected += 1;
+        self.log(format!("fault: SR {name} filled up ({taken} bytes taken)"));
+    }
+
+    /// The space a fill took is freed.
+    fn sr_drain(&mut self, sr: &OpaqueRef) {
+        let taken = self.m.sr_filled.remove(sr).unwrap_or(0);
+        let Some(record) = self.m.srs.get_mut(sr) else {
+            return;
+        };
+        record.physical_utilisation = (record.physical_utilisation - taken).max(0);
+        let name = record.name_label.clone();
+        self.log(format!("SR {name} has its space back ({taken} bytes)"));
     }
 
     /// The crashed host is back (its VMs stay halted).

@@ -49,7 +49,9 @@ impl Ctx<'_> {
             .srs
             .get(sr)
             .ok_or_else(|| XapiError::handle_invalid("SR", sr.as_str()))?;
-        if rec.physical_utilisation + bytes > rec.physical_size {
+        // An `sr_fill` fault keeps the SR full while it lasts.
+        if rec.physical_utilisation + bytes > rec.physical_size || self.m.sr_filled.contains_key(sr)
+        {
             return Err(XapiError::new(
                 codes::SR_FULL,
                 [bytes.to_string(), rec.physical_size.to_string()],
