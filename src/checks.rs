@@ -148,16 +148,7 @@ fn snapshot_counts(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
             let e = listed
                 .entry((job.pool.get_ref().clone(), vm.vm.clone()))
                 .or_default();
-            e.0 += 1 + run
-                .report
-                .log
-                .lines
-                .iter()
-                .filter(|l| {
-                    l.vm.as_deref() == Some(vm.vm.as_str())
-                        && l.text.contains("starting over with a new delegate")
-                })
-                .count();
+            e.0 += 1 + vm.restarts as usize;
             if vm.status != VmStatus::Failed {
                 e.1 += 1;
             }

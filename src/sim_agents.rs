@@ -131,16 +131,9 @@ impl AgentLink for SimAgentNet {
                 })?
             }
         };
-        use tower::ServiceExt;
-        let response = router
-            .oneshot(request.map(axum::body::Body::from))
+        abd_agent::http::call_service(&router, request)
             .await
-            .map_err(|e| LinkError::Broken(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|e| LinkError::Broken(e.to_string()))?;
-        Ok(Response::from_parts(parts, body.to_vec()))
+            .map_err(LinkError::Broken)
     }
 }
 

@@ -12,6 +12,7 @@
 //! the engine's client side is `engine::agent`.
 
 pub mod devices;
+pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store_link;

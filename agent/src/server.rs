@@ -10,7 +10,7 @@ use crate::store_link::StoreLink;
 use crate::tasks::{SharedTasks, Task};
 use crate::work::{self, Context, Execution};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -121,12 +121,10 @@ pub fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn authenticate(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !agent.token.matches_bearer(presented) {
+    if !agent
+        .token
+        .matches_bearer(crate::http::presented_bearer(request.headers()))
+    {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong delegate token".into(),
@@ -239,6 +237,7 @@ mod tests {
     use crate::protocol::{BackupDisk, TaskState, TaskStatus};
     use axum::body::Body;
     use axum::http::Request as HttpRequest;
+    use axum::http::header;
     use tower::ServiceExt;
 
     /// One 1 MiB disk whose reads never finish.

@@ -49,25 +49,10 @@ impl StoreLink for HttpStoreLink {
     }
 
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
-        let (parts, body) = request.into_parts();
-        let url = format!("{}{}", self.base, parts.uri);
-        let client = self.client.clone();
-        self.runtime.block_on(async move {
-            // Built inside the runtime: the request's timeout needs its timer.
-            let reply = client
-                .request(parts.method, &url)
-                .headers(parts.headers)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut response = Response::builder().status(reply.status());
-            for (name, value) in reply.headers() {
-                response = response.header(name, value);
-            }
-            let body = reply.bytes().await.map_err(|e| e.to_string())?;
-            response.body(body.to_vec()).map_err(|e| e.to_string())
-        })
+        // Run on the agent's runtime: the request's timeout needs its timer.
+        self.runtime
+            .block_on(crate::http::exchange(&self.client, &self.base, request))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -84,21 +69,7 @@ impl StoreLink for ServiceLink {
     }
 
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
-        use tower::ServiceExt;
-        let request = request.map(axum::body::Body::from);
-        futures_executor::block_on(async {
-            let response = self
-                .service
-                .clone()
-                .oneshot(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (parts, body) = response.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(Response::from_parts(parts, bytes.to_vec()))
-        })
+        futures_executor::block_on(crate::http::call_service(&self.service, request))
     }
 }
 

@@ -39,6 +39,8 @@ pub struct VmOutcome {
     pub bytes_sent: u64,
     /// Bytes the data store wrote for them.
     pub bytes_stored: u64,
+    /// Delegates lost mid-work and replaced (each restart took a new snapshot).
+    pub restarts: u32,
 }
 
 /// What a job did.
@@ -269,7 +271,10 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             Ok(d) => d,
             Err(reason) => {
                 log.fail(format!("VM not processed: {reason}"));
-                return failed(vm_name, reason, None);
+                return VmOutcome {
+                    restarts: attempt - 1,
+                    ..failed(vm_name, reason, None)
+                };
             }
         };
         pool.account(Change::DelegateBusy);
@@ -325,11 +330,15 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 bytes_read: report.bytes_read,
                 bytes_sent: report.written.iter().map(|w| w.read.bytes_sent).sum(),
                 bytes_stored: report.stored.bytes_stored,
+                restarts: attempt - 1,
             }
         }
         Err(e) => {
             log.fail(format!("VM not processed: {e}"));
-            failed(vm_name, e.to_string(), Some(delegate_name))
+            VmOutcome {
+                restarts: attempt - 1,
+                ..failed(vm_name, e.to_string(), Some(delegate_name))
+            }
         }
     }
 }
@@ -450,5 +459,6 @@ pub(crate) fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOu
         bytes_read: 0,
         bytes_sent: 0,
         bytes_stored: 0,
+        restarts: 0,
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::agent::TokenRegistry;
 use crate::datastore::DataStore;
-use abd_agent::protocol::{self, ErrorBody, ManifestRequest, paths};
+use abd_agent::protocol::{self, ManifestRequest, paths};
+use abd_agent::server::error;
 use ads::AdsError;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -39,10 +40,6 @@ pub fn router(store: Arc<DataStore>, tokens: Arc<TokenRegistry>) -> Router {
         .with_state(served)
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(ErrorBody { error: message })).into_response()
-}
-
 fn store_error(e: AdsError) -> Response {
     let status = match &e {
         AdsError::NoSuchVm { .. } | AdsError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
@@ -57,12 +54,10 @@ fn octets(body: Vec<u8>) -> Response {
 }
 
 async fn authenticate(State(served): State<Served>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !served.tokens.accepts(presented) {
+    if !served
+        .tokens
+        .accepts(abd_agent::http::presented_bearer(request.headers()))
+    {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or unknown delegate token".into(),

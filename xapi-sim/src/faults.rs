@@ -126,8 +126,7 @@ impl FaultSpec {
     }
 
     fn active_at(&self, now: SimTime) -> bool {
-        let s = now.as_ms() as f64 / 1000.0;
-        s >= self.from_s && self.until_s.is_none_or(|u| s < u)
+        now >= seconds(self.from_s) && self.until_s.is_none_or(|u| now < seconds(u))
     }
 
     fn covers_method(&self, method: &str) -> bool {
@@ -137,6 +136,11 @@ impl FaultSpec {
             None => false,
         }
     }
+}
+
+/// Simulated time `s` seconds in.
+fn seconds(s: f64) -> SimTime {
+    SimTime((s * 1000.0).round() as u64)
 }
 
 /// A fault of the run, with its rate resolved for the seed.
@@ -239,25 +243,6 @@ impl Faults {
             .is_some()
     }
 
-    /// SRs to fill: (pool, SR name, full at, freed at), each kept by its rate.
-    pub fn sr_fills(&mut self) -> Vec<(usize, String, SimTime, Option<SimTime>)> {
-        let mut fills = Vec::new();
-        for fault in &self.armed {
-            if fault.spec.kind != FaultKind::SrFill || self.rng.random_range(0.0..1.0) >= fault.rate
-            {
-                continue;
-            }
-            let at = |s: f64| SimTime((s * 1000.0).round() as u64);
-            fills.push((
-                fault.pool,
-                fault.spec.sr.clone().expect("checked: sr_fill has an sr"),
-                at(fault.spec.from_s),
-                fault.spec.until_s.map(at),
-            ));
-        }
-        fills
-    }
-
     /// When sessions expire: (pool, time), each kept by its rate.
     pub fn session_expiries(&mut self) -> Vec<(usize, SimTime)> {
         let mut times = Vec::new();
@@ -269,7 +254,7 @@ impl Faults {
             let until = fault.spec.until_s.unwrap_or(at);
             loop {
                 if self.rng.random_range(0.0..1.0) < fault.rate {
-                    times.push((fault.pool, SimTime((at * 1000.0).round() as u64)));
+                    times.push((fault.pool, seconds(at)));
                 }
                 match fault.spec.every_s.filter(|e| *e > 0.0) {
                     Some(every) if at + every < until => at += every,
@@ -297,113 +282,31 @@ impl Faults {
         self.armed
             .iter()
             .filter(|f| f.spec.kind == FaultKind::GuestKill)
-            .map(|f| (f.pool, SimTime((f.spec.from_s * 1000.0).round() as u64)))
+            .map(|f| (f.pool, seconds(f.spec.from_s)))
             .collect()
     }
 
-    /// Host crashes to schedule: (pool, host name, crash at, back at), each
-    /// kept or dropped by its rate.
-    pub fn host_crashes(&mut self) -> Vec<(usize, String, SimTime, Option<SimTime>)> {
-        let mut crashes = Vec::new();
-        for fault in &mut self.armed {
-            if fault.spec.kind != FaultKind::HostCrash {
+    /// Faults of `kind` that strike one named object for a window, to
+    /// schedule: (pool, the object's name, from, until), each kept or dropped
+    /// by its rate (`host_crash`: the host; `sr_fill`: the SR).
+    pub fn windows(&mut self, kind: FaultKind) -> Vec<(usize, String, SimTime, Option<SimTime>)> {
+        let mut windows = Vec::new();
+        for fault in &self.armed {
+            if fault.spec.kind != kind || self.rng.random_range(0.0..1.0) >= fault.rate {
                 continue;
             }
-            if self.rng.random_range(0.0..1.0) >= fault.rate {
-                continue;
-            }
-            let at = |s: f64| SimTime((s * 1000.0).round() as u64);
-            crashes.push((
+            let target = match kind {
+                FaultKind::HostCrash => fault.spec.host.clone(),
+                FaultKind::SrFill => fault.spec.sr.clone(),
+                _ => None,
+            };
+            windows.push((
                 fault.pool,
-                fault
-                    .spec
-                    .host
-                    .clone()
-                    .expect("checked: host_crash has a host"),
-                at(fault.spec.from_s),
-                fault.spec.until_s.map(at),
+                target.expect("checked: a window fault names its object"),
+                seconds(fault.spec.from_s),
+                fault.spec.until_s.map(seconds),
             ));
         }
-        crashes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(text: &str) -> FaultSpec {
-        toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn a_fault_fires_in_its_window_up_to_its_count() {
-        let s = spec(
-            "kind = \"xapi_error\"\npool = \"p\"\nmethod = \"VM.start_on\"\nerror = [\"HOST_OFFLINE\", \"h\"]\nfrom_s = 10\nuntil_s = 20\ncount = 2\n",
-        );
-        s.check(0).unwrap();
-        let mut faults = Faults::arm(&[s], 1, |_| Some(0));
-        let at = |s: u64| SimTime(s * 1000);
-        assert!(
-            faults.call_error(0, at(5), "VM.start_on").is_none(),
-            "before"
-        );
-        assert!(
-            faults.call_error(0, at(11), "VM.clone").is_none(),
-            "other method"
-        );
-        let (e, _) = faults.call_error(0, at(11), "VM.start_on").unwrap();
-        assert_eq!(
-            (e.code.as_str(), e.params.clone()),
-            ("HOST_OFFLINE", vec!["h".into()])
-        );
-        assert!(faults.call_error(0, at(12), "VM.start_on").is_some());
-        assert!(
-            faults.call_error(0, at(13), "VM.start_on").is_none(),
-            "count spent"
-        );
-        assert_eq!(faults.injected, 2);
-    }
-
-    #[test]
-    fn a_rate_range_is_drawn_per_seed_and_wildcards_spare_sessions() {
-        let s = spec(
-            "kind = \"latency\"\npool = \"p\"\nmethod = \"*\"\nlatency_s = 2.0\nrate = [0.0, 1.0]\n",
-        );
-        let fired = |seed| {
-            let mut f = Faults::arm(std::slice::from_ref(&s), seed, |_| Some(0));
-            (0..200)
-                .filter(|_| !f.call_latency(0, SimTime(0), "VM.get_record").is_zero())
-                .count()
-        };
-        assert_eq!(fired(7), fired(7), "same seed, same draws");
-        assert_ne!(fired(7), fired(8), "another seed, another rate");
-        let mut f = Faults::arm(std::slice::from_ref(&s), 7, |_| Some(0));
-        assert!((0..50).all(|_| {
-            f.call_latency(0, SimTime(0), "session.login_with_password")
-                .is_zero()
-        }));
-    }
-
-    #[test]
-    fn bad_entries_are_named() {
-        let missing = spec("kind = \"xapi_error\"\npool = \"p\"\nmethod = \"VM.start\"\n");
-        assert!(
-            missing
-                .check(2)
-                .unwrap_err()
-                .to_string()
-                .contains("fault 3: xapi_error needs `error`")
-        );
-        let rate = spec("kind = \"boot_failure\"\npool = \"p\"\nrate = [0.5, 0.2]\n");
-        assert!(rate.check(0).unwrap_err().to_string().contains("`rate`"));
-        let window = spec("kind = \"boot_failure\"\npool = \"p\"\nfrom_s = 9\nuntil_s = 3\n");
-        assert!(
-            window
-                .check(0)
-                .unwrap_err()
-                .to_string()
-                .contains("before `from_s`")
-        );
+        windows
     }
 }

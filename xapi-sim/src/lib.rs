@@ -100,45 +100,7 @@ impl Sim {
         let mut faults = faults::Faults::arm(&spec.faults, seed, |name| {
             spec.pools.iter().position(|p| p.name == name)
         });
-        let mut schedule = Schedule::default();
-        for (pool, host, at, back) in faults.host_crashes() {
-            let Some(host) = pools[pool]
-                .hosts
-                .iter()
-                .find(|(_, h)| h.name_label == host)
-                .map(|(r, _)| r.clone())
-            else {
-                continue;
-            };
-            schedule.at(
-                at,
-                PoolId(pool),
-                Scheduled::HostCrash { host: host.clone() },
-            );
-            if let Some(back) = back {
-                schedule.at(back, PoolId(pool), Scheduled::HostBack { host });
-            }
-        }
-        for (pool, at) in faults.guest_kills() {
-            schedule.at(at, PoolId(pool), Scheduled::KillGuests);
-        }
-        for (pool, at) in faults.session_expiries() {
-            schedule.at(at, PoolId(pool), Scheduled::ExpireSessions);
-        }
-        for (pool, sr, at, freed) in faults.sr_fills() {
-            let Some(sr) = pools[pool]
-                .srs
-                .iter()
-                .find(|(_, s)| s.name_label == sr)
-                .map(|(r, _)| r.clone())
-            else {
-                continue;
-            };
-            schedule.at(at, PoolId(pool), Scheduled::SrFill { sr: sr.clone() });
-            if let Some(freed) = freed {
-                schedule.at(freed, PoolId(pool), Scheduled::SrDrain { sr });
-            }
-        }
+        let schedule = schedule_faults(&mut faults, &pools);
         Ok(Sim {
             pools,
             rng,
@@ -553,4 +515,45 @@ impl Sim {
             now,
         }
     }
+}
+
+/// The faults that strike at set times, as scheduled happenings. The order of
+/// the draws (host crashes, session expiries, SR fills) is part of a seed's run.
+fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule {
+    let mut schedule = Schedule::default();
+    let windows = |faults: &mut faults::Faults, kind| {
+        faults
+            .windows(kind)
+            .into_iter()
+            .filter_map(|(pool, name, at, until)| {
+                let m = &pools[pool];
+                let host = m.hosts.iter().find(|(_, h)| h.name_label == name);
+                let sr = m.srs.iter().find(|(_, s)| s.name_label == name);
+                let object = match kind {
+                    faults::FaultKind::HostCrash => host.map(|(r, _)| r.clone()),
+                    _ => sr.map(|(r, _)| r.clone()),
+                }?;
+                Some((PoolId(pool), object, at, until))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (pool, host, at, back) in windows(faults, faults::FaultKind::HostCrash) {
+        schedule.at(at, pool, Scheduled::HostCrash { host: host.clone() });
+        if let Some(back) = back {
+            schedule.at(back, pool, Scheduled::HostBack { host });
+        }
+    }
+    for (pool, at) in faults.guest_kills() {
+        schedule.at(at, PoolId(pool), Scheduled::KillGuests);
+    }
+    for (pool, at) in faults.session_expiries() {
+        schedule.at(at, PoolId(pool), Scheduled::ExpireSessions);
+    }
+    for (pool, sr, at, freed) in windows(faults, faults::FaultKind::SrFill) {
+        schedule.at(at, pool, Scheduled::SrFill { sr: sr.clone() });
+        if let Some(freed) = freed {
+            schedule.at(freed, pool, Scheduled::SrDrain { sr });
+        }
+    }
+    schedule
 }

@@ -55,32 +55,12 @@ impl AgentLink for HttpAgentLink {
         ip: Ipv4Addr,
         request: Request<Vec<u8>>,
     ) -> Result<Response<Vec<u8>>, LinkError> {
-        let (parts, body) = request.into_parts();
-        let url = format!("http://{ip}:{}{}", self.port, parts.uri);
-        let reply = self
-            .client
-            .request(parts.method, &url)
-            .headers(parts.headers)
-            .body(body)
-            .send()
+        let base = format!("http://{ip}:{}", self.port);
+        abd_agent::http::exchange(&self.client, &base, request)
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    LinkError::Unreachable(e.to_string())
-                } else {
-                    LinkError::Broken(e.to_string())
-                }
-            })?;
-        let mut response = Response::builder().status(reply.status());
-        for (name, value) in reply.headers() {
-            response = response.header(name, value);
-        }
-        let body = reply
-            .bytes()
-            .await
-            .map_err(|e| LinkError::Broken(e.to_string()))?;
-        response
-            .body(body.to_vec())
-            .map_err(|e| LinkError::Broken(e.to_string()))
+            .map_err(|e| match e.is_connect() {
+                true => LinkError::Unreachable(e.to_string()),
+                false => LinkError::Broken(e.to_string()),
+            })
     }
 }
