@@ -91,7 +91,13 @@ pub fn check(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
             count(VmStatus::Warn),
             count(VmStatus::Failed),
         );
-        if status != report.status {
+        let cancelled_vms = report.vms.iter().any(|v| v.cancelled);
+        if report.status == JobStatus::Cancelled && !cancelled_vms {
+            problems.push(format!(
+                "job {}: status cancelled but none of its VMs was",
+                job.name
+            ));
+        } else if report.status != JobStatus::Cancelled && status != report.status {
             problems.push(format!(
                 "job {}: status {} but its VMs say {status}",
                 job.name, report.status

@@ -77,6 +77,9 @@ enum Command {
         /// VMs processed at once, each with its own delegate.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Cancel the job (cleaning up) once it has run this many seconds.
+        #[arg(long)]
+        time_limit_s: Option<u64>,
         #[command(flatten)]
         store: abd::real_pool::StoreArgs,
     },
@@ -201,8 +204,9 @@ fn main() -> ExitCode {
             pool,
             vms,
             concurrency,
+            time_limit_s,
             store,
-        } => real_pool(backup(pool, vms, concurrency, store)),
+        } => real_pool(backup(pool, vms, concurrency, time_limit_s, store)),
         Command::Sim {
             command:
                 SimCommand::Serve {
@@ -393,19 +397,32 @@ async fn backup(
     args: abd::real_pool::PoolArgs,
     vms: Vec<String>,
     concurrency: usize,
+    time_limit_s: Option<u64>,
     store: abd::real_pool::StoreArgs,
 ) -> anyhow::Result<bool> {
     let (engine, name) = abd::real_pool::start(&args, Some(&store)).await?;
-    let report = engine
-        .run_job(&engine::JobSpec {
-            name: "backup".into(),
-            pool: name,
-            vms,
-            concurrency,
-            restore: None,
-            replicate: None,
-        })
-        .await;
+    let spec = engine::JobSpec {
+        name: "backup".into(),
+        pool: name,
+        vms,
+        concurrency,
+        restore: None,
+        replicate: None,
+        time_limit_s,
+    };
+    let run = engine.run_job(&spec);
+    tokio::pin!(run);
+    // Ctrl-C cancels the job: its VMs stop at their next wait and clean up
+    // (detach, remove snapshots, destroy delegates) before the command ends.
+    let report = tokio::select! {
+        biased;
+        report = &mut run => report,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: cancelling the job and cleaning up its delegates and snapshots");
+            let _ = engine.cancel(&spec.name, None, "interrupted by the operator (Ctrl-C)");
+            run.await
+        }
+    };
     report.log.lines.iter().for_each(|line| println!("{line}"));
     engine.shutdown().await;
     Ok(matches!(

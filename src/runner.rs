@@ -324,6 +324,7 @@ async fn drive(
             }),
             replicate: (job.kind == JobKind::Replicate)
                 .then(|| engine::config::ReplicateSpec { sr: job.sr.clone() }),
+            time_limit_s: job.time_limit_s,
         };
         let kind = job.kind;
         let start = Duration::from_secs_f64(job.start_s);
@@ -393,6 +394,15 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
         }
         "template_redeploy" => {
             let _ = engine.template_redeploy(pool).await;
+        }
+        "cancel_job" => {
+            let job = action.job.as_deref().unwrap_or_default();
+            let reason = match &action.vm {
+                None => "cancelled by the operator".to_string(),
+                Some(vm) => format!("VM {vm} cancelled by the operator"),
+            };
+            // A refusal is in the engine log; a scenario may expect one.
+            let _ = engine.cancel(job, action.vm.as_deref(), &reason);
         }
         other => unreachable!("scenario check rejects action {other:?}"),
     }

@@ -91,6 +91,9 @@ pub struct ScenarioJob {
     /// Restore and replication jobs: the SR for the VDIs (default: the pool's default SR).
     #[serde(default)]
     pub sr: Option<String>,
+    /// The job is cancelled once it has run this long (seconds).
+    #[serde(default)]
+    pub time_limit_s: Option<u64>,
 }
 
 fn default_concurrency() -> usize {
@@ -105,12 +108,16 @@ pub struct Action {
     pub at_s: f64,
     pub pool: Spanned<String>,
     /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `template_delete`
-    /// or `template_redeploy` (the operator's template actions, through the engine).
+    /// or `template_redeploy` (the operator's template actions, through the engine),
+    /// `cancel_job` (cancel `job`, or only its VM `vm`).
     pub kind: Spanned<String>,
     #[serde(default)]
     pub vm: Option<String>,
     #[serde(default)]
     pub sr: Option<String>,
+    /// `cancel_job`: the job, by name.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// What a seed varies besides fault rates: `[low, high]` ranges, drawn per
@@ -374,9 +381,27 @@ impl Scenario {
                     ),
                 ));
             }
-            match (action.kind.get_ref().as_str(), &action.vm, &action.sr) {
+            let kind = action.kind.get_ref().as_str();
+            match (kind, &action.job) {
+                ("cancel_job", None) => {
+                    return Err(err(line, format!("action[{i}]: cancel_job needs `job`")));
+                }
+                ("cancel_job", Some(job)) if !job_names.contains(job) => {
+                    return Err(err(line, format!("action[{i}].job: no job named {job:?}")));
+                }
+                ("cancel_job", _) => {}
+                (_, Some(_)) => {
+                    return Err(err(line, format!("action[{i}]: {kind} takes no `job`")));
+                }
+                _ => {}
+            }
+            match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("template_delete" | "template_redeploy", None, None) => {}
+                | ("template_delete" | "template_redeploy", None, None)
+                | ("cancel_job", _, None) => {}
+                ("cancel_job", _, Some(_)) => {
+                    return Err(err(line, format!("action[{i}]: cancel_job takes no `sr`")));
+                }
                 ("move_vm_disks", _, _) => {
                     return Err(err(
                         line,
@@ -396,7 +421,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job)"
                         ),
                     ));
                 }

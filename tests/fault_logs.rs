@@ -47,3 +47,8 @@ fn fault_delegate_killed_log() {
 fn fault_sr_full_log() {
     insta::assert_snapshot!("fault_sr_full", job_log("fault-sr-full"));
 }
+
+#[test]
+fn cancel_log() {
+    insta::assert_snapshot!("cancel", job_log("cancel"));
+}

@@ -22,6 +22,7 @@ pub async fn back_up_vm(
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let x = &pool.xapi;
+    log.cancel().check()?;
     log.progress("Taking hypervisor snapshot");
     let started = Instant::now();
     let snap = x
@@ -149,10 +150,14 @@ async fn attach_and_read(
                     .map(|c| c.changed_blocks.clone())
                     .unwrap_or_default(),
             });
-            pool.agent
-                .read_disks(ip, &d.token, vdis.len(), target, &on_progress)
+            // Dropping the read on cancellation cancels the agent's task.
+            log.cancel()
+                .wait(
+                    pool.agent
+                        .read_disks(ip, &d.token, vdis.len(), target, &on_progress),
+                )
                 .await
-                .map_err(EngineError::from)
+                .and_then(|read| read.map_err(EngineError::from))
         }
         Err(e) => Err(e),
     };

@@ -153,6 +153,10 @@ pub struct JobSpec {
     /// this job's pool, written whole the first time, then only what changed.
     #[serde(default)]
     pub replicate: Option<ReplicateSpec>,
+    /// The job is cancelled when it has run this long (seconds); VMs not done
+    /// by then fail with the reason, and their delegates are cleaned up.
+    #[serde(default)]
+    pub time_limit_s: Option<u64>,
 }
 
 /// Where a replication job keeps its copies.

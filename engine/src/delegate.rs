@@ -62,14 +62,15 @@ pub async fn acquire_address(
     };
     let started = Instant::now();
     let limit = pool.engine_config().address_wait_limit();
-    let lease = queue
-        .lease(holder, limit, |ahead| {
-            log.progress(format!(
-                "Waiting for a free delegate address ({ahead} ahead in the queue, up to {})",
-                format_duration(limit)
-            ))
-        })
-        .await?;
+    let waiting = queue.lease(holder, limit, |ahead| {
+        log.progress(format!(
+            "Waiting for a free delegate address ({ahead} ahead in the queue, up to {})",
+            format_duration(limit)
+        ))
+    });
+    // A dropped waiter leaves the queue, and an address already handed to it
+    // goes back to the free list.
+    let lease = log.cancel().wait(waiting).await??;
     let waited = started.elapsed();
     if waited > Duration::ZERO {
         log.ok(format!(
@@ -258,7 +259,7 @@ pub async fn boot(
     excluded: &BTreeSet<OpaqueRef>,
     log: &VmLog,
 ) -> Result<crate::boot_gate::BootPermit, EngineError> {
-    let slot = pool.boot_gate.pool_slot().await;
+    let slot = log.cancel().wait(pool.boot_gate.pool_slot()).await?;
     let mut needs = required_srs.to_vec();
     needs.extend(d.own_srs.iter().cloned());
     needs.sort();
@@ -287,7 +288,10 @@ pub async fn boot(
         other => other?,
     };
     let (host_ref, host_name) = (host.host.clone(), host.name.clone());
-    let permit = pool.boot_gate.enter(slot, &host_ref).await;
+    let permit = log
+        .cancel()
+        .wait(pool.boot_gate.enter(slot, &host_ref))
+        .await?;
     let started = Instant::now();
     // The target host, even if the start fails: a retry then knows what to avoid.
     d.host = host_ref.clone();
@@ -319,9 +323,11 @@ pub async fn await_address(
     let cfg = pool.engine_config();
     let started = Instant::now();
     let deadline = started + cfg.address_timeout();
-    let ip = match watch_for_address(pool, d, deadline).await {
+    // Both only read, so a cancellation may drop them mid-call.
+    let cancel = log.cancel();
+    let ip = match cancel.guard(watch_for_address(pool, d, deadline)).await {
         Ok(Some(ip)) => ip,
-        Ok(None) => poll_for_address(pool, d, deadline).await?,
+        Ok(None) => cancel.guard(poll_for_address(pool, d, deadline)).await?,
         Err(e) => return Err(e),
     };
     d.ip = Some(ip);
@@ -483,7 +489,7 @@ pub async fn provision(
                     "Provisioning failed (attempt {attempt}/{attempts}): {e}; retrying in {}",
                     format_duration(backoff)
                 ));
-                tokio::time::sleep(backoff).await;
+                log.cancel().wait(tokio::time::sleep(backoff)).await?;
                 backoff *= 2;
                 continue;
             }
@@ -507,7 +513,9 @@ pub async fn provision(
                     drop(lease.take());
                     lease = acquire_address(pool, holder, log).await?;
                 }
-                if attempt == attempts || matches!(e, EngineError::Placement(_)) {
+                if attempt == attempts
+                    || matches!(e, EngineError::Placement(_) | EngineError::Cancelled(_))
+                {
                     return Err(e);
                 }
                 if e.is_host_down() && !host.is_null() {
@@ -523,7 +531,7 @@ pub async fn provision(
                     "Delegate failed (attempt {attempt}/{attempts}): {e}; retrying{elsewhere} in {}",
                     format_duration(backoff)
                 ));
-                tokio::time::sleep(backoff).await;
+                log.cancel().wait(tokio::time::sleep(backoff)).await?;
                 backoff *= 2;
             }
         }

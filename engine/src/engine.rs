@@ -9,7 +9,7 @@ use crate::delegate::destroy_delegate_vm;
 use crate::diag::{self, DiagReport};
 use crate::error::EngineError;
 use crate::job::{self, JobReport};
-use crate::joblog::{JobLog, JobStatus};
+use crate::joblog::JobLog;
 use crate::pool::{PoolRuntime, Shared, VmLog};
 use crate::tags;
 use crate::xapi::{Credentials, Transport, XapiClient};
@@ -107,33 +107,63 @@ impl Engine {
     pub async fn run_job(&self, spec: &JobSpec) -> JobReport {
         match self.pool(&spec.pool) {
             Ok(pool) => job::run(Arc::clone(pool), spec).await,
-            Err(e) => self.unstartable(spec, e),
+            Err(e) => job::unstartable(&self.shared, spec, e),
         }
     }
 
-    fn unstartable(&self, spec: &JobSpec, e: EngineError) -> JobReport {
-        let mut log = JobLog::default();
-        let now = self.shared.now();
-        log.push(
-            now,
-            crate::joblog::LineStatus::Fail,
-            None,
-            format!("Job {} cannot start: {e}", spec.name),
-        );
-        JobReport {
-            name: spec.name.clone(),
-            pool: spec.pool.clone(),
-            concurrency: spec.concurrency,
-            status: JobStatus::Failed,
-            vms: spec
-                .vms
-                .iter()
-                .map(|vm| job::failed(vm, e.to_string(), None))
-                .collect(),
-            log,
-            started_ms: now.as_millis() as u64,
-            finished_ms: now.as_millis() as u64,
+    /// Cancels a running job (`vm: None`) or one VM of it. The VMs stop at
+    /// their next wait, clean up what they created and fail with `reason`;
+    /// VMs already done keep their result.
+    /// A refusal (no such job or VM running) is logged and returned.
+    pub fn cancel(&self, job: &str, vm: Option<&str>, reason: &str) -> Result<(), EngineError> {
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        let result = self.signal_cancel(job, vm, reason, &log);
+        if let Err(e) = &result {
+            log.fail(format!("Cancel refused: {e}"));
         }
+        result
+    }
+
+    fn signal_cancel(
+        &self,
+        job: &str,
+        vm: Option<&str>,
+        reason: &str,
+        log: &VmLog,
+    ) -> Result<(), EngineError> {
+        let running = self
+            .shared
+            .running_jobs
+            .lock()
+            .expect("running jobs lock poisoned");
+        let control = running
+            .get(job)
+            .ok_or_else(|| EngineError::JobControl(format!("no job {job:?} is running")))?;
+        match vm {
+            None => {
+                control.cancel.cancel(reason);
+                log.warn(format!("Job {job}: cancel requested ({reason})"));
+            }
+            Some(vm) => {
+                let signal = control.vms.get(vm).ok_or_else(|| {
+                    EngineError::JobControl(format!("job {job:?} has no VM {vm:?}"))
+                })?;
+                signal.cancel(reason);
+                log.warn(format!("Job {job}: cancel of VM {vm} requested ({reason})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the jobs running now.
+    pub fn running_jobs(&self) -> Vec<String> {
+        self.shared
+            .running_jobs
+            .lock()
+            .expect("running jobs lock poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Runs the diagnostic job on a pool.

@@ -53,6 +53,15 @@ pub enum EngineError {
     /// The template cannot be deployed or used.
     #[error("template: {0}")]
     Template(String),
+    /// No delegate could be made ready for a VM.
+    #[error("no delegate: {0}")]
+    NoDelegate(Box<EngineError>),
+    /// The operator cancelled the work, or its job reached its time limit.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// A job name that is not running (for cancel), or already is (for a start).
+    #[error("{0}")]
+    JobControl(String),
     /// A delegate that should be gone is still there.
     #[error("teardown: {0}")]
     Teardown(String),

@@ -3,15 +3,20 @@
 
 use crate::accounting::Change;
 use crate::backup::back_up_vm;
+use crate::cancel::Cancel;
 use crate::config::JobSpec;
 use crate::delegate::{self, Delegate};
 use crate::error::EngineError;
 use crate::joblog::{JobLog, JobStatus, LineStatus, format_bytes, format_duration};
+use crate::pool::Shared;
 use crate::pool::{PoolRuntime, Topology, VmLog};
 use crate::template::{self, TemplateInfo};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use xapi_proto::OpaqueRef;
 
@@ -41,6 +46,8 @@ pub struct VmOutcome {
     pub bytes_stored: u64,
     /// Delegates lost mid-work and replaced (each restart took a new snapshot).
     pub restarts: u32,
+    /// It failed because the job or the VM was cancelled (or timed out).
+    pub cancelled: bool,
 }
 
 /// What a job did.
@@ -77,6 +84,18 @@ enum WriteJob {
 /// Runs a backup job on its pool.
 pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
     let shared = Arc::clone(&pool.shared);
+    let cancel = Cancel::new();
+    let vm_cancels: BTreeMap<String, Cancel> = spec
+        .vms
+        .iter()
+        .map(|vm| (vm.clone(), cancel.child()))
+        .collect();
+    // Registered for as long as this future lives, so a job that ended (or
+    // whose engine died) never holds its name.
+    let _running = match RunningJob::register(&shared, &spec.name, &cancel, &vm_cancels) {
+        Ok(running) => running,
+        Err(e) => return unstartable(&shared, spec, e),
+    };
     let log = Arc::new(Mutex::new(JobLog::default()));
     let job_log = VmLog::new(Arc::clone(&log), Arc::clone(&shared), None);
     let started = shared.now();
@@ -88,15 +107,37 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
         spec.vms.len(),
         pool.name()
     ));
-    let outcomes = match prepare(&pool, spec, &job_log).await {
-        Ok(ctx) => process_all(Arc::new(ctx), spec, &log, concurrency).await,
-        Err(e) => {
-            job_log.fail(format!("Job cannot start: {e}"));
-            let reason = format!("job could not start: {e}");
-            spec.vms
-                .iter()
-                .map(|vm| failed(vm, reason.clone(), None))
-                .collect()
+    let work = async {
+        match prepare(&pool, spec, &job_log).await {
+            Ok(ctx) => process_all(Arc::new(ctx), spec, &log, &vm_cancels, concurrency).await,
+            Err(e) => {
+                job_log.fail(format!("Job cannot start: {e}"));
+                let reason = format!("job could not start: {e}");
+                spec.vms
+                    .iter()
+                    .map(|vm| failed(vm, reason.clone(), None))
+                    .collect()
+            }
+        }
+    };
+    let outcomes = match spec.time_limit_s {
+        None => work.await,
+        Some(limit_s) => {
+            let limit = Duration::from_secs(limit_s);
+            tokio::pin!(work);
+            tokio::select! {
+                biased;
+                outcomes = &mut work => outcomes,
+                _ = tokio::time::sleep(limit) => {
+                    job_log.fail(format!(
+                        "Job time limit of {} reached: cancelling what is not done",
+                        format_duration(limit)
+                    ));
+                    cancel.cancel(format!("job time limit of {} reached", format_duration(limit)));
+                    // The VMs stop at their next wait and clean up after themselves.
+                    work.await
+                }
+            }
         }
     };
     pool.account(Change::JobFinished { concurrency });
@@ -111,7 +152,11 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
         count(VmStatus::Warn),
         count(VmStatus::Failed),
     );
-    let status = JobStatus::from_counts(ok, warned, failed_count);
+    let status = if cancel.is_cancelled() && outcomes.iter().any(|o| o.cancelled) {
+        JobStatus::Cancelled
+    } else {
+        JobStatus::from_counts(ok, warned, failed_count)
+    };
     let total = |f: fn(&VmOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     let bytes = total(|o| o.bytes_read);
     let moved = if spec.restore.is_some() || spec.replicate.is_some() {
@@ -129,7 +174,7 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
     let line_status = match status {
         JobStatus::Success => LineStatus::Ok,
         JobStatus::SuccessWithWarnings | JobStatus::Partial => LineStatus::Warn,
-        JobStatus::Failed => LineStatus::Fail,
+        JobStatus::Failed | JobStatus::Cancelled => LineStatus::Fail,
     };
     job_log.line(
         line_status,
@@ -197,11 +242,13 @@ async fn process_all(
     ctx: Arc<JobContext>,
     spec: &JobSpec,
     log: &Arc<Mutex<JobLog>>,
+    vm_cancels: &BTreeMap<String, Cancel>,
     concurrency: usize,
 ) -> Vec<VmOutcome> {
     let slots = Arc::new(Semaphore::new(concurrency));
     let total = spec.vms.len();
-    let mut tasks = Vec::with_capacity(total);
+    // A JoinSet: dropping the job (its engine died) aborts every VM's task.
+    let mut tasks = JoinSet::new();
     for (i, vm_name) in spec.vms.iter().enumerate() {
         let ctx = Arc::clone(&ctx);
         let slots = Arc::clone(&slots);
@@ -209,27 +256,40 @@ async fn process_all(
             Arc::clone(log),
             Arc::clone(&ctx.pool.shared),
             Some(vm_name.clone()),
-        );
+        )
+        .with_cancel(vm_cancels[vm_name].clone());
         let vm_name = vm_name.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             // The slot is held from provisioning through teardown, so a job never
             // has more delegates than its concurrency.
-            let _slot = slots
-                .acquire_owned()
-                .await
-                .expect("job semaphore never closes");
-            vm_log.progress(format!("Processing VM {}/{total}", i + 1));
-            process_vm(&ctx, &vm_name, &vm_log).await
-        }));
+            let outcome = match vm_log.cancel().wait(slots.acquire_owned()).await {
+                Ok(slot) => {
+                    let _slot = slot.expect("job semaphore never closes");
+                    vm_log.progress(format!("Processing VM {}/{total}", i + 1));
+                    process_vm(&ctx, &vm_name, &vm_log).await
+                }
+                Err(e) => {
+                    vm_log.fail(format!("VM not processed: {e}"));
+                    failed_by(&vm_name, &e, None)
+                }
+            };
+            (i, outcome)
+        });
     }
-    let mut outcomes = Vec::with_capacity(total);
-    for (task, vm) in tasks.into_iter().zip(&spec.vms) {
-        outcomes.push(
-            task.await
-                .unwrap_or_else(|e| failed(vm, format!("internal error: {e}"), None)),
-        );
+    let mut outcomes: Vec<Option<VmOutcome>> = vec![None; total];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, outcome)) => outcomes[i] = Some(outcome),
+            Err(e) => tracing::error!(job = %spec.name, "a VM task died: {e}"),
+        }
     }
     outcomes
+        .into_iter()
+        .zip(&spec.vms)
+        .map(|(outcome, vm)| {
+            outcome.unwrap_or_else(|| failed(vm, "internal error: its task died".into(), None))
+        })
+        .collect()
 }
 
 async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
@@ -269,11 +329,11 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let (work, delegate_name) = loop {
         let delegate = match acquire_delegate(ctx, &required_srs, log).await {
             Ok(d) => d,
-            Err(reason) => {
-                log.fail(format!("VM not processed: {reason}"));
+            Err(e) => {
+                log.fail(format!("VM not processed: {e}"));
                 return VmOutcome {
                     restarts: attempt - 1,
-                    ..failed(vm_name, reason, None)
+                    ..failed_by(vm_name, &e, None)
                 };
             }
         };
@@ -291,7 +351,8 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         };
         pool.account(Change::DelegateIdle);
         let delegate_name = delegate.name.clone();
-        let lost = work.is_err() && delegate_lost(pool, &delegate).await;
+        let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
+        let lost = work.is_err() && !cancelled && delegate_lost(pool, &delegate).await;
         release(pool, delegate, work.is_ok(), log).await;
         if lost && attempt < VM_ATTEMPTS {
             let cause = work
@@ -331,13 +392,14 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 bytes_sent: report.written.iter().map(|w| w.read.bytes_sent).sum(),
                 bytes_stored: report.stored.bytes_stored,
                 restarts: attempt - 1,
+                cancelled: false,
             }
         }
         Err(e) => {
             log.fail(format!("VM not processed: {e}"));
             VmOutcome {
                 restarts: attempt - 1,
-                ..failed(vm_name, e.to_string(), Some(delegate_name))
+                ..failed_by(vm_name, &e, Some(delegate_name))
             }
         }
     }
@@ -351,7 +413,8 @@ async fn acquire_delegate(
     ctx: &JobContext,
     required_srs: &[OpaqueRef],
     log: &VmLog,
-) -> Result<Delegate, String> {
+) -> Result<Delegate, EngineError> {
+    log.cancel().check()?;
     let pool = &ctx.pool;
     if let Some(d) = pool.take_idle(&ctx.topo, required_srs) {
         log.ok(format!(
@@ -378,7 +441,10 @@ async fn acquire_delegate(
         log,
     )
     .await
-    .map_err(|e| format!("no delegate: {e}"))
+    .map_err(|e| match e {
+        EngineError::Cancelled(_) => e,
+        other => EngineError::NoDelegate(Box::new(other)),
+    })
 }
 
 /// True when the delegate's VM is gone or no longer running (its host
@@ -460,5 +526,115 @@ pub(crate) fn failed(vm: &str, reason: String, delegate: Option<String>) -> VmOu
         bytes_sent: 0,
         bytes_stored: 0,
         restarts: 0,
+        cancelled: false,
+    }
+}
+
+/// The outcome of a VM that failed with `e` (marked when it was a cancellation).
+fn failed_by(vm: &str, e: &EngineError, delegate: Option<String>) -> VmOutcome {
+    VmOutcome {
+        cancelled: matches!(e, EngineError::Cancelled(_)),
+        ..failed(vm, e.to_string(), delegate)
+    }
+}
+
+/// The report of a job that could not start at all.
+pub(crate) fn unstartable(shared: &Shared, spec: &JobSpec, e: EngineError) -> JobReport {
+    let mut log = JobLog::default();
+    let now = shared.now();
+    log.push(
+        now,
+        LineStatus::Fail,
+        None,
+        format!("Job {} cannot start: {e}", spec.name),
+    );
+    JobReport {
+        name: spec.name.clone(),
+        pool: spec.pool.clone(),
+        concurrency: spec.concurrency,
+        status: JobStatus::Failed,
+        vms: spec
+            .vms
+            .iter()
+            .map(|vm| failed(vm, e.to_string(), None))
+            .collect(),
+        log,
+        started_ms: now.as_millis() as u64,
+        finished_ms: now.as_millis() as u64,
+    }
+}
+
+/// A job's entry in the engine's table of running jobs, removed when dropped.
+struct RunningJob {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+/// What the engine keeps of a running job: how to cancel it and each VM.
+pub(crate) struct JobControl {
+    pub(crate) cancel: Cancel,
+    pub(crate) vms: BTreeMap<String, Cancel>,
+}
+
+impl RunningJob {
+    fn register(
+        shared: &Arc<Shared>,
+        name: &str,
+        cancel: &Cancel,
+        vms: &BTreeMap<String, Cancel>,
+    ) -> Result<RunningJob, EngineError> {
+        let mut running = shared
+            .running_jobs
+            .lock()
+            .expect("running jobs lock poisoned");
+        if running.contains_key(name) {
+            return Err(EngineError::JobControl(format!(
+                "job {name:?} is already running"
+            )));
+        }
+        running.insert(
+            name.to_string(),
+            JobControl {
+                cancel: cancel.clone(),
+                vms: vms.clone(),
+            },
+        );
+        Ok(RunningJob {
+            shared: Arc::clone(shared),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.shared.running_jobs.lock() {
+            running.remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+
+    #[test]
+    fn a_job_name_runs_once_at_a_time_and_is_free_when_its_run_ends() {
+        let shared = Arc::new(Shared::new(EngineConfig::default(), None));
+        let cancel = Cancel::new();
+        let vms = BTreeMap::new();
+        let first = RunningJob::register(&shared, "nightly", &cancel, &vms).expect("first run");
+        let again = RunningJob::register(&shared, "nightly", &cancel, &vms);
+        assert!(
+            matches!(&again, Err(EngineError::JobControl(m)) if m.contains("already running")),
+            "a second run of a running job is refused"
+        );
+        assert!(RunningJob::register(&shared, "weekly", &cancel, &vms).is_ok());
+        drop(first);
+        assert!(
+            RunningJob::register(&shared, "nightly", &cancel, &vms).is_ok(),
+            "no ghost lock once the run is gone"
+        );
     }
 }

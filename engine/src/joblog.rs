@@ -55,6 +55,8 @@ pub enum JobStatus {
     SuccessWithWarnings,
     Partial,
     Failed,
+    /// Cancelled by the operator or at its time limit before every VM was done.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -76,6 +78,7 @@ impl fmt::Display for JobStatus {
             JobStatus::SuccessWithWarnings => "success with warnings",
             JobStatus::Partial => "partial",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         })
     }
 }

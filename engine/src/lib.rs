@@ -12,6 +12,7 @@ pub mod address;
 pub mod agent;
 mod backup;
 pub mod boot_gate;
+pub mod cancel;
 pub mod config;
 pub mod datastore;
 pub mod delegate;

@@ -30,6 +30,8 @@ pub struct Shared {
     pub log: Arc<Mutex<JobLog>>,
     /// Where backups go; without one, delegates only read (timing runs).
     pub store: Option<Arc<crate::datastore::DataStore>>,
+    /// Jobs running now, by name: how to cancel them.
+    pub(crate) running_jobs: Mutex<BTreeMap<String, crate::job::JobControl>>,
     next_holder: AtomicU64,
 }
 
@@ -44,6 +46,7 @@ impl Shared {
             accounting: Mutex::new(Accounting::default()),
             log: Arc::new(Mutex::new(JobLog::default())),
             store,
+            running_jobs: Mutex::default(),
             next_holder: AtomicU64::new(1),
         }
     }
@@ -76,6 +79,9 @@ pub struct VmLog {
     pub(crate) vm: Option<String>,
     /// Set once this logger (or a clone) wrote a warning.
     warned: Arc<std::sync::atomic::AtomicBool>,
+    /// The VM's cancellation signal. It travels with the logger because every
+    /// step that logs about a VM is a step that may be asked to stop.
+    cancel: crate::cancel::Cancel,
 }
 
 impl VmLog {
@@ -86,7 +92,19 @@ impl VmLog {
             shared,
             vm,
             warned: Arc::default(),
+            cancel: crate::cancel::Cancel::new(),
         }
+    }
+
+    /// The same logger, stopping when `cancel` is raised.
+    pub fn with_cancel(mut self, cancel: crate::cancel::Cancel) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// The VM's (or job's) cancellation signal.
+    pub fn cancel(&self) -> &crate::cancel::Cancel {
+        &self.cancel
     }
 
     /// True once a warning was written through this logger or a clone of it.

@@ -268,10 +268,11 @@ async fn write_version(
             let ip = d.ip.expect("a ready delegate has an address");
             let on_progress = |p: DiskProgress| log.disk_progress("Writing", p);
             let source = RestoreSource { manifest, base };
-            pool.agent
-                .write_disks(ip, &d.token, source, &on_progress)
+            // Dropping the write on cancellation cancels the agent's task.
+            log.cancel()
+                .wait(pool.agent.write_disks(ip, &d.token, source, &on_progress))
                 .await
-                .map_err(EngineError::from)
+                .and_then(|written| written.map_err(EngineError::from))
         }
         Err(e) => Err(e),
     };
