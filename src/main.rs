@@ -401,6 +401,17 @@ async fn backup(
     store: abd::real_pool::StoreArgs,
 ) -> anyhow::Result<bool> {
     let (engine, name) = abd::real_pool::start(&args, Some(&store)).await?;
+    // A run a crash interrupted (with `journal_file` set): its leftovers are
+    // gone; this command backs up the VMs it is given, not that run's.
+    for run in engine.take_interrupted_runs() {
+        eprintln!(
+            "job {} (run {}) was interrupted with {} VM(s) not done; closing it",
+            run.spec.name,
+            run.run,
+            run.remaining().len()
+        );
+        engine.abandon(&run)?;
+    }
     let spec = engine::JobSpec {
         name: "backup".into(),
         pool: name,

@@ -225,6 +225,90 @@ impl ServedPools {
     }
 }
 
+/// What the engine needs to reach the pools, shared by every engine of a run.
+struct Links<'a> {
+    scenario: &'a Scenario,
+    sim: SharedSim,
+    served: Option<&'a ServedPools>,
+    clock: SimClock,
+    tokens: Arc<TokenRegistry>,
+    store_service: StoreService,
+    activity: Arc<crate::sim_link::Activity>,
+}
+
+impl Links<'_> {
+    fn connections(&self) -> Vec<PoolConnection> {
+        let (sim, clock) = (&self.sim, self.clock);
+        self.scenario
+            .pools
+            .iter()
+            .map(|p| {
+                let pool = sim
+                    .lock()
+                    .expect("simulator lock")
+                    .pool_id(&p.name)
+                    .expect("pool exists");
+                let transport: Arc<dyn engine::xapi::Transport> = match self.served {
+                    None => Arc::new(SimTransport {
+                        sim: Arc::clone(sim),
+                        pool,
+                        clock,
+                        activity: Arc::clone(&self.activity),
+                    }),
+                    Some(served) => Arc::new(crate::sim_link::HttpLink {
+                        sim: Arc::clone(sim),
+                        pool,
+                        clock,
+                        served_time_ms: Arc::clone(&served.time_ms),
+                        http: Arc::clone(&served.transports[&p.name]),
+                        io: served.io.handle().clone(),
+                        activity: Arc::clone(&self.activity),
+                    }),
+                };
+                PoolConnection {
+                    config: self.scenario.pool_config(&p.name),
+                    transport,
+                    agent: Arc::new(AgentClient::new(
+                        Arc::new(SimAgentNet::new(
+                            Arc::clone(sim),
+                            pool,
+                            clock,
+                            Arc::clone(&self.store_service),
+                        )),
+                        Arc::clone(&self.tokens),
+                    )),
+                    credentials: Credentials {
+                        user: self.scenario.credentials.user.clone(),
+                        password: self.scenario.credentials.password.clone(),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// The job of a scenario as the engine runs it.
+fn job_spec(scenario: &Scenario, job: &crate::scenario::ScenarioJob) -> JobSpec {
+    JobSpec {
+        name: job.name.clone(),
+        pool: job.pool.get_ref().clone(),
+        vms: scenario.job_vms(job),
+        concurrency: job.concurrency,
+        restore: (job.kind == JobKind::Restore).then(|| engine::config::RestoreSpec {
+            version: job.version,
+            sr: job.sr.clone(),
+        }),
+        replicate: (job.kind == JobKind::Replicate)
+            .then(|| engine::config::ReplicateSpec { sr: job.sr.clone() }),
+        time_limit_s: job.time_limit_s,
+    }
+}
+
+/// Runs the scenario's jobs and actions on one engine after another: the
+/// first runs until the first `[[engine_crash]]`, where it dies (its tasks
+/// are dropped, nothing is cleaned up); the next starts `down_s` later with
+/// the same journal, reclaims what the dead one left, closes its unfinished
+/// runs and resumes them, and so on.
 async fn drive(
     scenario: &Scenario,
     engine_config: engine::config::EngineConfig,
@@ -233,144 +317,208 @@ async fn drive(
     seed: u64,
 ) -> Driven {
     let clock = SimClock::start();
-    let tokens = Arc::new(TokenRegistry::seeded(seed));
-    let store_service = StoreService::default();
-    let activity = crate::sim_link::Activity::default();
-    let connections = scenario
-        .pools
-        .iter()
-        .map(|p| {
-            let pool = sim
-                .lock()
-                .expect("simulator lock")
-                .pool_id(&p.name)
-                .expect("pool exists");
-            let transport: Arc<dyn engine::xapi::Transport> = match served {
-                None => Arc::new(SimTransport {
-                    sim: Arc::clone(&sim),
-                    pool,
-                    clock,
-                    activity: Arc::clone(&activity),
-                }),
-                Some(served) => Arc::new(crate::sim_link::HttpLink {
-                    sim: Arc::clone(&sim),
-                    pool,
-                    clock,
-                    served_time_ms: Arc::clone(&served.time_ms),
-                    http: Arc::clone(&served.transports[&p.name]),
-                    io: served.io.handle().clone(),
-                    activity: Arc::clone(&activity),
-                }),
-            };
-            PoolConnection {
-                config: scenario.pool_config(&p.name),
-                transport,
-                agent: Arc::new(AgentClient::new(
-                    Arc::new(SimAgentNet::new(
-                        Arc::clone(&sim),
-                        pool,
-                        clock,
-                        Arc::clone(&store_service),
-                    )),
-                    Arc::clone(&tokens),
-                )),
-                credentials: Credentials {
-                    user: scenario.credentials.user.clone(),
-                    password: scenario.credentials.password.clone(),
-                },
+    let links = Links {
+        scenario,
+        sim: Arc::clone(&sim),
+        served,
+        clock,
+        tokens: Arc::new(TokenRegistry::seeded(seed)),
+        store_service: StoreService::default(),
+        activity: Arc::default(),
+    };
+    let journal = engine::journal::Journal::in_memory();
+    let mut results: Vec<Option<JobRun>> = vec![None; scenario.jobs.len()];
+    let mut pending: Vec<usize> = (0..scenario.jobs.len()).collect();
+    let mut pending_actions: Vec<Action> = scenario.actions.clone();
+    let mut engine_log = JobLog::default();
+    let mut accounting: Option<Accounting> = None;
+    let mut xapi_calls = 0;
+    let mut incarnation = 0;
+    loop {
+        let crash = scenario.engine_crashes.get(incarnation);
+        let crash_at = crash.map(|c| clock.instant_at(Duration::from_secs_f64(*c.at_s.get_ref())));
+        let options = engine::StartOptions {
+            journal: Some(Arc::clone(&journal)),
+            epoch: Some(clock.instant_at(Duration::ZERO)),
+        };
+        let engine = match Engine::start_with(engine_config.clone(), links.connections(), options)
+            .await
+        {
+            Ok(engine) => {
+                if let Some(store) = engine.data_store() {
+                    let service =
+                        engine::store_server::router(Arc::clone(store), Arc::clone(&links.tokens));
+                    let _ = links.store_service.set(service);
+                }
+                Arc::new(engine)
             }
-        })
-        .collect();
-    let engine = match Engine::start(engine_config, connections).await {
-        Ok(engine) => {
-            if let Some(store) = engine.data_store() {
-                let service = engine::store_server::router(Arc::clone(store), tokens);
-                let _ = store_service.set(service);
+            Err(e) => {
+                let jobs = results.into_iter().flatten().collect();
+                return (
+                    jobs,
+                    engine_log,
+                    accounting.unwrap_or_default(),
+                    xapi_calls,
+                    BTreeMap::new(),
+                    Some(e.to_string()),
+                );
             }
-            Arc::new(engine)
+        };
+        let before_crash = |at: Duration| crash_at.is_none_or(|c| clock.instant_at(at) < c);
+        let mut actions = tokio::task::JoinSet::new();
+        let (now_actions, later): (Vec<Action>, Vec<Action>) = pending_actions
+            .into_iter()
+            .partition(|a| before_crash(Duration::from_secs_f64(a.at_s)));
+        pending_actions = later;
+        for action in now_actions {
+            let sim = Arc::clone(&sim);
+            let engine = Arc::clone(&engine);
+            let at = Duration::from_secs_f64(action.at_s);
+            actions.spawn(async move {
+                tokio::time::sleep_until(clock.instant_at(at)).await;
+                perform(&action, &sim, &engine, clock).await;
+            });
         }
-        Err(e) => {
+        let mut tasks = tokio::task::JoinSet::new();
+        for run in engine.take_interrupted_runs() {
+            let Some(index) = scenario.jobs.iter().position(|j| j.name == run.spec.name) else {
+                continue;
+            };
+            let engine = Arc::clone(&engine);
+            tasks.spawn(async move {
+                let report = engine.resume(&run).await;
+                (index, JobRun { report, diag: None })
+            });
+        }
+        let (starting, waiting): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .partition(|&&i| before_crash(Duration::from_secs_f64(scenario.jobs[i].start_s)));
+        pending = waiting;
+        for &index in &starting {
+            let job = &scenario.jobs[index];
+            let engine = Arc::clone(&engine);
+            let spec = job_spec(scenario, job);
+            let kind = job.kind;
+            let start = Duration::from_secs_f64(job.start_s);
+            tasks.spawn(async move {
+                // A job due while the engine was down starts once it is back.
+                tokio::time::sleep_until(clock.instant_at(start)).await;
+                let run = match kind {
+                    JobKind::Backup | JobKind::Restore | JobKind::Replicate => JobRun {
+                        report: engine.run_job(&spec).await,
+                        diag: None,
+                    },
+                    JobKind::Diag => run_diag(&engine, &spec).await,
+                };
+                (index, run)
+            });
+        }
+        let collect = async {
+            while let Some(done) = tasks.join_next().await {
+                let (index, run) = done.expect("job tasks do not panic");
+                results[index] = Some(run);
+            }
+            while let Some(done) = actions.join_next().await {
+                done.expect("actions do not panic");
+            }
+        };
+        let crashed = match crash_at {
+            None => {
+                collect.await;
+                false
+            }
+            Some(at) => {
+                tokio::select! {
+                    biased;
+                    _ = collect => false,
+                    _ = tokio::time::sleep_until(at) => true,
+                }
+            }
+        };
+        if !crashed {
+            // Persistent delegates must be gone once the idle limit has passed.
+            let idle_wait = scenario
+                .pools
+                .iter()
+                .map(|p| scenario.pool_config(&p.name))
+                .filter(|c| c.persistent)
+                .map(|c| c.idle_limit() + Duration::from_secs(120))
+                .max();
+            if let Some(wait) = idle_wait {
+                tokio::time::sleep(wait).await;
+            }
+            // What a failed cleanup left is being retried: give it its time
+            // (bounded; the checks then say what is still there).
+            let patience = tokio::time::Instant::now() + Duration::from_secs(12 * 3600);
+            while engine.leftovers_pending() > 0 && tokio::time::Instant::now() < patience {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            let static_leases = engine
+                .pools()
+                .iter()
+                .map(|(name, p)| (name.clone(), p.leased_addresses().len()))
+                .collect();
+            engine.shutdown().await;
+            engine_log.lines.extend(engine.log().lines);
+            let accounting = match accounting {
+                Some(earlier) => earlier.followed_by(&engine.accounting()),
+                None => engine.accounting(),
+            };
+            xapi_calls += engine.xapi_calls();
+            let jobs = results
+                .into_iter()
+                .map(|r| r.expect("every job ran to its end"))
+                .collect();
             return (
-                Vec::new(),
-                JobLog::default(),
-                Accounting::default(),
-                0,
-                BTreeMap::new(),
-                Some(e.to_string()),
+                jobs,
+                engine_log,
+                accounting,
+                xapi_calls,
+                static_leases,
+                None,
             );
         }
-    };
-    let mut actions = Vec::new();
-    for action in scenario.actions.clone() {
-        let sim = Arc::clone(&sim);
-        let engine = Arc::clone(&engine);
-        let at = Duration::from_secs_f64(action.at_s);
-        actions.push(tokio::spawn(async move {
-            tokio::time::sleep_until(clock.instant_at(at)).await;
-            perform(&action, &sim, &engine, clock).await;
-        }));
-    }
-    let mut tasks = Vec::new();
-    for job in &scenario.jobs {
-        let engine = Arc::clone(&engine);
-        let spec = JobSpec {
-            name: job.name.clone(),
-            pool: job.pool.get_ref().clone(),
-            vms: scenario.job_vms(job),
-            concurrency: job.concurrency,
-            restore: (job.kind == JobKind::Restore).then(|| engine::config::RestoreSpec {
-                version: job.version,
-                sr: job.sr.clone(),
-            }),
-            replicate: (job.kind == JobKind::Replicate)
-                .then(|| engine::config::ReplicateSpec { sr: job.sr.clone() }),
-            time_limit_s: job.time_limit_s,
-        };
-        let kind = job.kind;
-        let start = Duration::from_secs_f64(job.start_s);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(clock.instant_at(start)).await;
-            match kind {
-                JobKind::Backup | JobKind::Restore | JobKind::Replicate => JobRun {
-                    report: engine.run_job(&spec).await,
-                    diag: None,
-                },
-                JobKind::Diag => run_diag(&engine, &spec).await,
+        // The engine dies: its jobs and actions stop where they are.
+        tasks.abort_all();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((index, run)) = done {
+                results[index] = Some(run);
             }
-        }));
+        }
+        actions.abort_all();
+        while actions.join_next().await.is_some() {}
+        engine.halt();
+        engine_log.lines.extend(engine.log().lines);
+        let down_s = crash.map_or(0.0, |c| c.down_s);
+        engine_log.push(
+            tokio::time::Instant::now().duration_since(clock.instant_at(Duration::ZERO)),
+            engine::joblog::LineStatus::Fail,
+            None,
+            format!("Engine process died (simulated crash); a new one starts in {down_s} s"),
+        );
+        let unfinished: Vec<String> = journal
+            .unfinished_runs()
+            .into_iter()
+            .map(|r| r.spec.name)
+            .collect();
+        // A job the journal never saw start (a diagnostic, or one killed before
+        // its first step) is started again by the next engine.
+        for index in starting {
+            if results[index].is_none() && !unfinished.contains(&scenario.jobs[index].name) {
+                pending.push(index);
+            }
+        }
+        pending.sort();
+        accounting = Some(match accounting {
+            Some(earlier) => earlier.followed_by(&engine.accounting()),
+            None => engine.accounting(),
+        });
+        xapi_calls += engine.xapi_calls();
+        drop(engine);
+        let down = Duration::from_secs_f64(down_s);
+        tokio::time::sleep_until(crash_at.expect("crashed") + down).await;
+        incarnation += 1;
     }
-    let mut jobs = Vec::new();
-    for task in tasks {
-        jobs.push(task.await.expect("job tasks do not panic"));
-    }
-    for action in actions {
-        action.await.expect("actions do not panic");
-    }
-    // Persistent delegates must be gone once the idle limit has passed.
-    let idle_wait = scenario
-        .pools
-        .iter()
-        .map(|p| scenario.pool_config(&p.name))
-        .filter(|c| c.persistent)
-        .map(|c| c.idle_limit() + Duration::from_secs(120))
-        .max();
-    if let Some(wait) = idle_wait {
-        tokio::time::sleep(wait).await;
-    }
-    let static_leases = engine
-        .pools()
-        .iter()
-        .map(|(name, p)| (name.clone(), p.leased_addresses().len()))
-        .collect();
-    engine.shutdown().await;
-    (
-        jobs,
-        engine.log(),
-        engine.accounting(),
-        engine.xapi_calls(),
-        static_leases,
-        None,
-    )
 }
 
 /// Performs an operator action. Refusals are logged by the engine, not raised:

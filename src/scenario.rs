@@ -39,6 +39,9 @@ pub struct Scenario {
     /// Faults the simulated pools inject (`[[fault]]`).
     #[serde(default, rename = "fault")]
     pub faults: Vec<xapi_sim::faults::FaultSpec>,
+    /// Times the engine process dies and is started again (`[[engine_crash]]`).
+    #[serde(default, rename = "engine_crash")]
+    pub engine_crashes: Vec<EngineCrash>,
     /// Topology drawn per seed, for swarm runs (`[swarm]`).
     #[serde(default)]
     pub swarm: Option<SwarmSpec>,
@@ -120,6 +123,20 @@ pub struct Action {
     pub job: Option<String>,
 }
 
+/// The engine dies at `at_s` (no cleanup of any kind) and a new engine with
+/// the same id and journal starts `down_s` later.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineCrash {
+    pub at_s: Spanned<f64>,
+    #[serde(default = "default_down_s")]
+    pub down_s: f64,
+}
+
+fn default_down_s() -> f64 {
+    60.0
+}
+
 /// What a seed varies besides fault rates: `[low, high]` ranges, drawn per
 /// seed, so `abd run --seed S` replays exactly what `abd swarm` ran.
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -133,6 +150,22 @@ pub struct SwarmSpec {
     /// seconds of simulated time (liveness).
     #[serde(default = "default_converge_s")]
     pub converge_within_s: f64,
+    /// The engine dies once, at a time drawn from this range (seconds)...
+    pub engine_crash_at_s: Option<[f64; 2]>,
+    /// ...and is down for a time drawn from this range (seconds)...
+    #[serde(default = "default_engine_down_s")]
+    pub engine_down_s: [f64; 2],
+    /// ...in this share of the seeds.
+    #[serde(default = "default_engine_crash_rate")]
+    pub engine_crash_rate: f64,
+}
+
+fn default_engine_down_s() -> [f64; 2] {
+    [10.0, 120.0]
+}
+
+fn default_engine_crash_rate() -> f64 {
+    1.0
 }
 
 fn default_converge_s() -> f64 {
@@ -236,6 +269,19 @@ impl Scenario {
                 job.concurrency = rng.random_range(lo.min(hi)..=hi.max(lo));
             }
         }
+        if let Some([lo, hi]) = swarm.engine_crash_at_s
+            && rng.random_bool(swarm.engine_crash_rate.clamp(0.0, 1.0))
+        {
+            let at_s = rng.random_range(lo.min(hi)..=hi.max(lo));
+            let [down_lo, down_hi] = swarm.engine_down_s;
+            let down_s = rng.random_range(down_lo.min(down_hi)..=down_hi.max(down_lo));
+            // Whole milliseconds, so that the replay command reads the same.
+            let ms = |s: f64| (s * 1000.0).round() / 1000.0;
+            scenario.engine_crashes = vec![EngineCrash {
+                at_s: Spanned::new(0..0, ms(at_s)),
+                down_s: ms(down_s),
+            }];
+        }
         scenario
     }
 
@@ -247,6 +293,11 @@ impl Scenario {
             .faults
             .iter()
             .map(|f| f.until_s.unwrap_or(f.from_s))
+            .chain(
+                self.engine_crashes
+                    .iter()
+                    .map(|c| c.at_s.get_ref() + c.down_s),
+            )
             .fold(0.0, f64::max);
         Some(healed + swarm.converge_within_s)
     }
@@ -426,6 +477,37 @@ impl Scenario {
                     ));
                 }
             }
+        }
+        if self.data_store
+            && self
+                .swarm
+                .as_ref()
+                .is_some_and(|s| s.engine_crash_at_s.is_some())
+        {
+            return Err(err(
+                None,
+                "swarm.engine_crash_at_s: not supported with data_store = true yet".into(),
+            ));
+        }
+        let mut up_again_s = 0.0;
+        for (i, crash) in self.engine_crashes.iter().enumerate() {
+            let line = Some(line_of(text, crash.at_s.span().start));
+            let at_s = *crash.at_s.get_ref();
+            if !(at_s >= up_again_s && crash.down_s >= 0.0) {
+                return Err(err(
+                    line,
+                    format!(
+                        "engine_crash[{i}]: crashes must come in order, each after the engine is up again ({up_again_s} s), with down_s >= 0"
+                    ),
+                ));
+            }
+            if self.data_store {
+                return Err(err(
+                    line,
+                    format!("engine_crash[{i}]: not supported with data_store = true yet"),
+                ));
+            }
+            up_again_s = at_s + crash.down_s;
         }
         for job in self.expect.jobs.keys() {
             if !job_names.contains(job) {

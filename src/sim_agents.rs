@@ -21,6 +21,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::time::Instant;
 use xapi_sim::{ApplianceAnswer, AttachedDisk, PoolId};
 
 /// Progress of a simulated transfer is reported in this many steps.
@@ -37,13 +38,19 @@ pub struct SimAgentNet {
     pub store: StoreService,
     /// Running agents by VM uuid, with the token and address they started with.
     agents: Mutex<BTreeMap<String, RunningAgent>>,
+    /// Agents that crashed, by VM uuid: when their service is back.
+    restarting: Mutex<BTreeMap<String, Instant>>,
 }
 
 struct RunningAgent {
     token: Token,
     ip: Ipv4Addr,
+    agent: Arc<Agent>,
     router: axum::Router,
 }
+
+/// How long a crashed agent takes to be back (its service restarted).
+const AGENT_RESTART: Duration = Duration::from_secs(8);
 
 impl SimAgentNet {
     pub fn new(sim: SharedSim, pool: PoolId, clock: SimClock, store: StoreService) -> Self {
@@ -53,6 +60,38 @@ impl SimAgentNet {
             clock,
             store,
             agents: Mutex::new(BTreeMap::new()),
+            restarting: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// An `agent_crash` fault: the busy agent of `vm_uuid` dies now and its
+    /// service is back after [`AGENT_RESTART`]. True when it crashed.
+    fn maybe_crash(&self, vm_uuid: &str, ip: Ipv4Addr) -> bool {
+        let mut agents = self.agents.lock().expect("agents lock");
+        let busy = agents.get(vm_uuid).is_some_and(|a| a.agent.busy());
+        if !busy || !lock(&self.sim).agent_crash(self.pool, self.clock.now(), ip) {
+            return false;
+        }
+        if let Some(dead) = agents.remove(vm_uuid) {
+            dead.agent.kill();
+        }
+        self.restarting
+            .lock()
+            .expect("restarting lock")
+            .insert(vm_uuid.to_string(), Instant::now() + AGENT_RESTART);
+        true
+    }
+
+    /// True while the agent of `vm_uuid` is restarting after a crash.
+    fn restarting(&self, vm_uuid: &str) -> bool {
+        let mut restarting = self.restarting.lock().expect("restarting lock");
+        match restarting.get(vm_uuid) {
+            Some(back) if Instant::now() < *back => true,
+            Some(_) => {
+                restarting.remove(vm_uuid);
+                false
+            }
+            None => false,
         }
     }
 
@@ -91,12 +130,13 @@ impl SimAgentNet {
             store,
             execution: Execution::Inline,
         });
-        let router = abd_agent::router(agent);
+        let router = abd_agent::router(Arc::clone(&agent));
         agents.insert(
             vm_uuid.to_string(),
             RunningAgent {
                 token,
                 ip,
+                agent,
                 router: router.clone(),
             },
         );
@@ -126,6 +166,11 @@ impl AgentLink for SimAgentNet {
                     .expect("a response"));
             }
             ApplianceAnswer::Appliance { vm_uuid, vm_data } => {
+                if self.restarting(&vm_uuid) || self.maybe_crash(&vm_uuid, ip) {
+                    return Err(LinkError::Unreachable(format!(
+                        "the agent at {ip} is restarting (connection refused)"
+                    )));
+                }
                 self.agent_for(&vm_uuid, ip, &vm_data).ok_or_else(|| {
                     LinkError::Unreachable(format!("the agent at {ip} did not start (no token)"))
                 })?

@@ -49,6 +49,21 @@ pub type Activity = Arc<tokio::sync::Notify>;
 /// Longest `event.from` wait a caller may ask for, in seconds.
 const MAX_EVENT_WAIT_S: f64 = 3600.0;
 
+/// How long a refused connection takes to be reported.
+const REFUSED_AFTER: Duration = Duration::from_millis(200);
+
+/// `Err(Unreachable)` when an `xapi_unreachable` fault refuses the
+/// connection now (the call is not sent; it takes a moment to find out).
+async fn refused(sim: &SharedSim, pool: PoolId, clock: SimClock) -> Result<(), CallError> {
+    if !lock(sim).master_unreachable(pool, clock.now()) {
+        return Ok(());
+    }
+    tokio::time::sleep(REFUSED_AFTER).await;
+    Err(CallError::Unreachable(
+        "connection refused by the pool master".into(),
+    ))
+}
+
 /// `event.from(session, classes, token, timeout)` as XAPI has it, a call that
 /// blocks until something to report or the timeout, on the simulated clock:
 /// asks without waiting and, while nothing is reported, sleeps until the
@@ -114,6 +129,7 @@ impl SimTransport {
 #[async_trait]
 impl Transport for SimTransport {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+        refused(&self.sim, self.pool, self.clock).await?;
         // The call takes its time first; its effect lands when it completes.
         let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
@@ -151,6 +167,7 @@ pub struct HttpLink {
 #[async_trait]
 impl Transport for HttpLink {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+        refused(&self.sim, self.pool, self.clock).await?;
         let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
         if method == "event.from" {

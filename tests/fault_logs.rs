@@ -52,3 +52,23 @@ fn fault_sr_full_log() {
 fn cancel_log() {
     insta::assert_snapshot!("cancel", job_log("cancel"));
 }
+
+#[test]
+fn fault_host_disabled_log() {
+    insta::assert_snapshot!("fault_host_disabled", job_log("fault-host-disabled"));
+}
+
+#[test]
+fn engine_restart_log() {
+    insta::assert_snapshot!("engine_restart", job_log("engine-restart"));
+}
+
+#[test]
+fn fault_xapi_unreachable_log() {
+    insta::assert_snapshot!("fault_xapi_unreachable", job_log("fault-xapi-unreachable"));
+}
+
+#[test]
+fn fault_agent_crash_log() {
+    insta::assert_snapshot!("fault_agent_crash", job_log("fault-agent-crash"));
+}

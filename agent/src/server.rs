@@ -39,6 +39,8 @@ pub struct Agent {
     token: Token,
     context: Arc<Context>,
     tasks: SharedTasks,
+    /// The tasks' futures, so that the agent's process can die with them.
+    running: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Agent {
@@ -53,7 +55,26 @@ impl Agent {
                 execution: config.execution,
             }),
             tasks: SharedTasks::default(),
+            running: std::sync::Mutex::default(),
         })
+    }
+
+    /// True while a task is running.
+    pub fn busy(&self) -> bool {
+        self.tasks().running() > 0
+    }
+
+    /// The agent's process dies (a simulated crash): its tasks stop where
+    /// they are, and nothing of them is left to ask about.
+    pub fn kill(&self) {
+        for task in self
+            .running
+            .lock()
+            .expect("running lock poisoned")
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     /// The token this agent accepts.
@@ -81,13 +102,16 @@ impl Agent {
         let task = self.tasks().start(devices);
         let id = task.status().task;
         let running = work(Arc::clone(&self.context), Arc::clone(&task));
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let outcome = running.await;
             if let Err(e) = &outcome {
                 tracing::warn!(task = id, "task failed: {e}");
             }
             task.finish(outcome);
         });
+        let mut running = self.running.lock().expect("running lock poisoned");
+        running.retain(|t| !t.is_finished());
+        running.push(handle.abort_handle());
         Json(TaskStarted { task: id })
     }
 }

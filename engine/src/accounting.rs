@@ -138,6 +138,27 @@ impl Accounting {
         &self.pools
     }
 
+    /// The accounting of a whole run across an engine restart: `self` is the
+    /// engine that died, `later` the one that took over. Totals add up,
+    /// peaks are the higher, and what exists now is what `later` counts
+    /// (the dead engine's delegates are `later`'s reclaimed leftovers).
+    pub fn followed_by(mut self, later: &Accounting) -> Accounting {
+        for (pool, next) in &later.pools {
+            let c = self.pools.entry(pool.clone()).or_default();
+            c.created += next.created;
+            c.destroyed += next.destroyed;
+            c.reclaimed += next.reclaimed;
+            c.peak_live = c.peak_live.max(next.peak_live);
+            c.peak_busy = c.peak_busy.max(next.peak_busy);
+            c.live = next.live;
+            c.busy = next.busy;
+            c.allowed = next.allowed;
+        }
+        self.persistent.extend(later.persistent.clone());
+        self.violations.extend(later.violations.iter().cloned());
+        self
+    }
+
     /// Bounds that were broken (empty in a correct run).
     pub fn violations(&self) -> &[String] {
         &self.violations

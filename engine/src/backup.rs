@@ -25,8 +25,28 @@ pub async fn back_up_vm(
     log.cancel().check()?;
     log.progress("Taking hypervisor snapshot");
     let started = Instant::now();
+    // The name is unique to this run, and announced before the call: should
+    // the engine die before the snapshot is tagged, the next one finds it.
+    // With the engine id in it: two engines' runs of a same-named job differ.
+    let engine_id = &pool.engine_config().engine_id;
+    let snapshot_name = match log.journal() {
+        Some(journal) => format!("{engine_id} {job} {vm_name} #{}", journal.run),
+        None => format!("{engine_id} {job} {vm_name}"),
+    };
+    if let Some(journal) = log.journal() {
+        // No announcement on disk, no snapshot: a crash must not leave one
+        // that nothing names.
+        journal
+            .try_record(|job, run| crate::journal::JournalRecord::Snapshotting {
+                job,
+                run,
+                vm: vm_name.to_string(),
+                snapshot_name: snapshot_name.clone(),
+            })
+            .map_err(|e| EngineError::Journal(e.to_string()))?;
+    }
     let snap = x
-        .vm_snapshot(vm, &format!("abd {job} {vm_name}"))
+        .vm_snapshot(vm, &snapshot_name)
         .await
         .map_err(|e| EngineError::xapi(format!("VM {vm} {vm_name:?}"), "snapshot", e))?;
     let tagged = tag_snapshot(pool, &snap, job).await;
@@ -51,7 +71,14 @@ pub async fn back_up_vm(
             "Snapshot removed; {} disk(s) kept as CBT metadata for the next backup",
             keep.len()
         )),
-        Err(e) => log.fail(format!("Snapshot {snap} could not be removed: {e}")),
+        Err(e) => {
+            log.fail(format!("Snapshot {snap} could not be removed: {e}"));
+            let leftover = crate::reclaim::Leftover::Snapshot {
+                vm: snap.clone(),
+                name: snapshot_name.clone(),
+            };
+            crate::reclaim::retry_later(pool, leftover, log);
+        }
     }
     if let Ok(backed) = &result {
         retire_bases(pool, &backed.old_bases, log).await;
@@ -86,13 +113,14 @@ async fn retire_bases(pool: &PoolRuntime, uuids: &[String], log: &VmLog) {
     }
 }
 
-async fn tag_snapshot(pool: &PoolRuntime, snap: &OpaqueRef, job: &str) -> Result<(), EngineError> {
+pub(crate) async fn tag_snapshot(
+    pool: &PoolRuntime,
+    snap: &OpaqueRef,
+    job: &str,
+) -> Result<(), EngineError> {
     let engine_id = pool.engine_config().engine_id.clone();
-    for (key, value) in [
-        (tags::ENGINE_ID, engine_id.as_str()),
-        (tags::ROLE, tags::ROLE_SNAPSHOT),
-        (tags::JOB, job),
-    ] {
+    let [role, owner] = tags::ownership(&engine_id, tags::ROLE_SNAPSHOT);
+    for (key, value) in [role, (tags::JOB, job), owner] {
         pool.xapi
             .vm_set_other_config_key(snap, key, value)
             .await
@@ -483,21 +511,24 @@ async fn remove_snapshot_keeping(
         let object = object.clone();
         move |e| EngineError::xapi(object, step, e)
     };
-    x.vm_destroy(snap).await.map_err(fail("destroy"))?;
     let engine_id = pool.engine_config().engine_id.clone();
+    // Disks first: once the snapshot VM is gone they are found only by tag.
+    for vdi in &vdis {
+        for (key, value) in tags::ownership(&engine_id, tags::ROLE_SNAPSHOT_DISK) {
+            x.vdi_set_other_config_key(vdi, key, value)
+                .await
+                .map_err(fail("tagging a snapshot disk"))?;
+        }
+    }
+    x.vm_destroy(snap).await.map_err(fail("destroy"))?;
     for vdi in vdis {
         if keep.contains(&vdi) {
             x.vdi_data_destroy(&vdi)
                 .await
                 .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
-            for (key, value) in [
-                (tags::ENGINE_ID, engine_id.as_str()),
-                (tags::ROLE, tags::ROLE_CBT_BASE),
-            ] {
-                x.vdi_add_to_other_config(&vdi, key, value)
-                    .await
-                    .map_err(fail("tagging a CBT base"))?;
-            }
+            x.vdi_set_other_config_key(&vdi, tags::ROLE, tags::ROLE_CBT_BASE)
+                .await
+                .map_err(fail("tagging a CBT base"))?;
         } else {
             x.vdi_destroy(&vdi)
                 .await

@@ -28,6 +28,13 @@ pub struct EngineConfig {
     /// Where delegates reach the engine's data store (`http://10.0.0.5:7480`),
     /// handed to each delegate in `xenstore_data`. Needed with `store_dir`.
     pub store_url: Option<String>,
+    /// The job journal file (created when new): job runs recorded as they
+    /// happen, so that a restarted engine closes and resumes what a crash
+    /// interrupted. Without one, the journal lives only as long as the process.
+    pub journal_file: Option<std::path::PathBuf>,
+    /// How long one XAPI call waits out a pool that cannot be reached (its
+    /// master rebooting, the network down) before it fails.
+    pub xapi_unreachable_limit_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +49,8 @@ impl Default for EngineConfig {
             retry_backoff_s: 10,
             store_dir: None,
             store_url: None,
+            journal_file: None,
+            xapi_unreachable_limit_s: 300,
         }
     }
 }
@@ -54,6 +63,10 @@ impl EngineConfig {
     /// `address_poll_interval_s` as a Duration.
     pub fn address_poll_interval(&self) -> Duration {
         Duration::from_secs(self.address_poll_interval_s.max(1))
+    }
+    /// `xapi_unreachable_limit_s` as a Duration.
+    pub fn xapi_unreachable_limit(&self) -> Duration {
+        Duration::from_secs(self.xapi_unreachable_limit_s)
     }
     /// `address_wait_limit_s` as a Duration.
     pub fn address_wait_limit(&self) -> Duration {

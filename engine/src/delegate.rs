@@ -171,6 +171,16 @@ async fn configure(
         .map_err(fail("reading its disks"))?;
     d.own_vdis = disks.iter().map(|(vdi, _)| vdi.clone()).collect();
     d.own_srs = disks.into_iter().map(|(_, sr)| sr).collect();
+    // Its disks outlive the VM for a moment at teardown: tagged, they are
+    // found again if the engine dies in that moment.
+    let engine_id = pool.engine_config().engine_id.clone();
+    for vdi in &d.own_vdis {
+        for (key, value) in tags::ownership(&engine_id, tags::ROLE_DELEGATE_DISK) {
+            x.vdi_set_other_config_key(vdi, key, value)
+                .await
+                .map_err(fail("tagging its disk"))?;
+        }
+    }
     for vif in &record.vifs {
         x.vif_destroy(vif)
             .await
@@ -550,7 +560,25 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
             d.name,
             format_duration(started.elapsed())
         )),
-        Err(e) => log.fail(format!("{} teardown incomplete: {e}", d.name)),
+        Err(e) => {
+            log.fail(format!("{} teardown incomplete: {e}", d.name));
+            // Its address stays taken while the VM may still use it.
+            if let Some(lease) = d.lease {
+                pool.hold_lease(&d.vm, lease);
+            }
+            pool.agent.tokens().revoke(&d.token);
+            if d.counted {
+                pool.account(Change::DelegateDestroyed);
+            }
+            let leftover = crate::reclaim::Leftover::Delegate {
+                vm: d.vm,
+                name: d.name,
+                job: String::new(),
+                earlier: false,
+            };
+            crate::reclaim::retry_later(pool, leftover, log);
+            return;
+        }
     }
     if d.counted {
         pool.account(Change::DelegateDestroyed);
@@ -605,6 +633,8 @@ pub(crate) async fn destroy_delegate_vm(
         }
     }
     let own: Vec<OpaqueRef> = if own_vdis.is_empty() {
+        // Read again: the work disks' VBDs detached above are gone.
+        let record = x.vm_get_record(vm).await.map_err(fail("reading"))?;
         let disks = own_disks(pool, &record)
             .await
             .map_err(fail("reading its disks"))?;

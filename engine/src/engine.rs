@@ -1,20 +1,19 @@
 //! The engine: connects to pools, reclaims what earlier runs left behind, runs
 //! backup jobs and diagnostics, and tears idle delegates down at shutdown.
 
-use crate::accounting::{Accounting, Change};
+use crate::accounting::Accounting;
 use crate::agent::AgentClient;
-use crate::backup::remove_snapshot;
 use crate::config::{EngineConfig, JobSpec, PoolConfig};
-use crate::delegate::destroy_delegate_vm;
 use crate::diag::{self, DiagReport};
 use crate::error::EngineError;
 use crate::job::{self, JobReport};
 use crate::joblog::JobLog;
+use crate::journal::{InterruptedRun, Journal};
 use crate::pool::{PoolRuntime, Shared, VmLog};
-use crate::tags;
 use crate::xapi::{Credentials, Transport, XapiClient};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How to reach one pool.
 pub struct PoolConnection {
@@ -28,6 +27,18 @@ pub struct PoolConnection {
 pub struct Engine {
     shared: Arc<Shared>,
     pools: BTreeMap<String, Arc<PoolRuntime>>,
+    /// Runs an earlier engine left unfinished, found at start (to resume or abandon).
+    interrupted: std::sync::Mutex<Vec<InterruptedRun>>,
+}
+
+/// How an engine starts besides its configuration.
+#[derive(Default)]
+pub struct StartOptions {
+    /// The job journal (default: `EngineConfig::journal_file`, else memory).
+    pub journal: Option<Arc<Journal>>,
+    /// Engine time zero (default: now, less the time the journal already
+    /// covers, so that engine time goes on across restarts).
+    pub epoch: Option<tokio::time::Instant>,
 }
 
 impl Engine {
@@ -37,7 +48,19 @@ impl Engine {
         config: EngineConfig,
         connections: Vec<PoolConnection>,
     ) -> Result<Engine, EngineError> {
-        Self::open(config, connections, true).await
+        Self::open(config, connections, true, StartOptions::default()).await
+    }
+
+    /// [`Engine::start`] with a given journal and epoch. Runs the journal
+    /// shows unfinished (the engine before this one died) are closed as
+    /// interrupted, the snapshots they were taking removed, and kept for
+    /// [`Engine::resume`].
+    pub async fn start_with(
+        config: EngineConfig,
+        connections: Vec<PoolConnection>,
+        options: StartOptions,
+    ) -> Result<Engine, EngineError> {
+        Self::open(config, connections, true, options).await
     }
 
     /// Connects to every pool and changes nothing (for `validate` and the
@@ -46,14 +69,27 @@ impl Engine {
         config: EngineConfig,
         connections: Vec<PoolConnection>,
     ) -> Result<Engine, EngineError> {
-        Self::open(config, connections, false).await
+        Self::open(config, connections, false, StartOptions::default()).await
     }
 
     async fn open(
         config: EngineConfig,
         connections: Vec<PoolConnection>,
         reclaim: bool,
+        options: StartOptions,
     ) -> Result<Engine, EngineError> {
+        let journal = match (options.journal, &config.journal_file) {
+            (Some(journal), _) => journal,
+            (None, Some(path)) => {
+                Journal::open(path).map_err(|e| EngineError::Journal(e.to_string()))?
+            }
+            (None, None) => Journal::in_memory(),
+        };
+        let epoch = options.epoch.unwrap_or_else(|| {
+            let covered = Duration::from_millis(journal.last_line_ms().map_or(0, |ms| ms + 1));
+            let now = tokio::time::Instant::now();
+            now.checked_sub(covered).unwrap_or(now)
+        });
         let store = match &config.store_dir {
             Some(dir) => Some(Arc::new(
                 crate::datastore::DataStore::open_or_init(dir)
@@ -61,28 +97,87 @@ impl Engine {
             )),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, store));
+        let shared = Arc::new(Shared::with(config, store, journal, epoch));
         let engine_log = VmLog::new(Arc::clone(&shared.log), Arc::clone(&shared), None);
         engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
         let mut pools = BTreeMap::new();
         for c in connections {
             let name = c.config.name.clone();
-            let xapi = XapiClient::login(c.transport, c.credentials)
+            let limit = shared.config.xapi_unreachable_limit();
+            let xapi = XapiClient::login(c.transport, c.credentials, limit)
                 .await
-                .map_err(|e| EngineError::xapi(format!("pool {name}"), "login", e))?;
-            let pool = Arc::new(PoolRuntime::new(
-                Arc::clone(&shared),
-                c.config,
-                xapi,
-                c.agent,
-            )?);
+                .map_err(|e| EngineError::xapi(format!("pool {name}"), "login", e))?
+                .with_reachability_hook(reachability_log(&shared, &name));
+            let pool = PoolRuntime::new(Arc::clone(&shared), c.config, xapi, c.agent)?;
             if reclaim {
-                reclaim_leftovers(&pool, &engine_log).await?;
+                crate::reclaim::reclaim_leftovers(&pool, &engine_log).await?;
             }
             pools.insert(name, pool);
         }
+        let mut interrupted = Vec::new();
+        if reclaim {
+            for run in shared.journal.unfinished_runs() {
+                if let Some(pool) = pools.get(&run.spec.pool) {
+                    crate::reclaim::close_interrupted(pool, &run, &engine_log).await;
+                    interrupted.push(run);
+                }
+            }
+        }
         engine_log.ok(format!("Engine ready: {} pool(s)", pools.len()));
-        Ok(Engine { shared, pools })
+        Ok(Engine {
+            shared,
+            pools,
+            interrupted: std::sync::Mutex::new(interrupted),
+        })
+    }
+
+    /// Hands out, once, the runs the engine before this one left unfinished
+    /// (their leftovers were removed at start). Each should be given to
+    /// [`Engine::resume`] or [`Engine::abandon`]; until then the journal keeps
+    /// it open, so a crash in between loses nothing.
+    pub fn take_interrupted_runs(&self) -> Vec<InterruptedRun> {
+        std::mem::take(&mut *self.interrupted.lock().expect("interrupted lock poisoned"))
+    }
+
+    /// Closes an interrupted run without resuming it (its VMs wait for the
+    /// job's next run).
+    pub fn abandon(&self, run: &InterruptedRun) -> Result<(), EngineError> {
+        self.shared
+            .journal
+            .append(crate::journal::JournalRecord::RunInterrupted {
+                job: run.spec.name.clone(),
+                run: run.run,
+            })
+            .map_err(|e| EngineError::Journal(e.to_string()))?;
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        log.warn(format!(
+            "Job {} (run {}): closed without resuming it; {} VM(s) were not done",
+            run.spec.name,
+            run.run,
+            run.remaining().len()
+        ));
+        Ok(())
+    }
+
+    /// Goes on with a run an engine restart interrupted: its finished VMs
+    /// keep their results, the others are done now, and the report covers
+    /// the whole job.
+    pub async fn resume(&self, run: &InterruptedRun) -> JobReport {
+        match self.pool(&run.spec.pool) {
+            Ok(pool) => job::run_resuming(Arc::clone(pool), &run.spec, Some(run)).await,
+            Err(e) => job::unstartable(&self.shared, &run.spec, e),
+        }
+    }
+
+    /// The engine dies here (a simulated crash): every task it runs beside
+    /// its jobs is aborted, nothing is cleaned up. Jobs stop when their
+    /// futures are dropped. What it leaves is the next engine's to reclaim.
+    pub fn halt(&self) {
+        self.shared
+            .background
+            .lock()
+            .expect("background lock poisoned")
+            .abort_all();
     }
 
     /// The pool named `name`.
@@ -139,18 +234,10 @@ impl Engine {
         let control = running
             .get(job)
             .ok_or_else(|| EngineError::JobControl(format!("no job {job:?} is running")))?;
+        control.cancel(vm, reason)?;
         match vm {
-            None => {
-                control.cancel.cancel(reason);
-                log.warn(format!("Job {job}: cancel requested ({reason})"));
-            }
-            Some(vm) => {
-                let signal = control.vms.get(vm).ok_or_else(|| {
-                    EngineError::JobControl(format!("job {job:?} has no VM {vm:?}"))
-                })?;
-                signal.cancel(reason);
-                log.warn(format!("Job {job}: cancel of VM {vm} requested ({reason})"));
-            }
+            None => log.warn(format!("Job {job}: cancel requested ({reason})")),
+            Some(vm) => log.warn(format!("Job {job}: cancel of VM {vm} requested ({reason})")),
         }
         Ok(())
     }
@@ -247,16 +334,37 @@ impl Engine {
         Ok(crate::validate::validate(self.pool(pool)?).await)
     }
 
-    /// Tears down idle delegates (persistent mode) and logs out.
+    /// Tears down idle delegates (persistent mode), stops the background
+    /// retries (saying what they had left) and logs out.
     pub async fn shutdown(&self) {
         let engine_log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
         for pool in self.pools.values() {
             pool.drain_idle(&engine_log).await;
+        }
+        let pending = self
+            .shared
+            .leftovers_pending
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if pending > 0 {
+            engine_log.warn(format!(
+                "{pending} leftover(s) could not be removed yet; the next start of engine {} removes them",
+                self.shared.config.engine_id
+            ));
+        }
+        self.halt();
+        for pool in self.pools.values() {
             if let Err(e) = pool.xapi.logout().await {
                 tracing::debug!(pool = pool.name(), error = %e, "logout failed");
             }
         }
         engine_log.ok("Engine stopped");
+    }
+
+    /// Leftovers the background retries still try to remove.
+    pub fn leftovers_pending(&self) -> usize {
+        self.shared
+            .leftovers_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Delegate accounting so far.
@@ -283,54 +391,18 @@ impl Engine {
     }
 }
 
-/// Destroys delegates and snapshots tagged with our engine id: at start no job owns any.
-async fn reclaim_leftovers(pool: &PoolRuntime, log: &VmLog) -> Result<(), EngineError> {
-    let engine_id = pool.engine_config().engine_id.clone();
-    let vms = pool
-        .xapi
-        .vm_get_all_records()
-        .await
-        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
-    let (snapshots, delegates): (Vec<_>, Vec<_>) = vms
-        .into_iter()
-        .filter(|(_, vm)| tags::is_our_disposable_vm(vm, &engine_id))
-        .partition(|(_, vm)| vm.is_a_snapshot);
-    // Delegates first: they may still have snapshot disks plugged in.
-    for (vm_ref, vm) in delegates {
-        let job = vm
-            .other_config
-            .get(tags::JOB)
-            .cloned()
-            .unwrap_or_else(|| "?".into());
-        match destroy_delegate_vm(pool, &vm_ref, &[]).await {
-            Ok(()) => {
-                pool.account(Change::Reclaimed);
-                log.warn(format!(
-                    "Pool {}: reclaimed leftover delegate {:?} of job {job:?}",
-                    pool.name(),
-                    vm.name_label
-                ));
-            }
-            Err(e) => log.fail(format!(
-                "Pool {}: leftover delegate {:?} could not be reclaimed: {e}",
-                pool.name(),
-                vm.name_label
-            )),
-        }
-    }
-    for (snap_ref, snap) in snapshots {
-        match remove_snapshot(pool, &snap_ref).await {
-            Ok(()) => log.warn(format!(
-                "Pool {}: removed leftover snapshot {:?}",
-                pool.name(),
-                snap.name_label
-            )),
-            Err(e) => log.fail(format!(
-                "Pool {}: leftover snapshot {:?} could not be removed: {e}",
-                pool.name(),
-                snap.name_label
-            )),
-        }
-    }
-    Ok(())
+/// Writes a pool's reachability changes into the engine log.
+fn reachability_log(shared: &Arc<Shared>, pool: &str) -> crate::xapi::ReachabilityHook {
+    let log = VmLog::new(Arc::clone(&shared.log), Arc::clone(shared), None);
+    let pool = pool.to_string();
+    Arc::new(move |change| match change {
+        crate::xapi::Reachability::Lost { why, limit } => log.warn(format!(
+            "Pool {pool}: XAPI unreachable ({why}); each call waits up to {} for it",
+            crate::joblog::format_duration(limit)
+        )),
+        crate::xapi::Reachability::Back { after } => log.ok(format!(
+            "Pool {pool}: XAPI reachable again after {}",
+            crate::joblog::format_duration(after)
+        )),
+    })
 }

@@ -53,6 +53,9 @@ pub enum EngineError {
     /// The template cannot be deployed or used.
     #[error("template: {0}")]
     Template(String),
+    /// The job journal cannot be read or written.
+    #[error("{0}")]
+    Journal(String),
     /// No delegate could be made ready for a VM.
     #[error("no delegate: {0}")]
     NoDelegate(Box<EngineError>),

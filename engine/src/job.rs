@@ -8,10 +8,11 @@ use crate::config::JobSpec;
 use crate::delegate::{self, Delegate};
 use crate::error::EngineError;
 use crate::joblog::{JobLog, JobStatus, LineStatus, format_bytes, format_duration};
+use crate::journal::{InterruptedRun, JournalRecord, RunJournal};
 use crate::pool::Shared;
 use crate::pool::{PoolRuntime, Topology, VmLog};
 use crate::template::{self, TemplateInfo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use xapi_proto::OpaqueRef;
 
 /// How one VM of a job went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmStatus {
     Ok,
@@ -30,7 +31,7 @@ pub enum VmStatus {
 }
 
 /// One VM's result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmOutcome {
     pub vm: String,
     pub status: VmStatus,
@@ -47,6 +48,7 @@ pub struct VmOutcome {
     /// Delegates lost mid-work and replaced (each restart took a new snapshot).
     pub restarts: u32,
     /// It failed because the job or the VM was cancelled (or timed out).
+    #[serde(default)]
     pub cancelled: bool,
 }
 
@@ -83,6 +85,16 @@ enum WriteJob {
 
 /// Runs a backup job on its pool.
 pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
+    run_resuming(pool, spec, None).await
+}
+
+/// Runs a job; with `earlier`, the run an engine restart interrupted goes on:
+/// its log and its finished VMs are carried over and only the rest is done.
+pub async fn run_resuming(
+    pool: Arc<PoolRuntime>,
+    spec: &JobSpec,
+    earlier: Option<&InterruptedRun>,
+) -> JobReport {
     let shared = Arc::clone(&pool.shared);
     let cancel = Cancel::new();
     let vm_cancels: BTreeMap<String, Cancel> = spec
@@ -90,50 +102,185 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
         .iter()
         .map(|vm| (vm.clone(), cancel.child()))
         .collect();
+    let journal = RunJournal {
+        journal: Arc::clone(&shared.journal),
+        job: spec.name.clone(),
+        run: shared.journal.next_run(&spec.name),
+    };
     // Registered for as long as this future lives, so a job that ended (or
     // whose engine died) never holds its name.
-    let _running = match RunningJob::register(&shared, &spec.name, &cancel, &vm_cancels) {
+    let control = JobControl {
+        cancel: cancel.clone(),
+        vms: vm_cancels.clone(),
+        journal: journal.clone(),
+    };
+    let _running = match RunningJob::register(&shared, &spec.name, control) {
         Ok(running) => running,
         Err(e) => return unstartable(&shared, spec, e),
     };
-    let log = Arc::new(Mutex::new(JobLog::default()));
-    let job_log = VmLog::new(Arc::clone(&log), Arc::clone(&shared), None);
-    let started = shared.now();
+    journal.record(|job, run| JournalRecord::RunStarted {
+        job,
+        run,
+        spec: spec.clone(),
+        resumes: earlier.map(|e| e.run),
+    });
+    // A resumed run carries the interrupted run's log and results, so that it
+    // is whole on its own (and can itself be resumed).
+    let carried = earlier.map(|e| e.done.clone()).unwrap_or_default();
+    let mut carried_log = JobLog::default();
+    if let Some(earlier) = earlier {
+        for line in &earlier.log.lines {
+            journal.record(|job, run| JournalRecord::Line {
+                job,
+                run,
+                line: line.clone(),
+            });
+        }
+        for outcome in &carried {
+            journal.record(|job, run| JournalRecord::VmFinished {
+                job,
+                run,
+                outcome: outcome.clone(),
+            });
+        }
+        // Snapshots the cut-short turns took count against their VMs still,
+        // should this run be interrupted too.
+        for (vm, snapshot_name) in &earlier.snapshots {
+            journal.record(|job, run| JournalRecord::Snapshotting {
+                job,
+                run,
+                vm: vm.clone(),
+                snapshot_name: snapshot_name.clone(),
+            });
+        }
+        carried_log = earlier.log.clone();
+    }
+    let started = carried_log
+        .lines
+        .first()
+        .map(|l| Duration::from_millis(l.at_ms))
+        .unwrap_or_else(|| shared.now());
+    let log = Arc::new(Mutex::new(carried_log));
+    let job_log =
+        VmLog::new(Arc::clone(&log), Arc::clone(&shared), None).with_journal(Some(journal.clone()));
     let concurrency = spec.concurrency.max(1);
     pool.account(Change::JobStarted { concurrency });
-    job_log.progress(format!(
-        "Job {} started: {} VMs on pool {} at concurrency {concurrency}",
-        spec.name,
-        spec.vms.len(),
-        pool.name()
-    ));
+    let to_do: Vec<String> = match earlier {
+        None => {
+            job_log.progress(format!(
+                "Job {} started: {} VMs on pool {} at concurrency {concurrency}",
+                spec.name,
+                spec.vms.len(),
+                pool.name()
+            ));
+            spec.vms.clone()
+        }
+        Some(earlier) => {
+            let left = earlier.remaining();
+            job_log.warn(format!(
+                "Job {} resumed after an engine restart: run {} was interrupted with {} of {} VMs done; {} to do",
+                spec.name,
+                earlier.run,
+                earlier.done.len(),
+                spec.vms.len(),
+                left.len()
+            ));
+            // What was cancelled before the restart stays cancelled.
+            for (vm, reason) in &earlier.cancelled_vms {
+                if let Some(signal) = vm_cancels.get(vm) {
+                    journal.record(|job, run| JournalRecord::Cancelled {
+                        job,
+                        run,
+                        vm: Some(vm.clone()),
+                        reason: reason.clone(),
+                    });
+                    signal.cancel(reason.clone());
+                }
+            }
+            if let Some(reason) = &earlier.cancelled {
+                journal.record(|job, run| JournalRecord::Cancelled {
+                    job,
+                    run,
+                    vm: None,
+                    reason: reason.clone(),
+                });
+                cancel.cancel(reason.clone());
+            }
+            left
+        }
+    };
+    // A VM whose turn an engine restart cut short starts over; the snapshots
+    // those turns took count as restarts.
+    let interrupted_vms = earlier.map(|e| e.in_progress.clone()).unwrap_or_default();
+    let mut earlier_snapshots: BTreeMap<String, u32> = BTreeMap::new();
+    for (vm, _) in earlier.map(|e| e.snapshots.as_slice()).unwrap_or_default() {
+        *earlier_snapshots.entry(vm.clone()).or_default() += 1;
+    }
+    // A turn cut short is a restart even if it had taken no snapshot yet.
+    for vm in &interrupted_vms {
+        let count = earlier_snapshots.entry(vm.clone()).or_default();
+        *count = (*count).max(1);
+    }
     let work = async {
-        match prepare(&pool, spec, &job_log).await {
-            Ok(ctx) => process_all(Arc::new(ctx), spec, &log, &vm_cancels, concurrency).await,
+        let outcomes: Vec<VmOutcome> = match prepare(&pool, spec, &job_log).await {
+            Ok(ctx) => {
+                let batch = Batch {
+                    vms: &to_do,
+                    log: &log,
+                    vm_cancels: &vm_cancels,
+                    journal: &journal,
+                    started_over: &interrupted_vms,
+                    earlier_snapshots: &earlier_snapshots,
+                    concurrency,
+                };
+                process_all(Arc::new(ctx), spec, batch).await
+            }
             Err(e) => {
                 job_log.fail(format!("Job cannot start: {e}"));
                 let reason = format!("job could not start: {e}");
-                spec.vms
+                to_do
                     .iter()
                     .map(|vm| failed(vm, reason.clone(), None))
                     .collect()
             }
+        };
+        if earlier.is_none() {
+            return outcomes;
         }
+        let mut outcomes: BTreeMap<String, VmOutcome> =
+            outcomes.into_iter().map(|o| (o.vm.clone(), o)).collect();
+        outcomes.extend(carried.iter().map(|o| (o.vm.clone(), o.clone())));
+        // In the job's order, each VM once.
+        let mut seen = std::collections::BTreeSet::new();
+        spec.vms
+            .iter()
+            .filter(|vm| seen.insert(vm.as_str()))
+            .filter_map(|vm| outcomes.remove(vm))
+            .collect::<Vec<_>>()
     };
     let outcomes = match spec.time_limit_s {
         None => work.await,
         Some(limit_s) => {
             let limit = Duration::from_secs(limit_s);
+            // The limit counts from the job's start, across engine restarts.
+            let left = limit.saturating_sub(shared.now().saturating_sub(started));
             tokio::pin!(work);
             tokio::select! {
                 biased;
                 outcomes = &mut work => outcomes,
-                _ = tokio::time::sleep(limit) => {
+                _ = tokio::time::sleep(left) => {
                     job_log.fail(format!(
                         "Job time limit of {} reached: cancelling what is not done",
                         format_duration(limit)
                     ));
-                    cancel.cancel(format!("job time limit of {} reached", format_duration(limit)));
+                    let reason = format!("job time limit of {} reached", format_duration(limit));
+                    journal.record(|job, run| JournalRecord::Cancelled {
+                        job,
+                        run,
+                        vm: None,
+                        reason: reason.clone(),
+                    });
+                    cancel.cancel(reason);
                     // The VMs stop at their next wait and clean up after themselves.
                     work.await
                 }
@@ -184,6 +331,7 @@ pub async fn run(pool: Arc<PoolRuntime>, spec: &JobSpec) -> JobReport {
             format_duration(shared.now() - started)
         ),
     );
+    journal.record(|job, run| JournalRecord::RunFinished { job, run, status });
     let finished = shared.now();
     let log = log.lock().expect("job log lock poisoned").clone();
     JobReport {
@@ -238,34 +386,57 @@ async fn prepare(
     })
 }
 
-async fn process_all(
-    ctx: Arc<JobContext>,
-    spec: &JobSpec,
-    log: &Arc<Mutex<JobLog>>,
-    vm_cancels: &BTreeMap<String, Cancel>,
+/// The VMs one run processes, and what their tasks share.
+struct Batch<'a> {
+    vms: &'a [String],
+    log: &'a Arc<Mutex<JobLog>>,
+    vm_cancels: &'a BTreeMap<String, Cancel>,
+    journal: &'a RunJournal,
+    /// VMs whose earlier turn an engine restart cut short.
+    started_over: &'a std::collections::BTreeSet<String>,
+    /// Restarts those cut-short turns count for, per VM: one per snapshot
+    /// they announced, at least one.
+    earlier_snapshots: &'a BTreeMap<String, u32>,
     concurrency: usize,
-) -> Vec<VmOutcome> {
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let total = spec.vms.len();
+}
+
+async fn process_all(ctx: Arc<JobContext>, spec: &JobSpec, batch: Batch<'_>) -> Vec<VmOutcome> {
+    let slots = Arc::new(Semaphore::new(batch.concurrency));
+    let total = batch.vms.len();
     // A JoinSet: dropping the job (its engine died) aborts every VM's task.
     let mut tasks = JoinSet::new();
-    for (i, vm_name) in spec.vms.iter().enumerate() {
+    for (i, vm_name) in batch.vms.iter().enumerate() {
         let ctx = Arc::clone(&ctx);
         let slots = Arc::clone(&slots);
+        let journal = batch.journal.clone();
+        let started_over = batch.started_over.contains(vm_name);
+        let earlier_snapshots = batch.earlier_snapshots.get(vm_name).copied().unwrap_or(0);
         let vm_log = VmLog::new(
-            Arc::clone(log),
+            Arc::clone(batch.log),
             Arc::clone(&ctx.pool.shared),
             Some(vm_name.clone()),
         )
-        .with_cancel(vm_cancels[vm_name].clone());
+        .with_cancel(batch.vm_cancels[vm_name].clone())
+        .with_journal(Some(journal.clone()));
         let vm_name = vm_name.clone();
         tasks.spawn(async move {
             // The slot is held from provisioning through teardown, so a job never
             // has more delegates than its concurrency.
-            let outcome = match vm_log.cancel().wait(slots.acquire_owned()).await {
+            let mut outcome = match vm_log.cancel().wait(slots.acquire_owned()).await {
                 Ok(slot) => {
                     let _slot = slot.expect("job semaphore never closes");
+                    journal.record(|job, run| JournalRecord::VmStarted {
+                        job,
+                        run,
+                        vm: vm_name.clone(),
+                    });
                     vm_log.progress(format!("Processing VM {}/{total}", i + 1));
+                    if started_over {
+                        vm_log.warn(
+                            "Starting over: an engine restart cut its earlier turn short \
+                             (what that turn left was removed at restart)",
+                        );
+                    }
                     process_vm(&ctx, &vm_name, &vm_log).await
                 }
                 Err(e) => {
@@ -273,10 +444,17 @@ async fn process_all(
                     failed_by(&vm_name, &e, None)
                 }
             };
+            outcome.restarts += earlier_snapshots;
+            journal.record(|job, run| JournalRecord::VmFinished {
+                job,
+                run,
+                outcome: outcome.clone(),
+            });
             (i, outcome)
         });
     }
     let mut outcomes: Vec<Option<VmOutcome>> = vec![None; total];
+    let vms = batch.vms;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((i, outcome)) => outcomes[i] = Some(outcome),
@@ -285,7 +463,7 @@ async fn process_all(
     }
     outcomes
         .into_iter()
-        .zip(&spec.vms)
+        .zip(vms)
         .map(|(outcome, vm)| {
             outcome.unwrap_or_else(|| failed(vm, "internal error: its task died".into(), None))
         })
@@ -352,7 +530,14 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         pool.account(Change::DelegateIdle);
         let delegate_name = delegate.name.clone();
         let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
-        let lost = work.is_err() && !cancelled && delegate_lost(pool, &delegate).await;
+        let task_lost = matches!(
+            work,
+            Err(EngineError::Agent(
+                crate::agent::AgentError::TaskLost { .. }
+            ))
+        );
+        let lost =
+            work.is_err() && !cancelled && (task_lost || delegate_lost(pool, &delegate).await);
         release(pool, delegate, work.is_ok(), log).await;
         if lost && attempt < VM_ATTEMPTS {
             let cause = work
@@ -360,8 +545,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
+            let why = if task_lost {
+                "its agent restarted and lost the work"
+            } else {
+                "its VM stopped running"
+            };
             log.warn(format!(
-                "{delegate_name} was lost during the work (its VM stopped running; {cause}); \
+                "{delegate_name} was lost during the work ({why}; {cause}); \
                  starting over with a new delegate"
             ));
             attempt += 1;
@@ -574,14 +764,35 @@ struct RunningJob {
 pub(crate) struct JobControl {
     pub(crate) cancel: Cancel,
     pub(crate) vms: BTreeMap<String, Cancel>,
+    /// Where a cancellation is recorded, so that it outlives the engine.
+    pub(crate) journal: RunJournal,
+}
+
+impl JobControl {
+    /// Cancels the whole run (`vm: None`) or one VM, and records it.
+    pub(crate) fn cancel(&self, vm: Option<&str>, reason: &str) -> Result<(), EngineError> {
+        let signal = match vm {
+            None => &self.cancel,
+            Some(vm) => self.vms.get(vm).ok_or_else(|| {
+                EngineError::JobControl(format!("job {:?} has no VM {vm:?}", self.journal.job))
+            })?,
+        };
+        self.journal.record(|job, run| JournalRecord::Cancelled {
+            job,
+            run,
+            vm: vm.map(str::to_string),
+            reason: reason.to_string(),
+        });
+        signal.cancel(reason);
+        Ok(())
+    }
 }
 
 impl RunningJob {
     fn register(
         shared: &Arc<Shared>,
         name: &str,
-        cancel: &Cancel,
-        vms: &BTreeMap<String, Cancel>,
+        control: JobControl,
     ) -> Result<RunningJob, EngineError> {
         let mut running = shared
             .running_jobs
@@ -592,13 +803,7 @@ impl RunningJob {
                 "job {name:?} is already running"
             )));
         }
-        running.insert(
-            name.to_string(),
-            JobControl {
-                cancel: cancel.clone(),
-                vms: vms.clone(),
-            },
-        );
+        running.insert(name.to_string(), control);
         Ok(RunningJob {
             shared: Arc::clone(shared),
             name: name.to_string(),
@@ -622,18 +827,25 @@ mod tests {
     #[test]
     fn a_job_name_runs_once_at_a_time_and_is_free_when_its_run_ends() {
         let shared = Arc::new(Shared::new(EngineConfig::default(), None));
-        let cancel = Cancel::new();
-        let vms = BTreeMap::new();
-        let first = RunningJob::register(&shared, "nightly", &cancel, &vms).expect("first run");
-        let again = RunningJob::register(&shared, "nightly", &cancel, &vms);
+        let control = |job: &str| JobControl {
+            cancel: Cancel::new(),
+            vms: BTreeMap::new(),
+            journal: RunJournal {
+                journal: Arc::clone(&shared.journal),
+                job: job.into(),
+                run: 1,
+            },
+        };
+        let first = RunningJob::register(&shared, "nightly", control("nightly")).expect("first");
+        let again = RunningJob::register(&shared, "nightly", control("nightly"));
         assert!(
             matches!(&again, Err(EngineError::JobControl(m)) if m.contains("already running")),
             "a second run of a running job is refused"
         );
-        assert!(RunningJob::register(&shared, "weekly", &cancel, &vms).is_ok());
+        assert!(RunningJob::register(&shared, "weekly", control("weekly")).is_ok());
         drop(first);
         assert!(
-            RunningJob::register(&shared, "nightly", &cancel, &vms).is_ok(),
+            RunningJob::register(&shared, "nightly", control("nightly")).is_ok(),
             "no ghost lock once the run is gone"
         );
     }

@@ -21,8 +21,10 @@ pub mod engine;
 pub mod error;
 pub mod job;
 pub mod joblog;
+pub mod journal;
 pub mod placement;
 pub mod pool;
+mod reclaim;
 pub mod restore;
 pub mod store_server;
 pub mod tags;
@@ -31,5 +33,5 @@ pub mod validate;
 pub mod xapi;
 
 pub use config::{Addressing, EngineConfig, JobSpec, PoolConfig};
-pub use engine::{Engine, PoolConnection};
+pub use engine::{Engine, PoolConnection, StartOptions};
 pub use error::EngineError;

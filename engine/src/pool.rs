@@ -32,21 +32,46 @@ pub struct Shared {
     pub store: Option<Arc<crate::datastore::DataStore>>,
     /// Jobs running now, by name: how to cancel them.
     pub(crate) running_jobs: Mutex<BTreeMap<String, crate::job::JobControl>>,
+    /// Where job runs are recorded as they happen.
+    pub journal: Arc<crate::journal::Journal>,
+    /// Tasks the engine runs beside its jobs (idle reapers), aborted when
+    /// the engine halts.
+    pub(crate) background: Mutex<tokio::task::JoinSet<()>>,
+    /// Leftovers the background retries still try to remove.
+    pub(crate) leftovers_pending: std::sync::atomic::AtomicUsize,
     next_holder: AtomicU64,
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new(
         config: EngineConfig,
         store: Option<Arc<crate::datastore::DataStore>>,
     ) -> Self {
+        Self::with(
+            config,
+            store,
+            crate::journal::Journal::in_memory(),
+            Instant::now(),
+        )
+    }
+
+    pub(crate) fn with(
+        config: EngineConfig,
+        store: Option<Arc<crate::datastore::DataStore>>,
+        journal: Arc<crate::journal::Journal>,
+        epoch: Instant,
+    ) -> Self {
         Shared {
             config,
-            epoch: Instant::now(),
+            epoch,
             accounting: Mutex::new(Accounting::default()),
             log: Arc::new(Mutex::new(JobLog::default())),
             store,
             running_jobs: Mutex::default(),
+            journal,
+            background: Mutex::default(),
+            leftovers_pending: Default::default(),
             next_holder: AtomicU64::new(1),
         }
     }
@@ -82,6 +107,8 @@ pub struct VmLog {
     /// The VM's cancellation signal. It travels with the logger because every
     /// step that logs about a VM is a step that may be asked to stop.
     cancel: crate::cancel::Cancel,
+    /// Where the lines are also recorded (a job run's loggers).
+    journal: Option<crate::journal::RunJournal>,
 }
 
 impl VmLog {
@@ -93,7 +120,19 @@ impl VmLog {
             vm,
             warned: Arc::default(),
             cancel: crate::cancel::Cancel::new(),
+            journal: None,
         }
+    }
+
+    /// The same logger, also recording its lines in a run's journal.
+    pub fn with_journal(mut self, journal: Option<crate::journal::RunJournal>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// The run's journal, for a job run's loggers.
+    pub(crate) fn journal(&self) -> Option<&crate::journal::RunJournal> {
+        self.journal.as_ref()
     }
 
     /// The same logger, stopping when `cancel` is raised.
@@ -118,10 +157,15 @@ impl VmLog {
             self.warned.store(true, Ordering::Relaxed);
         }
         let at = self.shared.now();
-        self.log
-            .lock()
-            .expect("job log lock poisoned")
-            .push(at, status, self.vm.as_deref(), text);
+        let mut log = self.log.lock().expect("job log lock poisoned");
+        log.push(at, status, self.vm.as_deref(), text);
+        if let (Some(journal), Some(line)) = (&self.journal, log.lines.last()) {
+            journal.record(|job, run| crate::journal::JournalRecord::Line {
+                job,
+                run,
+                line: line.clone(),
+            });
+        }
     }
     pub fn ok(&self, text: impl Into<String>) {
         self.line(LineStatus::Ok, text)
@@ -178,6 +222,11 @@ pub struct PoolRuntime {
     /// Hosts XAPI recently reported offline or disabled, with when.
     down_hosts: Mutex<BTreeMap<OpaqueRef, tokio::time::Instant>>,
     next_number: AtomicU64,
+    /// Static addresses of delegates whose teardown failed: held until the
+    /// VM is really gone, so no one else is given an address still in use.
+    held_leases: Mutex<BTreeMap<OpaqueRef, crate::address::Lease>>,
+    /// This runtime itself, for background work that outlives a call.
+    me: std::sync::Weak<PoolRuntime>,
 }
 
 /// The pool's hosts, storage and networks, read at job start.
@@ -222,7 +271,7 @@ impl PoolRuntime {
         config: PoolConfig,
         xapi: XapiClient,
         agent: Arc<AgentClient>,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Arc<PoolRuntime>, EngineError> {
         let addresses = match &config.addressing {
             Addressing::Dhcp => None,
             Addressing::Static { addresses } => {
@@ -239,7 +288,9 @@ impl PoolRuntime {
             .lock()
             .expect("accounting lock poisoned")
             .add_pool(&config.name, config.persistent);
-        Ok(PoolRuntime {
+        Ok(Arc::new_cyclic(|me| PoolRuntime {
+            me: me.clone(),
+            held_leases: Mutex::default(),
             boot_gate: BootGate::new(config.boot_cap_per_pool, config.boot_cap_per_host),
             shared,
             config,
@@ -251,7 +302,32 @@ impl PoolRuntime {
             idle_generation: AtomicU64::new(0),
             next_number: AtomicU64::new(1),
             down_hosts: Mutex::new(BTreeMap::new()),
-        })
+        }))
+    }
+
+    /// This runtime as an `Arc` (for background work).
+    pub(crate) fn shared_self(&self) -> Arc<PoolRuntime> {
+        self.me.upgrade().expect("a pool runtime lives in an Arc")
+    }
+
+    /// Keeps `lease` until `vm` is destroyed (its teardown failed).
+    pub(crate) fn hold_lease(&self, vm: &OpaqueRef, lease: crate::address::Lease) {
+        self.held_leases
+            .lock()
+            .expect("held leases lock poisoned")
+            .insert(vm.clone(), lease);
+    }
+
+    /// Returns the address `vm` held, now that it is gone.
+    pub(crate) fn release_held_lease(&self, vm: &OpaqueRef) {
+        let held = self
+            .held_leases
+            .lock()
+            .expect("held leases lock poisoned")
+            .remove(vm);
+        if let Some(lease) = held {
+            lease.release();
+        }
     }
 
     /// The pool's name.
@@ -435,7 +511,13 @@ impl PoolRuntime {
             });
         let pool = Arc::clone(self);
         let reaper_log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
-        tokio::spawn(async move {
+        let mut background = self
+            .shared
+            .background
+            .lock()
+            .expect("background lock poisoned");
+        while background.try_join_next().is_some() {}
+        background.spawn(async move {
             tokio::time::sleep(limit).await;
             let expired = {
                 let mut idle = pool.idle.lock().expect("idle lock poisoned");

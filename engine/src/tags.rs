@@ -24,6 +24,11 @@ pub const ROLE_SNAPSHOT: &str = "snapshot";
 pub const ROLE_RESTORED: &str = "restored";
 /// Role value of a replica VDI (kept up to date by replication jobs).
 pub const ROLE_REPLICA: &str = "replica";
+/// Role value of a delegate's own disk (cloned from the template's).
+pub const ROLE_DELEGATE_DISK: &str = "delegate-disk";
+/// Role value of a disk of one of our snapshots, tagged before the snapshot
+/// VM is destroyed so that an engine dying in between leaves a findable disk.
+pub const ROLE_SNAPSHOT_DISK: &str = "snapshot-disk";
 /// Role value of a snapshot disk kept as CBT metadata only (the base of the
 /// next incremental backup of that disk).
 pub const ROLE_CBT_BASE: &str = "cbt-base";
@@ -74,6 +79,25 @@ pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
             vdi.other_config.get(ROLE).map(String::as_str),
             Some(ROLE_RESTORED | ROLE_REPLICA)
         )
+}
+
+/// True when the VDI is a disk of a delegate or snapshot of ours whose VM is
+/// gone (an engine died between destroying the VM and its disks, or between
+/// reducing a snapshot disk to CBT metadata and calling it a base): garbage.
+pub fn is_our_orphan_disk(vdi: &VdiRecord, engine_id: &str) -> bool {
+    has_engine_id(&vdi.other_config, engine_id)
+        && matches!(
+            vdi.other_config.get(ROLE).map(String::as_str),
+            Some(ROLE_DELEGATE_DISK | ROLE_SNAPSHOT_DISK)
+        )
+        && vdi.vbds.is_empty()
+}
+
+/// The keys that make an object ours with `role`, engine id last: an object
+/// is ours only once it carries our engine id, so the id goes on when
+/// everything else is in place (an engine dying halfway leaves no half-ours object).
+pub fn ownership<'a>(engine_id: &'a str, role: &'a str) -> [(&'static str, &'a str); 2] {
+    [(ROLE, role), (ENGINE_ID, engine_id)]
 }
 
 /// True when the VDI is a CBT base this engine keeps (metadata only).

@@ -38,6 +38,16 @@ pub enum FaultKind {
     /// restarted), at `from_s` and then every `every_s` until `until_s`:
     /// calls fail SESSION_INVALID until their client logs in again.
     SessionExpiry,
+    /// The agent process in a delegate dies while it works (each request
+    /// to a busy agent with `rate`) and is back, with no memory of its
+    /// tasks, a few seconds later.
+    AgentCrash,
+    /// The pool master cannot be reached (each connection refused with
+    /// `rate`) from `from_s` to `until_s`: nothing the client sends arrives.
+    XapiUnreachable,
+    /// `host` is disabled at `from_s` (an operator put it in maintenance: VMs
+    /// on it keep running, nothing new starts there) and enabled at `until_s`.
+    HostDisabled,
 }
 
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
@@ -82,7 +92,7 @@ pub struct FaultSpec {
     pub after_effect: bool,
     /// `latency`: seconds added to each matching call.
     pub latency_s: Option<f64>,
-    /// `host_crash`: the host, by name.
+    /// `host_crash`, `host_disabled`: the host, by name.
     pub host: Option<String>,
     /// `session_expiry`: repeat this often (seconds) until `until_s`.
     pub every_s: Option<f64>,
@@ -104,8 +114,10 @@ impl FaultSpec {
         if self.kind == FaultKind::Latency && self.latency_s.is_none_or(|l| l < 0.0) {
             return fail("latency needs `latency_s` >= 0".into());
         }
-        if self.kind == FaultKind::HostCrash && self.host.is_none() {
-            return fail("host_crash needs `host`".into());
+        if matches!(self.kind, FaultKind::HostCrash | FaultKind::HostDisabled)
+            && self.host.is_none()
+        {
+            return fail(format!("{:?} needs `host`", self.kind));
         }
         if self.kind == FaultKind::SrFill && self.sr.is_none() {
             return fail("sr_fill needs `sr`".into());
@@ -237,6 +249,18 @@ impl Faults {
             .map_or(Duration::ZERO, Duration::from_secs_f64)
     }
 
+    /// True when a busy delegate agent's process dies now.
+    pub fn agent_crashes(&mut self, pool: usize, now: SimTime) -> bool {
+        self.fire(pool, now, FaultKind::AgentCrash, |_| true)
+            .is_some()
+    }
+
+    /// True when a connection to the pool's master is refused now.
+    pub fn unreachable(&mut self, pool: usize, now: SimTime) -> bool {
+        self.fire(pool, now, FaultKind::XapiUnreachable, |_| true)
+            .is_some()
+    }
+
     /// True when a delegate's guest booting now should never come up.
     pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
         self.fire(pool, now, FaultKind::BootFailure, |_| true)
@@ -296,7 +320,7 @@ impl Faults {
                 continue;
             }
             let target = match kind {
-                FaultKind::HostCrash => fault.spec.host.clone(),
+                FaultKind::HostCrash | FaultKind::HostDisabled => fault.spec.host.clone(),
                 FaultKind::SrFill => fault.spec.sr.clone(),
                 _ => None,
             };

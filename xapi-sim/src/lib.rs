@@ -305,6 +305,45 @@ impl Sim {
         self.call_duration(method) + self.faults.call_latency(pool.0, now, method)
     }
 
+    /// True when a client connecting to `pool`'s master now is refused (an
+    /// `xapi_unreachable` fault): the call never arrives.
+    pub fn master_unreachable(&mut self, pool: PoolId, now: SimTime) -> bool {
+        self.fault_fired(
+            pool,
+            now,
+            |f, p| f.unreachable(p, now),
+            || "fault: connection to the pool master refused".into(),
+        )
+    }
+
+    /// True when the busy agent of the delegate at `ip` crashes now (an
+    /// `agent_crash` fault); logged.
+    pub fn agent_crash(&mut self, pool: PoolId, now: SimTime, ip: std::net::Ipv4Addr) -> bool {
+        self.fault_fired(
+            pool,
+            now,
+            |f, p| f.agent_crashes(p, now),
+            || format!("fault: the delegate agent at {ip} crashed"),
+        )
+    }
+
+    /// Brings the pool to `now`, asks `fires`, and logs `what` when it fired.
+    fn fault_fired(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        fires: impl FnOnce(&mut faults::Faults, usize) -> bool,
+        what: impl FnOnce() -> String,
+    ) -> bool {
+        self.advance_to(now);
+        let fired = fires(&mut self.faults, pool.0);
+        if fired {
+            let name = self.pools[pool.0].name.clone();
+            self.log.push(now, &name, what());
+        }
+        fired
+    }
+
     /// How many times a fault fired so far.
     pub fn faults_injected(&self) -> u64 {
         self.faults.injected
@@ -518,7 +557,8 @@ impl Sim {
 }
 
 /// The faults that strike at set times, as scheduled happenings. The order of
-/// the draws (host crashes, session expiries, SR fills) is part of a seed's run.
+/// the draws (host crashes, session expiries, SR fills, disabled hosts) is part
+/// of a seed's run.
 fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule {
     let mut schedule = Schedule::default();
     let windows = |faults: &mut faults::Faults, kind| {
@@ -530,7 +570,9 @@ fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule
                 let host = m.hosts.iter().find(|(_, h)| h.name_label == name);
                 let sr = m.srs.iter().find(|(_, s)| s.name_label == name);
                 let object = match kind {
-                    faults::FaultKind::HostCrash => host.map(|(r, _)| r.clone()),
+                    faults::FaultKind::HostCrash | faults::FaultKind::HostDisabled => {
+                        host.map(|(r, _)| r.clone())
+                    }
                     _ => sr.map(|(r, _)| r.clone()),
                 }?;
                 Some((PoolId(pool), object, at, until))
@@ -553,6 +595,12 @@ fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule
         schedule.at(at, pool, Scheduled::SrFill { sr: sr.clone() });
         if let Some(freed) = freed {
             schedule.at(freed, pool, Scheduled::SrDrain { sr });
+        }
+    }
+    for (pool, host, at, back) in windows(faults, faults::FaultKind::HostDisabled) {
+        schedule.at(at, pool, Scheduled::HostDisable { host: host.clone() });
+        if let Some(back) = back {
+            schedule.at(back, pool, Scheduled::HostEnable { host });
         }
     }
     schedule

@@ -31,6 +31,10 @@ pub(crate) enum Scheduled {
     SrFill { sr: OpaqueRef },
     /// The space the fill took is freed.
     SrDrain { sr: OpaqueRef },
+    /// A fault: the host is disabled (maintenance).
+    HostDisable { host: OpaqueRef },
+    /// The disabled host is enabled again.
+    HostEnable { host: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

@@ -19,6 +19,8 @@ use std::time::Duration;
 const LONG_POLL: Duration = Duration::from_secs(30);
 /// Failed status requests tolerated in a row before the task counts as lost.
 const POLL_RETRIES: u32 = 3;
+/// Pause before asking again; with the retries, rides out an agent restart.
+const POLL_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// The engine's client for delegate agents.
 pub struct AgentClient {
@@ -73,9 +75,10 @@ impl AgentClient {
             let message = serde_json::from_slice::<ErrorBody>(body)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
-            return Err(AgentError::Failed {
-                ip,
-                message: format!("HTTP {}: {message}", response.status()),
+            let message = format!("HTTP {}: {message}", response.status());
+            return Err(match response.status() {
+                StatusCode::NOT_FOUND => AgentError::NotFound { ip, message },
+                _ => AgentError::Failed { ip, message },
             });
         }
         Ok(response)
@@ -217,11 +220,22 @@ impl AgentClient {
             let status: TaskStatus =
                 match self.request_json(ip, token, Method::GET, &uri, None).await {
                     Ok(status) => status,
-                    Err(AgentError::Failed { message, .. }) if failures < POLL_RETRIES => {
+                    // A blip, or the agent restarting: ask again a few times.
+                    Err(e @ (AgentError::Failed { .. } | AgentError::Unreachable { .. }))
+                        if failures < POLL_RETRIES =>
+                    {
                         failures += 1;
-                        tracing::debug!(%ip, "task status failed ({message}); retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        tracing::debug!(%ip, "task status failed ({e}); retrying");
+                        tokio::time::sleep(POLL_RETRY_PAUSE).await;
                         continue;
+                    }
+                    // The agent is there but does not know the task: it restarted.
+                    Err(AgentError::NotFound { .. }) => {
+                        guard.task = None;
+                        return Err(AgentError::TaskLost {
+                            ip,
+                            task: started.task,
+                        });
                     }
                     Err(e) => return Err(e),
                 };

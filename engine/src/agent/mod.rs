@@ -79,4 +79,11 @@ pub enum AgentError {
     /// The agent answered with an error.
     #[error("delegate agent at {ip}: {message}")]
     Failed { ip: Ipv4Addr, message: String },
+    /// The agent answered that it has no such thing (HTTP 404).
+    #[error("delegate agent at {ip}: {message}")]
+    NotFound { ip: Ipv4Addr, message: String },
+    /// The agent no longer knows the task it was running: its process
+    /// restarted and the work is gone (the delegate may still be fine).
+    #[error("delegate agent at {ip} lost task {task} (the agent restarted)")]
+    TaskLost { ip: Ipv4Addr, task: u64 },
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use xapi_proto::records::*;
 use xapi_proto::{OpaqueRef, Value, codes};
 
@@ -39,21 +40,89 @@ pub struct XapiClient {
     credentials: Credentials,
     session: Mutex<OpaqueRef>,
     calls: AtomicU64,
+    /// How long a call waits out an unreachable pool before it fails.
+    unreachable_limit: Duration,
+    /// When the pool stopped answering, while it does not.
+    unreachable_since: Mutex<Option<tokio::time::Instant>>,
+    /// Told when the pool stops answering and when it answers again.
+    on_reachability: Option<ReachabilityHook>,
 }
 
+/// A change in whether the pool can be reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// Calls stopped getting through (why), and will wait up to the limit.
+    Lost { why: String, limit: Duration },
+    /// Calls get through again, after this long.
+    Back { after: Duration },
+}
+
+/// What an engine does when reachability changes (it logs it).
+pub type ReachabilityHook = Arc<dyn Fn(Reachability) + Send + Sync>;
+
+/// First pause before trying an unreachable pool again; it doubles up to the max.
+const UNREACHABLE_FIRST_PAUSE: Duration = Duration::from_secs(2);
+const UNREACHABLE_MAX_PAUSE: Duration = Duration::from_secs(30);
+
 impl XapiClient {
-    /// Logs in to the pool behind `transport`.
+    /// Logs in to the pool behind `transport`, waiting out a pool that cannot
+    /// be reached for at most `unreachable_limit`.
     pub async fn login(
         transport: Arc<dyn Transport>,
         credentials: Credentials,
+        unreachable_limit: Duration,
     ) -> Result<Self, CallError> {
-        let session = Self::open_session(transport.as_ref(), &credentials).await?;
+        let session = patiently(unreachable_limit, "session.login_with_password", |_| {
+            Self::open_session(transport.as_ref(), &credentials)
+        })
+        .await?;
         Ok(XapiClient {
             transport,
             credentials,
             session: Mutex::new(session),
             calls: AtomicU64::new(1),
+            unreachable_limit,
+            unreachable_since: Mutex::new(None),
+            on_reachability: None,
         })
+    }
+
+    /// The same client, telling `hook` when the pool stops and starts answering.
+    pub fn with_reachability_hook(mut self, hook: ReachabilityHook) -> Self {
+        self.on_reachability = Some(hook);
+        self
+    }
+
+    /// Records whether a call that started at `started` got through; tells
+    /// the hook once per change. A call already under way when the pool
+    /// stopped answering proves nothing about now.
+    fn note_reachable(&self, reached: Result<(), &str>, started: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        let change = {
+            let mut since = self
+                .unreachable_since
+                .lock()
+                .expect("reachability lock poisoned");
+            match (reached, *since) {
+                (Ok(()), Some(from)) if started >= from => {
+                    *since = None;
+                    Some(Reachability::Back {
+                        after: now.duration_since(from),
+                    })
+                }
+                (Err(why), None) => {
+                    *since = Some(now);
+                    Some(Reachability::Lost {
+                        why: why.to_string(),
+                        limit: self.unreachable_limit,
+                    })
+                }
+                _ => None,
+            }
+        };
+        if let (Some(change), Some(hook)) = (change, &self.on_reachability) {
+            hook(change);
+        }
     }
 
     async fn open_session(
@@ -83,8 +152,26 @@ impl XapiClient {
         self.session.lock().expect("session lock poisoned").clone()
     }
 
-    /// Performs a call with the session; logs in again once if the session expired.
+    /// Performs a call with the session; logs in again once if the session
+    /// expired, and waits out a pool that cannot be reached (bounded).
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
+        patiently(self.unreachable_limit, method, |started| {
+            let args = args.clone();
+            async move {
+                let result = self.call_once(method, args).await;
+                match &result {
+                    Err(CallError::Unreachable(why)) => self.note_reachable(Err(why), started),
+                    // An answer, even an error, proves the pool is there.
+                    Ok(_) | Err(CallError::Xapi(_)) => self.note_reachable(Ok(()), started),
+                    Err(_) => {}
+                }
+                result
+            }
+        })
+        .await
+    }
+
+    async fn call_once(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
         let session = self.session();
         let result = self.call_with(&session, method, args.clone()).await;
         match result {
@@ -527,4 +614,38 @@ fn int64(method: &str, v: &Value) -> Result<i64, CallError> {
             method: method.to_string(),
             detail: format!("expected an int64, got {v}"),
         })
+}
+
+/// Runs `attempt` until it gets past an unreachable pool: nothing was sent,
+/// so any call may be tried again. Pauses double up to a maximum; gives up
+/// once `limit` has passed since the first try.
+async fn patiently<T, F, Fut>(limit: Duration, method: &str, mut attempt: F) -> Result<T, CallError>
+where
+    F: FnMut(tokio::time::Instant) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let first = tokio::time::Instant::now();
+    let deadline = first + limit;
+    let mut pause = UNREACHABLE_FIRST_PAUSE;
+    loop {
+        match attempt(tokio::time::Instant::now()).await {
+            Err(CallError::Unreachable(why)) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(CallError::Unreachable(format!(
+                        "{why} (still, after {} s of trying)",
+                        now.duration_since(first).as_secs()
+                    )));
+                }
+                let pause_now = pause.min(deadline - now);
+                tracing::warn!(
+                    method,
+                    "pool unreachable ({why}); trying again in {pause_now:?}"
+                );
+                tokio::time::sleep(pause_now).await;
+                pause = (pause * 2).min(UNREACHABLE_MAX_PAUSE);
+            }
+            other => return other,
+        }
+    }
 }

@@ -137,7 +137,16 @@ impl HttpTransport {
             .body(body)
             .send()
             .await
-            .map_err(|e| CallError::Transport(format!("{method} to {url}: {}", describe(e))))?;
+            .map_err(|e| {
+                // Not connected: the request never left, whatever the method.
+                let unreachable = never_connected(&e);
+                let what = format!("{method} to {url}: {}", describe(e));
+                if unreachable {
+                    CallError::Unreachable(what)
+                } else {
+                    CallError::Transport(what)
+                }
+            })?;
         let status = reply.status();
         let text = reply.text().await.map_err(|e| {
             CallError::Transport(format!("{method}: reading the reply: {}", describe(e)))
@@ -172,6 +181,35 @@ impl HttpTransport {
 }
 
 /// A reqwest error without the request URL's query (which may carry a session).
+/// True when the connection itself failed (refused, no route, connect
+/// timeout), so the request was never sent. TLS and name errors are not
+/// this: they do not pass by waiting.
+fn never_connected(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind;
+    if !e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkDown
+                    | ErrorKind::TimedOut
+                    | ErrorKind::AddrNotAvailable
+            );
+        }
+        source = err.source();
+    }
+    // A connect timeout carries no I/O error.
+    e.is_timeout()
+}
+
 fn describe(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -198,5 +236,40 @@ impl Transport for HttpTransport {
         Err(CallError::Transport(format!(
             "{method}: too many HOST_IS_SLAVE redirections"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_and_a_bad_reply_is_not() {
+        // A port nobody listens on: refused, so the call was never sent.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let transport = HttpTransport::new(&url, &HttpOptions::default()).unwrap();
+        let refused = transport.call("VM.get_all", vec![]).await;
+        assert!(
+            matches!(&refused, Err(CallError::Unreachable(_))),
+            "{refused:?}"
+        );
+        // Something listens but does not speak XAPI: it was reached.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket
+                .write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let transport = HttpTransport::new(&url, &HttpOptions::default()).unwrap();
+        let broken = transport.call("VM.get_all", vec![]).await;
+        assert!(
+            matches!(&broken, Err(CallError::Transport(_))),
+            "{broken:?}"
+        );
     }
 }

@@ -4,7 +4,10 @@
 mod client;
 mod http;
 
-pub use client::{Credentials, EventBatch, XapiClient, XapiEvent, decode_cbt_bitmap};
+pub use client::{
+    Credentials, EventBatch, Reachability, ReachabilityHook, XapiClient, XapiEvent,
+    decode_cbt_bitmap,
+};
 pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
 use async_trait::async_trait;
@@ -26,9 +29,14 @@ pub enum CallError {
     /// XAPI answered with an error.
     #[error(transparent)]
     Xapi(#[from] XapiError),
-    /// The call did not get through (connection, timeout, malformed reply).
+    /// The call did not get through (timeout, malformed reply): it may or may
+    /// not have taken effect.
     #[error("transport: {0}")]
     Transport(String),
+    /// The pool could not be reached at all (connection refused, no route):
+    /// nothing was sent, so the call is safe to try again.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// The reply did not have the shape the method promises.
     #[error("unexpected reply to {method}: {detail}")]
     Decode { method: String, detail: String },

@@ -27,6 +27,8 @@ impl Ctx<'_> {
             Scheduled::KillGuests => self.kill_guests(),
             Scheduled::SrFill { sr } => self.sr_fill(&sr),
             Scheduled::SrDrain { sr } => self.sr_drain(&sr),
+            Scheduled::HostDisable { host } => self.set_host_enabled(&host, false),
+            Scheduled::HostEnable { host } => self.set_host_enabled(&host, true),
             Scheduled::ExpireSessions => {
                 self.m.sessions.clear();
                 self.faults.injected += 1;
@@ -104,6 +106,22 @@ impl Ctx<'_> {
         record.physical_utilisation = (record.physical_utilisation - taken).max(0);
         let name = record.name_label.clone();
         self.log(format!("SR {name} has its space back ({taken} bytes)"));
+    }
+
+    /// A fault (disable) or its healing (enable): the host's `enabled` flag, as
+    /// `host.disable` / `host.enable` set it. Running VMs are not touched.
+    fn set_host_enabled(&mut self, host: &OpaqueRef, enabled: bool) {
+        let Some(record) = self.m.hosts.get_mut(host) else {
+            return;
+        };
+        record.enabled = enabled;
+        let name = record.name_label.clone();
+        if enabled {
+            self.log(format!("host {name} enabled again"));
+        } else {
+            self.faults.injected += 1;
+            self.log(format!("fault: host {name} disabled (maintenance)"));
+        }
     }
 
     /// The crashed host is back (its VMs stay halted).

@@ -1,0 +1,337 @@
+//! What an earlier engine left behind, found and removed at start: its
+//! delegates, its snapshots, the disks of either whose VM it destroyed just
+//! before it died, and the runs it never finished.
+//!
+//! Only objects carrying this engine's id are touched, plus the snapshots a
+//! run's journal announced by a name unique to that run (an engine that died
+//! between `VM.snapshot` and tagging left those untagged). A leftover that
+//! cannot be removed now (the pool refuses for a while) is retried in the
+//! background, by reference only: a later pass never sweeps up what the
+//! engine's own running jobs have since created.
+
+use crate::accounting::Change;
+use crate::backup::{remove_snapshot, tag_snapshot};
+use crate::delegate::destroy_delegate_vm;
+use crate::error::EngineError;
+use crate::joblog::format_duration;
+use crate::journal::InterruptedRun;
+use crate::pool::{PoolRuntime, VmLog};
+use crate::tags;
+use std::sync::Arc;
+use std::time::Duration;
+use xapi_proto::OpaqueRef;
+
+/// One thing an earlier engine left, or a teardown of this one could not finish.
+#[derive(Clone, Debug)]
+pub(crate) enum Leftover {
+    Delegate {
+        vm: OpaqueRef,
+        name: String,
+        job: String,
+        /// A leftover of an earlier engine (counted as reclaimed when gone);
+        /// false for this engine's own failed teardowns (already counted).
+        earlier: bool,
+    },
+    Snapshot {
+        vm: OpaqueRef,
+        name: String,
+    },
+    Disk {
+        vdi: OpaqueRef,
+        name: String,
+        uuid: String,
+    },
+}
+
+impl Leftover {
+    /// What removing it is called in the log.
+    fn verb(&self) -> &'static str {
+        match self {
+            Leftover::Delegate { earlier: true, .. } => "reclaimed",
+            _ => "removed",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Leftover::Delegate {
+                name,
+                job,
+                earlier: true,
+                ..
+            } => format!("leftover delegate {name:?} of job {job:?}"),
+            Leftover::Delegate { name, .. } => format!("delegate {name:?}"),
+            Leftover::Snapshot { name, .. } => format!("leftover snapshot {name:?}"),
+            Leftover::Disk { name, uuid, .. } => format!("leftover disk {name:?} ({uuid})"),
+        }
+    }
+
+    async fn remove(&self, pool: &PoolRuntime) -> Result<(), EngineError> {
+        match self {
+            Leftover::Delegate { vm, earlier, .. } => {
+                destroy_delegate_vm(pool, vm, &[]).await?;
+                pool.release_held_lease(vm);
+                if *earlier {
+                    pool.account(Change::Reclaimed);
+                }
+                Ok(())
+            }
+            Leftover::Snapshot { vm, .. } => remove_snapshot(pool, vm).await,
+            Leftover::Disk { vdi, name, .. } => {
+                let record =
+                    pool.xapi.vdi_get_record(vdi).await.map_err(|e| {
+                        EngineError::xapi(format!("VDI {vdi} {name:?}"), "reading", e)
+                    })?;
+                if !tags::is_our_orphan_disk(&record, &pool.engine_config().engine_id) {
+                    return Err(EngineError::NotOurs {
+                        action: "destroy",
+                        object: format!("VDI {vdi} {name:?}"),
+                    });
+                }
+                pool.xapi
+                    .vdi_destroy(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(format!("VDI {vdi} {name:?}"), "destroy", e))
+            }
+        }
+    }
+}
+
+/// How often, and how patiently, leftovers that resisted are retried.
+const RETRY_FIRST_S: u64 = 30;
+const RETRY_MAX_S: u64 = 600;
+const RETRY_PASSES: u32 = 12;
+
+/// Removes what earlier runs of this engine left (at start no job owns any
+/// of it). What resists is retried in the background.
+pub(crate) async fn reclaim_leftovers(
+    pool: &Arc<PoolRuntime>,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let leftovers = find(pool).await?;
+    let resisting = pass(pool, leftovers, log, None).await;
+    retry_in_background(pool, resisting);
+    Ok(())
+}
+
+/// Hands what this engine could not remove (a teardown or a snapshot removal
+/// that failed) to the background retries.
+pub(crate) fn retry_later(pool: &PoolRuntime, leftover: Leftover, log: &VmLog) {
+    log.warn(format!(
+        "Pool {}: {} will be removed in the background (retrying in {})",
+        pool.name(),
+        leftover.describe(),
+        format_duration(Duration::from_secs(RETRY_FIRST_S))
+    ));
+    retry_in_background(&pool.shared_self(), vec![leftover]);
+}
+
+fn retry_in_background(pool: &Arc<PoolRuntime>, resisting: Vec<Leftover>) {
+    if resisting.is_empty() {
+        return;
+    }
+    let pool_ref = Arc::clone(pool);
+    // Later passes may come after the job that failed is over: the engine
+    // log is where they are told.
+    let log = VmLog::new(Arc::clone(&pool.shared.log), Arc::clone(&pool.shared), None);
+    let pending = &pool.shared.leftovers_pending;
+    pending.fetch_add(resisting.len(), std::sync::atomic::Ordering::Relaxed);
+    let mut background = pool
+        .shared
+        .background
+        .lock()
+        .expect("background lock poisoned");
+    background.spawn(async move {
+        let pending = &pool_ref.shared.leftovers_pending;
+        let mut resisting = resisting;
+        let mut wait = Duration::from_secs(RETRY_FIRST_S);
+        for attempt in 2..=RETRY_PASSES + 1 {
+            tokio::time::sleep(wait).await;
+            let last = attempt == RETRY_PASSES + 1;
+            let before = resisting.len();
+            resisting = pass(&pool_ref, resisting, &log, Some((attempt, last))).await;
+            let settled = if last {
+                before
+            } else {
+                before - resisting.len()
+            };
+            pending.fetch_sub(settled, std::sync::atomic::Ordering::Relaxed);
+            if resisting.is_empty() || last {
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(RETRY_MAX_S));
+        }
+    });
+}
+
+/// Everything of ours no job owns: delegates first (they may still have
+/// snapshot disks plugged in), then snapshots, then orphaned disks.
+async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
+    let engine_id = pool.engine_config().engine_id.clone();
+    let listing = |what: &'static str| {
+        let pool = pool.name().to_string();
+        move |e| EngineError::xapi(format!("pool {pool}"), what, e)
+    };
+    let vms = pool
+        .xapi
+        .vm_get_all_records()
+        .await
+        .map_err(listing("listing VMs"))?;
+    let mut found = Vec::new();
+    for (vm, record) in &vms {
+        if tags::is_our_disposable_vm(record, &engine_id) && !record.is_a_snapshot {
+            found.push(Leftover::Delegate {
+                earlier: true,
+                vm: vm.clone(),
+                name: record.name_label.clone(),
+                job: record
+                    .other_config
+                    .get(tags::JOB)
+                    .cloned()
+                    .unwrap_or_else(|| "?".into()),
+            });
+        }
+    }
+    for (vm, record) in &vms {
+        // Not tagged whole: a run's journal names it (see `close_interrupted`).
+        if tags::is_our_snapshot(record, &engine_id) {
+            found.push(Leftover::Snapshot {
+                vm: vm.clone(),
+                name: record.name_label.clone(),
+            });
+        }
+    }
+    let vdis = pool
+        .xapi
+        .vdi_get_all_records()
+        .await
+        .map_err(listing("listing VDIs"))?;
+    for (vdi, record) in &vdis {
+        if tags::is_our_orphan_disk(record, &engine_id) {
+            found.push(Leftover::Disk {
+                vdi: vdi.clone(),
+                name: record.name_label.clone(),
+                uuid: record.uuid.clone(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Tries each leftover once; returns those that resisted. `retry` is
+/// (attempt, last attempt?) for background passes.
+async fn pass(
+    pool: &PoolRuntime,
+    leftovers: Vec<Leftover>,
+    log: &VmLog,
+    retry: Option<(u32, bool)>,
+) -> Vec<Leftover> {
+    let mut resisting = Vec::new();
+    for leftover in leftovers {
+        let (what, verb) = (leftover.describe(), leftover.verb());
+        let result = leftover.remove(pool).await;
+        let gone = matches!(&result, Err(EngineError::Xapi { cause, .. })
+            if cause.code() == Some(xapi_proto::codes::HANDLE_INVALID));
+        match (result, retry) {
+            (Ok(()), None) => log.warn(format!("Pool {}: {verb} {what}", pool.name())),
+            (Ok(()), Some((attempt, _))) => log.warn(format!(
+                "Pool {}: {verb} {what} (attempt {attempt})",
+                pool.name()
+            )),
+            // Someone else removed it meanwhile: nothing left to do.
+            (Err(_), _) if gone => {
+                if let Leftover::Delegate { vm, .. } = &leftover {
+                    pool.release_held_lease(vm);
+                }
+            }
+            // Retrying cannot make it ours.
+            (Err(e @ EngineError::NotOurs { .. }), _) => {
+                log.fail(format!("Pool {}: {what} is left alone: {e}", pool.name()))
+            }
+            (Err(e), Some((_, true))) => log.fail(format!(
+                "Pool {}: {what} could not be removed, giving up: {e}",
+                pool.name()
+            )),
+            (Err(e), _) => {
+                let wait = match retry {
+                    None => RETRY_FIRST_S,
+                    Some((attempt, _)) => (RETRY_FIRST_S << (attempt - 1).min(16)).min(RETRY_MAX_S),
+                };
+                log.warn(format!(
+                    "Pool {}: {what} could not be removed ({e}); retrying in {}",
+                    pool.name(),
+                    format_duration(Duration::from_secs(wait))
+                ));
+                resisting.push(leftover);
+            }
+        }
+    }
+    resisting
+}
+
+/// Closes a run the previous engine left unfinished: records it as
+/// interrupted and removes the snapshots it announced but may not have
+/// tagged yet (found by their unique name; taken of the VM the journal names).
+pub(crate) async fn close_interrupted(pool: &PoolRuntime, run: &InterruptedRun, log: &VmLog) {
+    let engine_id = pool.engine_config().engine_id.clone();
+    if !run.snapshots.is_empty() {
+        match pool.xapi.vm_get_all_records().await {
+            Ok(vms) => {
+                // A VM that started over within the run announced its name twice.
+                let mut announced = run.snapshots.clone();
+                announced.sort();
+                announced.dedup();
+                for (vm_name, snapshot_name) in &announced {
+                    let taken_of =
+                        |of: &OpaqueRef| vms.get(of).is_some_and(|r| &r.name_label == vm_name);
+                    for (snap, record) in vms.iter().filter(|(_, r)| {
+                        r.is_a_snapshot
+                            && &r.name_label == snapshot_name
+                            && taken_of(&r.snapshot_of)
+                    }) {
+                        // Ours by the journal; not tagged whole only if the
+                        // engine died between the snapshot and its tags. One
+                        // carrying any engine id it did not get from us is
+                        // someone else's: never claimed.
+                        let foreign = record
+                            .other_config
+                            .get(tags::ENGINE_ID)
+                            .is_some_and(|id| id != &engine_id);
+                        if foreign {
+                            continue;
+                        }
+                        if !tags::is_our_snapshot(record, &engine_id)
+                            && let Err(e) = tag_snapshot(pool, snap, &run.spec.name).await
+                        {
+                            log.fail(format!(
+                                "Snapshot {snapshot_name:?} could not be claimed: {e}"
+                            ));
+                            continue;
+                        }
+                        match remove_snapshot(pool, snap).await {
+                            Ok(()) => log.warn(format!(
+                                "Pool {}: removed snapshot {snapshot_name:?} of the interrupted run",
+                                pool.name()
+                            )),
+                            Err(e) => log.fail(format!(
+                                "Pool {}: snapshot {snapshot_name:?} of the interrupted run could not be removed: {e}",
+                                pool.name()
+                            )),
+                        }
+                    }
+                }
+            }
+            Err(e) => log.fail(format!(
+                "Pool {}: could not look for the interrupted run's snapshots: {e}",
+                pool.name()
+            )),
+        }
+    }
+    log.warn(format!(
+        "Job {} (run {}) was interrupted: the engine stopped while it ran, with {} of {} VMs done",
+        run.spec.name,
+        run.run,
+        run.done.len(),
+        run.spec.vms.len()
+    ));
+}

@@ -1,0 +1,182 @@
+//! The engine dies mid-job and a new one takes over: leftovers reclaimed,
+//! the run closed as interrupted and resumed, nothing done twice, nothing left.
+
+use abd::scenario::{EngineCrash, Scenario};
+use engine::job::VmStatus;
+use std::path::PathBuf;
+
+fn scenario() -> Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/engine-restart.toml");
+    Scenario::load(&path).unwrap()
+}
+
+fn engine_log_texts(out: &abd::runner::RunOutput) -> Vec<String> {
+    out.engine_log
+        .lines
+        .iter()
+        .map(|l| l.text.clone())
+        .collect()
+}
+
+fn crash_at(scenario: &mut Scenario, at_s: f64) {
+    scenario.engine_crashes = vec![EngineCrash {
+        at_s: toml::Spanned::new(0..0, at_s),
+        down_s: 30.0,
+    }];
+}
+
+#[test]
+fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
+    let mut s = scenario();
+    s.engine_crashes.clear();
+    s.expect = Default::default();
+    let (calm, _) = abd::run_and_check(&s, s.seed);
+    let snapshot = calm
+        .events
+        .iter()
+        .find(|e| e.text.starts_with("VM.snapshot") && e.text.contains("\"vm-01\""))
+        .expect("vm-01 is snapshotted");
+    // The snapshot exists; the engine has not tagged it yet when it dies.
+    crash_at(&mut s, snapshot.at.as_ms() as f64 / 1000.0 + 0.001);
+    let (out, summary) = abd::run_and_check(&s, s.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let log = engine_log_texts(&out);
+    assert!(
+        log.iter().any(|l| l
+            .contains("removed snapshot \"abd-restart nightly vm-01 #1\" of the interrupted run")),
+        "the untagged snapshot was claimed through the journal: {log:#?}"
+    );
+    let nightly = &out.jobs[0].report;
+    let vm01 = nightly.vms.iter().find(|v| v.vm == "vm-01").unwrap();
+    assert_eq!(vm01.status, VmStatus::Warn, "started over, and said so");
+    assert_eq!(vm01.restarts, 1);
+}
+
+#[test]
+fn vms_done_before_the_crash_are_not_processed_again() {
+    let s = scenario();
+    let (out, summary) = abd::run_and_check(&s, s.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let nightly = &out.jobs[0].report;
+    assert_eq!(
+        nightly.vms.len(),
+        10,
+        "every VM once in the whole job's report"
+    );
+    for vm in &nightly.vms {
+        let snapshots = out
+            .events
+            .iter()
+            .filter(|e| e.text.starts_with(&format!("VM.snapshot {:?} ", vm.vm)))
+            .count();
+        let started_over = nightly.log.lines.iter().any(|l| {
+            l.vm.as_deref() == Some(vm.vm.as_str()) && l.text.starts_with("Starting over")
+        });
+        if started_over {
+            // A cut-short turn may have died before or after its snapshot.
+            assert!(vm.restarts >= 1, "{}: a restart", vm.vm);
+            assert!(
+                (1..=1 + vm.restarts as usize).contains(&snapshots),
+                "{}: {snapshots} snapshots for {} restarts",
+                vm.vm,
+                vm.restarts
+            );
+        } else {
+            assert_eq!((snapshots, vm.restarts), (1, 0), "{}: done once", vm.vm);
+        }
+    }
+    let interrupted = out
+        .engine_log
+        .lines
+        .iter()
+        .filter(|l| l.text.contains("was interrupted: the engine stopped"))
+        .count();
+    assert_eq!(interrupted, 2, "each crash's run is closed once");
+    assert!(
+        !nightly
+            .log
+            .lines
+            .iter()
+            .any(|l| l.text.contains("in progress")),
+        "no run is left in progress"
+    );
+}
+
+/// Runs the scenario with the engine dying 1 ms after the first event that
+/// `matches` in a calm run: in the middle of whatever the engine does next.
+fn crash_just_after(matches: impl Fn(&str) -> bool) -> (abd::runner::RunOutput, Vec<String>) {
+    let mut s = scenario();
+    s.engine_crashes.clear();
+    s.expect = Default::default();
+    let (calm, _) = abd::run_and_check(&s, s.seed);
+    let event = calm
+        .events
+        .iter()
+        .find(|e| matches(&e.text))
+        .expect("the calm run has the event");
+    crash_at(&mut s, event.at.as_ms() as f64 / 1000.0 + 0.001);
+    let (out, summary) = abd::run_and_check(&s, s.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let log = out
+        .engine_log
+        .lines
+        .iter()
+        .map(|l| l.text.clone())
+        .collect();
+    (out, log)
+}
+
+#[test]
+fn a_delegate_disk_left_by_a_crash_in_teardown_is_removed() {
+    // The delegate VM is destroyed; its own disk would be next.
+    let (_, log) = crash_just_after(|e| e.starts_with("VM.destroy \"ABD 1\""));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("removed leftover disk \"abd-appliance system disk\"")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_snapshot_disk_left_by_a_crash_in_snapshot_removal_is_removed() {
+    let (_, log) =
+        crash_just_after(|e| e.starts_with("VM.destroy \"abd-restart nightly vm-01 #1\""));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("removed leftover disk \"vm-01 disk 0\"")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_leftover_that_resists_at_start_is_retried_until_gone() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/leftovers.toml");
+    let mut s = Scenario::load(&path).unwrap();
+    // The pool refuses the first two destroys: at start, and at the first retry.
+    s.faults.push(
+        toml::from_str(
+            r#"
+            kind = "xapi_error"
+            pool = "lab"
+            method = "VM.destroy"
+            error = ["INTERNAL_ERROR", "the toolstack is busy"]
+            count = 2
+            "#,
+        )
+        .unwrap(),
+    );
+    let (out, summary) = abd::run_and_check(&s, s.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let log = engine_log_texts(&out);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("could not be removed") && l.contains("retrying in 30.0 s")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("reclaimed leftover delegate \"ABD 7\"")
+                && l.contains("(attempt 3)")),
+        "{log:#?}"
+    );
+}
