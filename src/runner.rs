@@ -543,6 +543,7 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
         "template_redeploy" => {
             let _ = engine.template_redeploy(pool).await;
         }
+        "store_capacity" => engine.set_store_capacity(action.bytes),
         "cancel_job" => {
             let job = action.job.as_deref().unwrap_or_default();
             let reason = match &action.vm {

@@ -112,7 +112,8 @@ pub struct Action {
     pub pool: Spanned<String>,
     /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `template_delete`
     /// or `template_redeploy` (the operator's template actions, through the engine),
-    /// `cancel_job` (cancel `job`, or only its VM `vm`).
+    /// `cancel_job` (cancel `job`, or only its VM `vm`), `store_capacity` (the
+    /// operator grew or shrank the data store: `bytes`, absent for no limit).
     pub kind: Spanned<String>,
     #[serde(default)]
     pub vm: Option<String>,
@@ -121,6 +122,9 @@ pub struct Action {
     /// `cancel_job`: the job, by name.
     #[serde(default)]
     pub job: Option<String>,
+    /// `store_capacity`: the data store's new capacity (absent: unlimited).
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// The engine dies at `at_s` (no cleanup of any kind) and a new engine with
@@ -433,6 +437,9 @@ impl Scenario {
                 ));
             }
             let kind = action.kind.get_ref().as_str();
+            if action.bytes.is_some() && kind != "store_capacity" {
+                return Err(err(line, format!("action[{i}]: {kind} takes no `bytes`")));
+            }
             match (kind, &action.job) {
                 ("cancel_job", None) => {
                     return Err(err(line, format!("action[{i}]: cancel_job needs `job`")));
@@ -448,8 +455,14 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("template_delete" | "template_redeploy", None, None)
+                | ("template_delete" | "template_redeploy" | "store_capacity", None, None)
                 | ("cancel_job", _, None) => {}
+                ("store_capacity", _, _) => {
+                    return Err(err(
+                        line,
+                        format!("action[{i}]: store_capacity takes only `bytes`"),
+                    ));
+                }
                 ("cancel_job", _, Some(_)) => {
                     return Err(err(line, format!("action[{i}]: cancel_job takes no `sr`")));
                 }
@@ -472,7 +485,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job, store_capacity)"
                         ),
                     ));
                 }

@@ -72,3 +72,8 @@ fn fault_xapi_unreachable_log() {
 fn fault_agent_crash_log() {
     insta::assert_snapshot!("fault_agent_crash", job_log("fault-agent-crash"));
 }
+
+#[test]
+fn fault_store_full_log() {
+    insta::assert_snapshot!("fault_store_full", job_log("fault-store-full"));
+}

@@ -57,6 +57,14 @@ pub enum AdsError {
         expected: String,
         got: String,
     },
+    #[error(
+        "data store full: {used_bytes} of {capacity_bytes} bytes used, {needed_bytes} more needed"
+    )]
+    Full {
+        capacity_bytes: u64,
+        used_bytes: u64,
+        needed_bytes: u64,
+    },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("source: {0}")]

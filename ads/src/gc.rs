@@ -153,5 +153,6 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
         report.bytes_freed = report.bytes_freed.saturating_sub(size);
     }
     store.reload_index()?;
+    store.recount_used()?;
     Ok(report)
 }

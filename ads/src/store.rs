@@ -114,6 +114,10 @@ pub struct Store {
     pub(crate) crash_at: Option<CommitStep>,
     open_packs: Mutex<BTreeMap<PackName, Arc<File>>>,
     tmp_seq: u64,
+    /// Bytes the sealed packs take.
+    used_bytes: u64,
+    /// Writes that would take the packs past this are refused whole.
+    capacity_bytes: Option<u64>,
 }
 
 impl Store {
@@ -202,7 +206,10 @@ impl Store {
             crash_at: None,
             open_packs: Mutex::new(BTreeMap::new()),
             tmp_seq: 0,
+            used_bytes: 0,
+            capacity_bytes: None,
         };
+        store.recount_used()?;
         if access == Access::Write && !unindexed.is_empty() {
             // Packs sealed by a commit that crashed before its index file.
             let packs: Vec<(PackName, Vec<PackEntry>)> = unindexed
@@ -216,6 +223,28 @@ impl Store {
             store.index.note_file(path);
         }
         Ok(store)
+    }
+
+    /// Refuses writes that would take the packs past `capacity_bytes` (the
+    /// disk the store is on, less what must stay free), with
+    /// [`AdsError::Full`]; what is already stored is never touched.
+    pub fn set_capacity(&mut self, capacity_bytes: Option<u64>) {
+        self.capacity_bytes = capacity_bytes;
+    }
+
+    /// Bytes the sealed packs take now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Counts the bytes of the sealed packs again (after a GC).
+    pub(crate) fn recount_used(&mut self) -> Result<()> {
+        let mut used = 0;
+        for path in index::list_packs(&self.packs_dir())?.values() {
+            used += fs::metadata(path).at(path)?.len();
+        }
+        self.used_bytes = used;
+        Ok(())
     }
 
     /// How the store was opened.
@@ -512,6 +541,7 @@ impl Transaction<'_> {
             },
         };
         self.stats.bytes_stored += sealed.bytes_stored;
+        self.store.used_bytes += sealed.bytes_stored;
         self.store.crash(CommitStep::PackSealed)?;
         if !sealed.packs.is_empty() {
             let index_dir = self.store.index_dir();
@@ -595,17 +625,30 @@ impl ChunkSink for Transaction<'_> {
     }
 
     fn put(&mut self, blobs: Vec<Blob>) -> Result<()> {
-        let mut fresh = Vec::with_capacity(blobs.len());
-        for blob in blobs {
-            if self.store.index.contains(&blob.id) || !self.pending.insert(blob.id) {
-                continue;
-            }
-            self.stats.bytes_received += blob.data.len() as u64;
-            self.stats.chunks_new += 1;
-            fresh.push(blob);
-        }
+        let fresh: Vec<Blob> = blobs
+            .into_iter()
+            .filter(|b| !self.store.index.contains(&b.id) && !self.pending.contains(&b.id))
+            .collect();
         if fresh.is_empty() {
             return Ok(());
+        }
+        // Refused whole, before anything is written: the batch is not taken.
+        let needed: u64 = fresh.iter().map(|b| b.data.len() as u64).sum();
+        if let Some(capacity) = self.store.capacity_bytes {
+            let used = self.store.used_bytes + self.stats.bytes_received;
+            if used + needed > capacity {
+                return Err(AdsError::Full {
+                    capacity_bytes: capacity,
+                    used_bytes: used,
+                    needed_bytes: needed,
+                });
+            }
+        }
+        let mut fresh = fresh;
+        fresh.retain(|blob| self.pending.insert(blob.id));
+        for blob in &fresh {
+            self.stats.bytes_received += blob.data.len() as u64;
+            self.stats.chunks_new += 1;
         }
         if self.writer.is_none() {
             self.store.tmp_seq += 1;

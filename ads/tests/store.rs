@@ -416,3 +416,37 @@ fn restoring_over_an_older_version_writes_only_changed_segments() {
     assert_eq!(written, 2 * 256 * 1024, "two changed segments");
     assert!(replica.0 == day.0);
 }
+
+#[test]
+fn a_full_store_refuses_the_backup_whole_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = new_store(dir.path());
+    let a = disk(1, 32);
+    backup(&mut store, "a", &a, None).unwrap();
+    let used = store.used_bytes();
+    assert!(used > 0);
+    // Room for a few more chunks, not for another VM's whole disk.
+    store.set_capacity(Some(used + 64 * 1024));
+    let refused = backup(&mut store, "b", &disk(2, 32), None);
+    match refused {
+        Err(AdsError::Full {
+            capacity_bytes,
+            needed_bytes,
+            ..
+        }) => {
+            assert_eq!(capacity_bytes, used + 64 * 1024);
+            assert!(needed_bytes > 0);
+        }
+        other => panic!("expected a full store, got {other:?}"),
+    }
+    assert!(
+        store.versions("b").unwrap().is_empty(),
+        "no half version of b"
+    );
+    assert_eq!(restore(&store, "a", 1).unwrap(), a.0, "a is whole");
+    assert!(ads::verify(&store).unwrap().is_clean());
+    // With room again, b goes in.
+    store.set_capacity(None);
+    backup(&mut store, "b", &disk(2, 32), None).unwrap();
+    assert!(ads::verify(&store).unwrap().is_clean());
+}

@@ -32,6 +32,10 @@ pub struct EngineConfig {
     /// happen, so that a restarted engine closes and resumes what a crash
     /// interrupted. Without one, the journal lives only as long as the process.
     pub journal_file: Option<std::path::PathBuf>,
+    /// The most the data store's packs may take (the disk it is on, less what
+    /// must stay free): a backup that would need more fails, saying so, and
+    /// what is stored is kept. None: up to the disk.
+    pub store_capacity_bytes: Option<u64>,
     /// How long one XAPI call waits out a pool that cannot be reached (its
     /// master rebooting, the network down) before it fails.
     pub xapi_unreachable_limit_s: u64,
@@ -50,6 +54,7 @@ impl Default for EngineConfig {
             store_dir: None,
             store_url: None,
             journal_file: None,
+            store_capacity_bytes: None,
             xapi_unreachable_limit_s: 300,
         }
     }

@@ -13,15 +13,23 @@ pub struct DataStore {
 }
 
 impl DataStore {
-    /// Opens the store in `dir`, creating it when the directory is new or empty.
-    pub fn open_or_init(dir: &Path) -> Result<Self, AdsError> {
+    /// Opens the store in `dir`, creating it when the directory is new or
+    /// empty; writes past `capacity_bytes` are refused.
+    pub fn open_or_init(dir: &Path, capacity_bytes: Option<u64>) -> Result<Self, AdsError> {
         let is_new = !dir.exists() || dir.read_dir().is_ok_and(|mut d| d.next().is_none());
         if is_new {
             Store::init(dir, ads::StoreConfig::default())?;
         }
+        let mut store = Store::open(dir, Access::Write)?;
+        store.set_capacity(capacity_bytes);
         Ok(Self {
-            store: Mutex::new(Store::open(dir, Access::Write)?),
+            store: Mutex::new(store),
         })
+    }
+
+    /// Sets the most the store's packs may take (None: no limit).
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.lock().set_capacity(capacity_bytes);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -92,7 +92,7 @@ impl Engine {
         });
         let store = match &config.store_dir {
             Some(dir) => Some(Arc::new(
-                crate::datastore::DataStore::open_or_init(dir)
+                crate::datastore::DataStore::open_or_init(dir, config.store_capacity_bytes)
                     .map_err(|e| EngineError::Store(e.to_string()))?,
             )),
             None => None,
@@ -358,6 +358,22 @@ impl Engine {
             }
         }
         engine_log.ok("Engine stopped");
+    }
+
+    /// Operator action: the data store may now take up to `capacity_bytes`
+    /// (None: up to its disk), e.g. after its volume grew.
+    pub fn set_store_capacity(&self, capacity_bytes: Option<u64>) {
+        if let Some(store) = &self.shared.store {
+            store.set_capacity(capacity_bytes);
+            let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+            log.ok(match capacity_bytes {
+                Some(bytes) => format!(
+                    "Data store capacity set to {}",
+                    crate::joblog::format_bytes(bytes)
+                ),
+                None => "Data store capacity limit lifted".to_string(),
+            });
+        }
     }
 
     /// Leftovers the background retries still try to remove.
