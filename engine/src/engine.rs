@@ -117,9 +117,15 @@ impl Engine {
         let mut interrupted = Vec::new();
         if reclaim {
             for run in shared.journal.unfinished_runs() {
-                if let Some(pool) = pools.get(&run.spec.pool) {
-                    crate::reclaim::close_interrupted(pool, &run, &engine_log).await;
-                    interrupted.push(run);
+                match pools.get(&run.spec.pool) {
+                    Some(pool) => {
+                        crate::reclaim::close_interrupted(pool, &run, &engine_log).await;
+                        interrupted.push(run);
+                    }
+                    None => engine_log.warn(format!(
+                        "Job {} (run {}) on pool {} is unfinished, but this engine is not connected to that pool; left for one that is",
+                        run.spec.name, run.run, run.spec.pool
+                    )),
                 }
             }
         }
