@@ -102,6 +102,13 @@ const RETRY_FIRST_S: u64 = 30;
 const RETRY_MAX_S: u64 = 600;
 const RETRY_PASSES: u32 = 12;
 
+/// The pause after pass `attempt` (the first pass at start is 1): doubling
+/// from [`RETRY_FIRST_S`] up to [`RETRY_MAX_S`].
+fn wait_after(attempt: u32) -> Duration {
+    let s = RETRY_FIRST_S << (attempt.saturating_sub(1)).min(16);
+    Duration::from_secs(s.min(RETRY_MAX_S))
+}
+
 /// Removes what earlier runs of this engine left (at start no job owns any
 /// of it). What resists is retried in the background.
 pub(crate) async fn reclaim_leftovers(
@@ -121,7 +128,7 @@ pub(crate) fn retry_later(pool: &PoolRuntime, leftover: Leftover, log: &VmLog) {
         "Pool {}: {} will be removed in the background (retrying in {})",
         pool.name(),
         leftover.describe(),
-        format_duration(Duration::from_secs(RETRY_FIRST_S))
+        format_duration(wait_after(1))
     ));
     retry_in_background(&pool.shared_self(), vec![leftover]);
 }
@@ -144,9 +151,8 @@ fn retry_in_background(pool: &Arc<PoolRuntime>, resisting: Vec<Leftover>) {
     background.spawn(async move {
         let pending = &pool_ref.shared.leftovers_pending;
         let mut resisting = resisting;
-        let mut wait = Duration::from_secs(RETRY_FIRST_S);
         for attempt in 2..=RETRY_PASSES + 1 {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait_after(attempt - 1)).await;
             let last = attempt == RETRY_PASSES + 1;
             let before = resisting.len();
             resisting = pass(&pool_ref, resisting, &log, Some((attempt, last))).await;
@@ -159,7 +165,6 @@ fn retry_in_background(pool: &Arc<PoolRuntime>, resisting: Vec<Leftover>) {
             if resisting.is_empty() || last {
                 return;
             }
-            wait = (wait * 2).min(Duration::from_secs(RETRY_MAX_S));
         }
     });
 }
@@ -253,14 +258,11 @@ async fn pass(
                 pool.name()
             )),
             (Err(e), _) => {
-                let wait = match retry {
-                    None => RETRY_FIRST_S,
-                    Some((attempt, _)) => (RETRY_FIRST_S << (attempt - 1).min(16)).min(RETRY_MAX_S),
-                };
+                let attempt = retry.map_or(1, |(attempt, _)| attempt);
                 log.warn(format!(
                     "Pool {}: {what} could not be removed ({e}); retrying in {}",
                     pool.name(),
-                    format_duration(Duration::from_secs(wait))
+                    format_duration(wait_after(attempt))
                 ));
                 resisting.push(leftover);
             }
