@@ -172,7 +172,19 @@ type Driven = (
 pub struct ServedPools {
     io: tokio::runtime::Runtime,
     time_ms: Arc<std::sync::atomic::AtomicU64>,
-    transports: BTreeMap<String, Arc<engine::xapi::HttpTransport>>,
+    /// Where each pool's configured master answers.
+    urls: BTreeMap<String, String>,
+    options: engine::xapi::HttpOptions,
+}
+
+impl ServedPools {
+    /// A fresh HTTP transport to `pool`'s configured master (each engine
+    /// start connects anew, as the in-process link does).
+    fn transport(&self, pool: &str) -> Arc<engine::xapi::HttpTransport> {
+        let transport = engine::xapi::HttpTransport::new(&self.urls[pool], &self.options)
+            .expect("a loopback URL");
+        Arc::new(transport)
+    }
 }
 
 impl ServedPools {
@@ -187,7 +199,7 @@ impl ServedPools {
             .build()
             .expect("an I/O runtime");
         let time_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut transports = BTreeMap::new();
+        let mut urls = BTreeMap::new();
         for p in &scenario.pools {
             let pool = sim
                 .lock()
@@ -195,28 +207,27 @@ impl ServedPools {
                 .pool_id(&p.name)
                 .expect("pool exists");
             let clock = xapi_sim::server::ServeClock::External(Arc::clone(&time_ms));
-            let app = xapi_sim::server::router(xapi_sim::server::PoolServer::new(
-                Arc::clone(sim),
-                pool,
-                clock,
-            ));
-            let listener = io
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .expect("a loopback port");
-            let url = format!("http://{}", listener.local_addr().expect("bound"));
-            io.spawn(async move { axum::serve(listener, app).await });
-            let options = engine::xapi::HttpOptions {
-                protocol,
-                ..Default::default()
-            };
-            let transport =
-                engine::xapi::HttpTransport::new(&url, &options).expect("a loopback URL");
-            transports.insert(p.name.clone(), Arc::new(transport));
+            let server = xapi_sim::server::PoolServer::new(Arc::clone(sim), pool, clock);
+            let endpoints = io
+                .block_on(xapi_sim::endpoints::bind_pool(
+                    server,
+                    "127.0.0.1:0".parse().expect("an address"),
+                ))
+                .expect("loopback ports for the pool's hosts");
+            urls.insert(p.name.clone(), endpoints[0].url.clone());
+            for endpoint in endpoints {
+                let (listener, app) = (endpoint.listener, endpoint.app);
+                io.spawn(async move { axum::serve(listener, app).await });
+            }
         }
         ServedPools {
             io,
             time_ms,
-            transports,
+            urls,
+            options: engine::xapi::HttpOptions {
+                protocol,
+                ..Default::default()
+            },
         }
     }
 
@@ -249,18 +260,18 @@ impl Links<'_> {
                     .pool_id(&p.name)
                     .expect("pool exists");
                 let transport: Arc<dyn engine::xapi::Transport> = match self.served {
-                    None => Arc::new(SimTransport {
-                        sim: Arc::clone(sim),
+                    None => Arc::new(SimTransport::new(
+                        Arc::clone(sim),
                         pool,
                         clock,
-                        activity: Arc::clone(&self.activity),
-                    }),
+                        Arc::clone(&self.activity),
+                    )),
                     Some(served) => Arc::new(crate::sim_link::HttpLink {
                         sim: Arc::clone(sim),
                         pool,
                         clock,
                         served_time_ms: Arc::clone(&served.time_ms),
-                        http: Arc::clone(&served.transports[&p.name]),
+                        http: served.transport(&p.name),
                         io: served.io.handle().clone(),
                         activity: Arc::clone(&self.activity),
                     }),

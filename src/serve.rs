@@ -1,12 +1,14 @@
 //! `abd sim serve`: the scenario's simulated pools served over HTTP as XAPI
-//! pool masters, one port per pool, in real time (or sped up).
+//! pool masters, one port per pool, in real time (or sped up). On 127.0.0.1
+//! each member host also answers, at 127.0.0.k on the same port.
 
 use crate::scenario::Scenario;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use xapi_sim::Sim;
-use xapi_sim::server::{PoolServer, ServeClock, router};
+use xapi_sim::endpoints::bind_pool;
+use xapi_sim::server::{PoolServer, ServeClock};
 
 /// How to serve.
 pub struct ServeOptions {
@@ -40,17 +42,24 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
             if addr.port() != 0 {
                 addr.set_port(addr.port() + i as u16);
             }
-            let listener = tokio::net::TcpListener::bind(addr).await?;
             let id = sim
                 .lock()
                 .expect("simulator lock")
                 .pool_id(&pool.name)
                 .expect("pool exists");
-            println!("pool {} xapi http://{}", pool.name, listener.local_addr()?);
-            let app = router(PoolServer::new(Arc::clone(&sim), id, clock.clone()));
-            servers.push(tokio::spawn(
-                async move { axum::serve(listener, app).await },
-            ));
+            let server = PoolServer::new(Arc::clone(&sim), id, clock.clone());
+            let endpoints = bind_pool(server, addr).await?;
+            for (k, endpoint) in endpoints.into_iter().enumerate() {
+                if k == 0 {
+                    println!("pool {} xapi {}", pool.name, endpoint.url);
+                } else {
+                    println!("  member {} xapi {}", endpoint.host, endpoint.url);
+                }
+                let (listener, app) = (endpoint.listener, endpoint.app);
+                servers.push(tokio::spawn(
+                    async move { axum::serve(listener, app).await },
+                ));
+            }
         }
         std::io::stdout().flush()?;
         for server in servers {

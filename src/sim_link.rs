@@ -109,19 +109,39 @@ where
     }
 }
 
-/// XAPI calls to one simulated pool master.
+/// XAPI calls to one host of a simulated pool: the master, until the master
+/// role moves and the engine follows it.
 pub struct SimTransport {
     pub sim: SharedSim,
     pub pool: PoolId,
     pub clock: SimClock,
     pub activity: Activity,
+    /// The host's address calls go to.
+    addressed: Mutex<String>,
 }
 
 impl SimTransport {
+    /// A link to `pool` at the address clients are configured with.
+    pub fn new(sim: SharedSim, pool: PoolId, clock: SimClock, activity: Activity) -> Self {
+        let addressed = Mutex::new(lock(&sim).configured_address(pool));
+        SimTransport {
+            sim,
+            pool,
+            clock,
+            activity,
+            addressed,
+        }
+    }
+
     fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
         let now = self.clock.now();
+        let addressed = self
+            .addressed
+            .lock()
+            .expect("address lock poisoned")
+            .clone();
         lock(&self.sim)
-            .dispatch(self.pool, now, method, params)
+            .dispatch_to(self.pool, &addressed, now, method, params)
             .map_err(CallError::Xapi)
     }
 }
@@ -142,6 +162,11 @@ impl Transport for SimTransport {
             self.activity.notify_waiters();
         }
         result
+    }
+
+    fn redirect(&self, address: &str) -> Result<(), CallError> {
+        *self.addressed.lock().expect("address lock poisoned") = address.to_string();
+        Ok(())
     }
 }
 
@@ -179,6 +204,10 @@ impl Transport for HttpLink {
             self.activity.notify_waiters();
         }
         result
+    }
+
+    fn redirect(&self, address: &str) -> Result<(), CallError> {
+        self.http.redirect(address)
     }
 }
 

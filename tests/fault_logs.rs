@@ -5,14 +5,32 @@
 use abd::scenario::Scenario;
 use std::path::PathBuf;
 
-fn job_log(name: &str) -> String {
+fn run(name: &str) -> abd::runner::RunOutput {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml"));
     let scenario = Scenario::load(&path).unwrap();
     let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
     assert!(summary.ok, "{}", summary.text());
-    out.jobs
+    out
+}
+
+fn job_log(name: &str) -> String {
+    run(name)
+        .jobs
         .iter()
         .flat_map(|j| j.report.log.lines.iter())
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The engine's own log, then the jobs'.
+fn engine_and_job_log(name: &str) -> String {
+    let out = run(name);
+    let jobs = out.jobs.iter().flat_map(|j| j.report.log.lines.iter());
+    out.engine_log
+        .lines
+        .iter()
+        .chain(jobs)
         .map(|l| l.to_string())
         .collect::<Vec<_>>()
         .join("\n")
@@ -76,4 +94,12 @@ fn fault_agent_crash_log() {
 #[test]
 fn fault_store_full_log() {
     insta::assert_snapshot!("fault_store_full", job_log("fault-store-full"));
+}
+
+#[test]
+fn fault_master_change_log() {
+    insta::assert_snapshot!(
+        "fault_master_change",
+        engine_and_job_log("fault-master-change")
+    );
 }

@@ -426,5 +426,8 @@ fn reachability_log(shared: &Arc<Shared>, pool: &str) -> crate::xapi::Reachabili
             "Pool {pool}: XAPI reachable again after {}",
             crate::joblog::format_duration(after)
         )),
+        crate::xapi::Reachability::MasterMoved { address } => log.warn(format!(
+            "Pool {pool}: the pool master moved to {address}; following it"
+        )),
     })
 }

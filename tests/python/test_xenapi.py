@@ -26,6 +26,9 @@ class SimulatedPool(unittest.TestCase):
         line = cls.server.stdout.readline().split()
         assert line[:3] == ["pool", "lab", "xapi"], line
         cls.url = line[3]
+        member = cls.server.stdout.readline().split()
+        assert member[:3] == ["member", "lab-host-2", "xapi"], member
+        cls.member_url = member[3]
 
     @classmethod
     def tearDownClass(cls):
@@ -141,6 +144,13 @@ class SimulatedPool(unittest.TestCase):
         self.assertEqual(mods[-1]["snapshot"]["other_config"]["watched"], "yes")
         injected = self.x.event.inject("pool", self.x.pool.get_all()[0])
         self.assertGreater(injected, later["token"])
+
+    def test_a_member_answers_host_is_slave_naming_the_master(self):
+        member = XenAPI.Session(self.member_url)
+        with self.assertRaises(XenAPI.Failure) as raised:
+            member.xenapi.login_with_password("root", "password", "2.21", "abd-tests")
+        self.assertEqual(raised.exception.details, ["HOST_IS_SLAVE", "127.0.0.1"])
+        member("close")()
 
     def test_list_methods(self):
         methods = self.session.system.listMethods()

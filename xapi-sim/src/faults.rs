@@ -48,6 +48,11 @@ pub enum FaultKind {
     /// `host` is disabled at `from_s` (an operator put it in maintenance: VMs
     /// on it keep running, nothing new starts there) and enabled at `until_s`.
     HostDisabled,
+    /// The pool master role moves to `host` at `from_s` (designated, or an HA
+    /// failover): the old master answers HOST_IS_SLAVE with the new master's
+    /// address, and every session is lost with the toolstack restart. At
+    /// `until_s` the role moves back.
+    MasterChange,
 }
 
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
@@ -92,7 +97,7 @@ pub struct FaultSpec {
     pub after_effect: bool,
     /// `latency`: seconds added to each matching call.
     pub latency_s: Option<f64>,
-    /// `host_crash`, `host_disabled`: the host, by name.
+    /// `host_crash`, `host_disabled`, `master_change`: the host, by name.
     pub host: Option<String>,
     /// `session_expiry`: repeat this often (seconds) until `until_s`.
     pub every_s: Option<f64>,
@@ -114,8 +119,10 @@ impl FaultSpec {
         if self.kind == FaultKind::Latency && self.latency_s.is_none_or(|l| l < 0.0) {
             return fail("latency needs `latency_s` >= 0".into());
         }
-        if matches!(self.kind, FaultKind::HostCrash | FaultKind::HostDisabled)
-            && self.host.is_none()
+        if matches!(
+            self.kind,
+            FaultKind::HostCrash | FaultKind::HostDisabled | FaultKind::MasterChange
+        ) && self.host.is_none()
         {
             return fail(format!("{:?} needs `host`", self.kind));
         }
@@ -320,7 +327,9 @@ impl Faults {
                 continue;
             }
             let target = match kind {
-                FaultKind::HostCrash | FaultKind::HostDisabled => fault.spec.host.clone(),
+                FaultKind::HostCrash | FaultKind::HostDisabled | FaultKind::MasterChange => {
+                    fault.spec.host.clone()
+                }
                 FaultKind::SrFill => fault.spec.sr.clone(),
                 _ => None,
             };

@@ -10,6 +10,7 @@
 pub mod content;
 pub mod dhcp;
 mod dispatch;
+pub mod endpoints;
 pub mod events;
 pub mod faults;
 pub mod log;
@@ -376,7 +377,40 @@ impl Sim {
         self.now = now;
     }
 
-    /// Performs one XAPI call on `pool` at `now`, after applying what was due.
+    /// The address of `pool`'s master now.
+    pub fn master_address(&self, pool: PoolId) -> String {
+        let m = &self.pools[pool.0];
+        m.hosts
+            .get(&m.pool.master)
+            .map(|h| h.address.clone())
+            .unwrap_or_default()
+    }
+
+    /// The address a client of `pool` is configured with (the first master's).
+    pub fn configured_address(&self, pool: PoolId) -> String {
+        self.pools[pool.0].configured_address.clone()
+    }
+
+    /// Performs one XAPI call sent to the host at `addressed` in `pool`: the
+    /// master performs it; another member answers HOST_IS_SLAVE with the
+    /// master's address and does nothing, as XAPI's pool members do.
+    pub fn dispatch_to(
+        &mut self,
+        pool: PoolId,
+        addressed: &str,
+        now: SimTime,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Value, XapiError> {
+        self.advance_to(now);
+        let master = self.master_address(pool);
+        if addressed != master {
+            return Err(XapiError::new(codes::HOST_IS_SLAVE, [master]));
+        }
+        self.dispatch(pool, now, method, params)
+    }
+
+    /// Performs one XAPI call on `pool`'s master at `now`, after applying what was due.
     pub fn dispatch(
         &mut self,
         pool: PoolId,
@@ -557,7 +591,8 @@ impl Sim {
 }
 
 /// The faults that strike at set times, as scheduled happenings. The order of
-/// the draws (host crashes, session expiries, SR fills, disabled hosts) is part
+/// the draws (host crashes, session expiries, SR fills, disabled hosts, master
+/// changes) is part
 /// of a seed's run.
 fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule {
     let mut schedule = Schedule::default();
@@ -570,9 +605,9 @@ fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule
                 let host = m.hosts.iter().find(|(_, h)| h.name_label == name);
                 let sr = m.srs.iter().find(|(_, s)| s.name_label == name);
                 let object = match kind {
-                    faults::FaultKind::HostCrash | faults::FaultKind::HostDisabled => {
-                        host.map(|(r, _)| r.clone())
-                    }
+                    faults::FaultKind::HostCrash
+                    | faults::FaultKind::HostDisabled
+                    | faults::FaultKind::MasterChange => host.map(|(r, _)| r.clone()),
                     _ => sr.map(|(r, _)| r.clone()),
                 }?;
                 Some((PoolId(pool), object, at, until))
@@ -601,6 +636,13 @@ fn schedule_faults(faults: &mut faults::Faults, pools: &[PoolModel]) -> Schedule
         schedule.at(at, pool, Scheduled::HostDisable { host: host.clone() });
         if let Some(back) = back {
             schedule.at(back, pool, Scheduled::HostEnable { host });
+        }
+    }
+    for (pool, host, at, back) in windows(faults, faults::FaultKind::MasterChange) {
+        schedule.at(at, pool, Scheduled::MasterMove { host });
+        if let Some(back) = back {
+            let first = pools[pool.0].pool.master.clone();
+            schedule.at(back, pool, Scheduled::MasterMove { host: first });
         }
     }
     schedule

@@ -35,6 +35,8 @@ pub(crate) enum Scheduled {
     HostDisable { host: OpaqueRef },
     /// The disabled host is enabled again.
     HostEnable { host: OpaqueRef },
+    /// The pool master role moves to `host` (a fault, or moving back).
+    MasterMove { host: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

@@ -64,12 +64,27 @@ impl ServeClock {
     }
 }
 
+/// Which host of its pool an endpoint answers as.
+#[derive(Clone, Debug, Default)]
+pub enum Endpoint {
+    /// Whoever is master: the pool's one endpoint.
+    #[default]
+    Master,
+    /// The host at (model) `address`: a member answers HOST_IS_SLAVE, naming
+    /// where the master is served (`served` maps model addresses to served ones).
+    Host {
+        address: String,
+        served: Arc<std::collections::BTreeMap<String, String>>,
+    },
+}
+
 /// One pool of a shared simulator, as an HTTP service.
 #[derive(Clone)]
 pub struct PoolServer {
     pub sim: Arc<Mutex<Sim>>,
     pub pool: PoolId,
     pub clock: ServeClock,
+    pub endpoint: Endpoint,
 }
 
 /// Longest `event.from` wait, in real seconds.
@@ -84,7 +99,35 @@ impl PoolServer {
         sim.lock()
             .expect("simulator lock poisoned")
             .serve_full_records(pool);
-        PoolServer { sim, pool, clock }
+        PoolServer {
+            sim,
+            pool,
+            clock,
+            endpoint: Endpoint::Master,
+        }
+    }
+
+    /// The same pool, answering as the host `endpoint` names.
+    pub fn answering_as(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// HOST_IS_SLAVE when this endpoint is a member now.
+    fn check_master(&self, sim: &mut Sim, now: SimTime) -> Result<(), XapiError> {
+        let Endpoint::Host { address, served } = &self.endpoint else {
+            return Ok(());
+        };
+        sim.advance_to(now);
+        let master = sim.master_address(self.pool);
+        if *address == master {
+            return Ok(());
+        }
+        let reachable = served.get(&master).cloned().unwrap_or(master);
+        Err(XapiError::new(
+            xapi_proto::codes::HOST_IS_SLAVE,
+            [reachable],
+        ))
     }
 
     /// Performs one call as a pool master would.
@@ -121,6 +164,7 @@ impl PoolServer {
         let mut sim = self.lock();
         // Read the clock under the lock, so concurrent calls reach the model in time order.
         let now = self.clock.now().max(sim.now());
+        self.check_master(&mut sim, now)?;
         sim.dispatch(self.pool, now, method, params)
     }
 
@@ -128,8 +172,9 @@ impl PoolServer {
     fn start_task(&self, method: &str, inner: &str, params: &[Value]) -> Result<Value, XapiError> {
         let task = {
             let mut sim = self.lock();
-            sim.precheck(self.pool, inner, params)?;
             let now = self.clock.now().max(sim.now());
+            self.check_master(&mut sim, now)?;
+            sim.precheck(self.pool, inner, params)?;
             sim.task_create(self.pool, now, method)
         };
         let server = self.clone();

@@ -55,6 +55,9 @@ pub enum Reachability {
     Lost { why: String, limit: Duration },
     /// Calls get through again, after this long.
     Back { after: Duration },
+    /// The host called answered HOST_IS_SLAVE: calls now go to the master at
+    /// this address.
+    MasterMoved { address: String },
 }
 
 /// What an engine does when reachability changes (it logs it).
@@ -63,6 +66,9 @@ pub type ReachabilityHook = Arc<dyn Fn(Reachability) + Send + Sync>;
 /// First pause before trying an unreachable pool again; it doubles up to the max.
 const UNREACHABLE_FIRST_PAUSE: Duration = Duration::from_secs(2);
 const UNREACHABLE_MAX_PAUSE: Duration = Duration::from_secs(30);
+/// HOST_IS_SLAVE redirections followed for one call (a master that moves
+/// again while the client follows it).
+const MAX_REDIRECTS: usize = 3;
 
 impl XapiClient {
     /// Logs in to the pool behind `transport`, waiting out a pool that cannot
@@ -73,7 +79,7 @@ impl XapiClient {
         unreachable_limit: Duration,
     ) -> Result<Self, CallError> {
         let session = patiently(unreachable_limit, "session.login_with_password", |_| {
-            Self::open_session(transport.as_ref(), &credentials)
+            Self::open_session(transport.as_ref(), &credentials, None)
         })
         .await?;
         Ok(XapiClient {
@@ -128,18 +134,15 @@ impl XapiClient {
     async fn open_session(
         transport: &dyn Transport,
         credentials: &Credentials,
+        hook: Option<&ReachabilityHook>,
     ) -> Result<OpaqueRef, CallError> {
-        let reply = transport
-            .call(
-                "session.login_with_password",
-                vec![
-                    Value::from(credentials.user.as_str()),
-                    Value::from(credentials.password.as_str()),
-                    Value::from(API_VERSION),
-                    Value::from(ORIGINATOR),
-                ],
-            )
-            .await?;
+        let params = vec![
+            Value::from(credentials.user.as_str()),
+            Value::from(credentials.password.as_str()),
+            Value::from(API_VERSION),
+            Value::from(ORIGINATOR),
+        ];
+        let reply = send(transport, hook, "session.login_with_password", params).await?;
         decode("session.login_with_password", reply)
     }
 
@@ -177,7 +180,12 @@ impl XapiClient {
         match result {
             Err(CallError::Xapi(e)) if e.is(codes::SESSION_INVALID) => {
                 tracing::info!(method, "session expired; logging in again");
-                let fresh = Self::open_session(self.transport.as_ref(), &self.credentials).await?;
+                let fresh = Self::open_session(
+                    self.transport.as_ref(),
+                    &self.credentials,
+                    self.on_reachability.as_ref(),
+                )
+                .await?;
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 *self.session.lock().expect("session lock poisoned") = fresh.clone();
                 self.call_with(&fresh, method, args).await
@@ -196,7 +204,13 @@ impl XapiClient {
         let mut params = Vec::with_capacity(args.len() + 1);
         params.push(Value::from(session.as_str()));
         params.extend(args);
-        let result = self.transport.call(method, params).await;
+        let result = send(
+            self.transport.as_ref(),
+            self.on_reachability.as_ref(),
+            method,
+            params,
+        )
+        .await;
         if let Err(e) = &result {
             tracing::debug!(method, error = %e, "XAPI call failed");
         }
@@ -614,6 +628,31 @@ fn int64(method: &str, v: &Value) -> Result<i64, CallError> {
             method: method.to_string(),
             detail: format!("expected an int64, got {v}"),
         })
+}
+
+/// Sends one call, following the pool master when the host called answers
+/// HOST_IS_SLAVE (a member does nothing before it answers that, so the call
+/// is safe to send again); tells `hook` where the master went.
+async fn send(
+    transport: &dyn Transport,
+    hook: Option<&ReachabilityHook>,
+    method: &str,
+    params: Vec<Value>,
+) -> Result<Value, CallError> {
+    for _ in 0..MAX_REDIRECTS {
+        match transport.call(method, params.clone()).await {
+            Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
+                let address = e.params.first().cloned().unwrap_or_default();
+                transport.redirect(&address)?;
+                tracing::info!(method, master = %address, "pool member answered HOST_IS_SLAVE; following the master");
+                if let Some(hook) = hook {
+                    hook(Reachability::MasterMoved { address });
+                }
+            }
+            other => return other,
+        }
+    }
+    transport.call(method, params).await
 }
 
 /// Runs `attempt` until it gets past an unreachable pool: nothing was sent,

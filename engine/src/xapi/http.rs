@@ -1,6 +1,6 @@
 //! XAPI over HTTP(S): XML-RPC (the default) or JSON-RPC to a pool master, with
-//! keep-alive, timeouts, certificate verification by default, and redirection
-//! to the master when a pool member answers HOST_IS_SLAVE.
+//! keep-alive, timeouts, certificate verification by default, and a base URL
+//! the client moves to the master when a pool member answers HOST_IS_SLAVE.
 
 use super::{CallError, Transport};
 use async_trait::async_trait;
@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use xapi_proto::wire::{jsonrpc, xmlrpc};
-use xapi_proto::{Value, XapiError, codes};
+use xapi_proto::{Value, XapiError};
 
 /// Which XAPI encoding to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,8 +54,6 @@ impl Default for HttpOptions {
     }
 }
 
-/// Redirections to a new master followed for one call.
-const MAX_REDIRECTS: usize = 3;
 /// How much of an unexpected reply an error message quotes.
 const QUOTE_BYTES: usize = 200;
 
@@ -167,20 +165,16 @@ impl HttpTransport {
         })
     }
 
+    /// Points the base URL at `master` (an address; scheme and port stay).
     fn redirect_to_master(&self, master: &str) -> Result<(), CallError> {
         let mut base = self.base.lock().expect("url lock poisoned");
         base.set_host(Some(master)).map_err(|e| {
             CallError::Transport(format!("HOST_IS_SLAVE names a bad master {master:?}: {e}"))
         })?;
-        tracing::info!(
-            master,
-            "pool member answered HOST_IS_SLAVE; talking to the master"
-        );
         Ok(())
     }
 }
 
-/// A reqwest error without the request URL's query (which may carry a session).
 /// True when the connection itself failed (refused, no route, connect
 /// timeout), so the request was never sent. TLS and name errors are not
 /// this: they do not pass by waiting.
@@ -210,6 +204,7 @@ fn never_connected(e: &reqwest::Error) -> bool {
     e.is_timeout()
 }
 
+/// A reqwest error without the request URL's query (which may carry a session).
 fn describe(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -224,18 +219,13 @@ fn describe(e: reqwest::Error) -> String {
 #[async_trait]
 impl Transport for HttpTransport {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        for _ in 0..=MAX_REDIRECTS {
-            match self.post_once(method, &params).await? {
-                Err(e) if e.is(codes::HOST_IS_SLAVE) => {
-                    let master = e.params.first().cloned().unwrap_or_default();
-                    self.redirect_to_master(&master)?;
-                }
-                result => return result.map_err(CallError::Xapi),
-            }
-        }
-        Err(CallError::Transport(format!(
-            "{method}: too many HOST_IS_SLAVE redirections"
-        )))
+        self.post_once(method, &params)
+            .await?
+            .map_err(CallError::Xapi)
+    }
+
+    fn redirect(&self, address: &str) -> Result<(), CallError> {
+        self.redirect_to_master(address)
     }
 }
 

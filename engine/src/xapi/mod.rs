@@ -21,6 +21,14 @@ use xapi_proto::{Value, XapiError};
 pub trait Transport: Send + Sync {
     /// Performs `method` with `params` (session first, as on the wire).
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError>;
+
+    /// Sends later calls to the pool master at `address` (what a member's
+    /// HOST_IS_SLAVE names). Transports bound to one endpoint cannot.
+    fn redirect(&self, address: &str) -> Result<(), CallError> {
+        Err(CallError::Transport(format!(
+            "the pool master moved to {address}, and this link cannot follow it"
+        )))
+    }
 }
 
 /// Why a call did not produce a result.

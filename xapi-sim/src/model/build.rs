@@ -58,9 +58,11 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
         written: BTreeMap::new(),
         snapshot_content: BTreeMap::new(),
         full_records: false,
+        configured_address: String::new(),
     };
     let hosts = build_hosts(&mut m, spec, rng);
     m.pool.master = hosts[0].clone();
+    m.configured_address = m.hosts[&hosts[0]].address.clone();
     let networks = build_networks(&mut m, spec, &hosts, rng);
     let srs = build_srs(&mut m, spec, &hosts, rng);
     m.pool.default_sr = default_sr(spec, &srs);

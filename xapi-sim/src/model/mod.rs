@@ -62,6 +62,8 @@ pub struct PoolModel {
     pub address_conflicts: Vec<AddressConflict>,
     /// The event stream, when the pool is served (None in in-process runs).
     pub events: Option<crate::events::EventTracker>,
+    /// The address clients are configured with: the first master's.
+    pub configured_address: String,
     /// What each VDI holds (protected VMs' disks and their snapshots).
     pub vdi_content: BTreeMap<OpaqueRef, VdiContent>,
     /// Bytes written into VDIs (restores), per 64 KiB block, over their content.

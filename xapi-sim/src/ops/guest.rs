@@ -34,6 +34,7 @@ impl Ctx<'_> {
                 self.faults.injected += 1;
                 self.log("fault: the toolstack restarted; every session is invalid".into());
             }
+            Scheduled::MasterMove { host } => self.move_master(&host),
             // The VM was stopped, restarted or destroyed since: the event is stale.
             _ => {}
         }
@@ -110,6 +111,39 @@ impl Ctx<'_> {
 
     /// A fault (disable) or its healing (enable): the host's `enabled` flag, as
     /// `host.disable` / `host.enable` set it. Running VMs are not touched.
+    /// The master role moves to `host` (unless it is down); the toolstacks
+    /// restart, so every session is lost. Calls to the old master answer
+    /// HOST_IS_SLAVE.
+    fn move_master(&mut self, host: &OpaqueRef) {
+        if self.m.pool.master == *host {
+            return;
+        }
+        let Some(record) = self.m.hosts.get(host) else {
+            return;
+        };
+        let live = self
+            .m
+            .host_metrics
+            .get(&record.metrics)
+            .is_some_and(|m| m.live);
+        if !live {
+            let line = format!(
+                "master change to host {} skipped: it is down",
+                record.name_label
+            );
+            self.log(line);
+            return;
+        }
+        let line = format!(
+            "fault: pool master moved to host {} ({}); every session is invalid",
+            record.name_label, record.address
+        );
+        self.m.pool.master = host.clone();
+        self.m.sessions.clear();
+        self.faults.injected += 1;
+        self.log(line);
+    }
+
     fn set_host_enabled(&mut self, host: &OpaqueRef, enabled: bool) {
         let Some(record) = self.m.hosts.get_mut(host) else {
             return;

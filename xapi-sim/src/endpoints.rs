@@ -1,0 +1,108 @@
+//! A served pool's hosts, each at its own address, as XAPI has them: the
+//! master performs calls, members answer HOST_IS_SLAVE naming the master, so
+//! clients that follow a moving master can be tried. On loopback, host `k` of
+//! a pool (the configured master first) listens on `127.0.0.k`, all on one port.
+
+use crate::server::{Endpoint, PoolServer, router};
+use axum::Router;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// One host's endpoint, bound and ready to serve.
+pub struct HostEndpoint {
+    /// The host's name_label.
+    pub host: String,
+    /// Where it answers (`http://ADDR`).
+    pub url: String,
+    pub listener: TcpListener,
+    pub app: Router,
+}
+
+/// Tries to bind the pool's endpoints this many times when a free port was
+/// asked for and a member's address already had it taken.
+const BIND_ATTEMPTS: usize = 8;
+
+/// Binds `server`'s pool at `addr`. On `127.0.0.1` every host gets an
+/// endpoint (`127.0.0.k`, same port; the configured master's first); on any
+/// other address there is one endpoint, answering as whoever is master.
+pub async fn bind_pool(server: PoolServer, addr: SocketAddr) -> io::Result<Vec<HostEndpoint>> {
+    let hosts = hosts_in_order(&server);
+    let port = addr.port();
+    if addr.ip() != Ipv4Addr::LOCALHOST {
+        let listener = TcpListener::bind(addr).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        return Ok(vec![HostEndpoint {
+            host: hosts
+                .first()
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default(),
+            url,
+            listener,
+            app: router(server),
+        }]);
+    }
+    let served: Arc<BTreeMap<String, String>> = Arc::new(
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(k, (_, address))| (address.clone(), loopback(k).to_string()))
+            .collect(),
+    );
+    let mut last_error = None;
+    for _ in 0..BIND_ATTEMPTS {
+        match bind_all(&server, &hosts, &served, port).await {
+            Ok(endpoints) => return Ok(endpoints),
+            Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("could not bind the pool's hosts")))
+}
+
+async fn bind_all(
+    server: &PoolServer,
+    hosts: &[(String, String)],
+    served: &Arc<BTreeMap<String, String>>,
+    port: u16,
+) -> io::Result<Vec<HostEndpoint>> {
+    let mut endpoints = Vec::with_capacity(hosts.len());
+    let mut port = port;
+    for (k, (name, address)) in hosts.iter().enumerate() {
+        let listener = TcpListener::bind(SocketAddr::from((loopback(k), port))).await?;
+        port = listener.local_addr()?.port();
+        let endpoint = Endpoint::Host {
+            address: address.clone(),
+            served: Arc::clone(served),
+        };
+        endpoints.push(HostEndpoint {
+            host: name.clone(),
+            url: format!("http://{}", listener.local_addr()?),
+            listener,
+            app: router(server.clone().answering_as(endpoint)),
+        });
+    }
+    Ok(endpoints)
+}
+
+/// The loopback address of the pool's `k`-th host (from 0).
+fn loopback(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + k as u8)
+}
+
+/// (name_label, address) of the pool's hosts: the configured master's first,
+/// then by address.
+fn hosts_in_order(server: &PoolServer) -> Vec<(String, String)> {
+    let sim = server.sim.lock().expect("simulator lock poisoned");
+    let configured = sim.configured_address(server.pool);
+    let mut hosts: Vec<(String, String)> = sim
+        .pool(server.pool)
+        .hosts
+        .values()
+        .map(|h| (h.name_label.clone(), h.address.clone()))
+        .collect();
+    hosts.sort_by_key(|(_, address)| (*address != configured, address.clone()));
+    hosts
+}
