@@ -60,6 +60,10 @@ pub enum AdsCommand {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Set corrupt chunks aside: never read again, they count as missing,
+        /// so the next backup that holds their bytes stores them again.
+        #[arg(long)]
+        set_aside: bool,
     },
     /// Keeps the newest N versions of each VM and reclaims unreferenced chunks.
     Gc {
@@ -93,7 +97,11 @@ pub fn run(command: AdsCommand) -> anyhow::Result<bool> {
             disk,
             out,
         } => restore(&dir, &vm, version, disk, &out),
-        AdsCommand::Verify { dir, json } => verify(&dir, json),
+        AdsCommand::Verify {
+            dir,
+            json,
+            set_aside,
+        } => verify(&dir, json, set_aside),
         AdsCommand::Gc { dir, keep, json } => gc(&dir, keep, json),
     }
 }
@@ -283,9 +291,19 @@ fn restore(
     Ok(true)
 }
 
-fn verify(dir: &Path, json: bool) -> anyhow::Result<bool> {
-    let store = Store::open(dir, Access::Read)?;
+fn verify(dir: &Path, json: bool, set_aside: bool) -> anyhow::Result<bool> {
+    let access = if set_aside {
+        Access::Write
+    } else {
+        Access::Read
+    };
+    let mut store = Store::open(dir, access)?;
     let report = ads::verify(&store)?;
+    let set_aside = if set_aside {
+        ads::verify::set_aside_corrupt(&mut store, &report)?
+    } else {
+        0
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -298,41 +316,18 @@ fn verify(dir: &Path, json: bool) -> anyhow::Result<bool> {
             report.unreferenced_chunks
         );
         for problem in &report.problems {
-            println!("PROBLEM: {}", describe(problem));
+            println!("PROBLEM: {problem}");
+        }
+        if set_aside > 0 {
+            println!(
+                "set aside {set_aside} corrupt chunk(s): the next backup that holds their bytes stores them again"
+            );
         }
         if report.is_clean() {
             println!("store is clean");
         }
     }
     Ok(report.is_clean())
-}
-
-fn describe(problem: &ads::Problem) -> String {
-    use ads::Problem::*;
-    let affects = |list: &[String]| match list {
-        [] => "no version uses it".to_string(),
-        list => format!("affects {}", list.join(", ")),
-    };
-    match problem {
-        CorruptChunk {
-            chunk,
-            pack,
-            offset,
-            detail,
-            affects: a,
-        } => {
-            format!(
-                "chunk {chunk} in pack {pack} at {offset}: {detail}; {}",
-                affects(a)
-            )
-        }
-        MissingChunk { chunk, affects: a } => format!("chunk {chunk} is missing; {}", affects(a)),
-        BadPack { pack, detail } => format!("pack {pack}: {detail}"),
-        BadIndexFile { path, detail } => {
-            format!("index file {path}: {detail} (rebuilt from packs)")
-        }
-        BadManifest { version, detail } => format!("version {version}: {detail}"),
-    }
 }
 
 fn gc(dir: &Path, keep: usize, json: bool) -> anyhow::Result<bool> {

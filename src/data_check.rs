@@ -1,5 +1,8 @@
 //! After a run with a data store: every version restores byte-identical to
 //! what its snapshot held in the simulator, and the store verifies clean.
+//! Chunks a `chunk_corrupt` fault damaged are the one exception allowed: a
+//! version that still uses one with no good copy must fail to restore (never
+//! restore wrong bytes), and verification may name those chunks only.
 
 use ads::{Access, MemDisk, Store};
 use serde::Serialize;
@@ -18,6 +21,8 @@ pub struct DataEnd {
     pub disks_restored: usize,
     /// VDIs written by restore jobs, compared byte for byte with their version's snapshot.
     pub restored_vdis_checked: usize,
+    /// Versions still damaged by chunks damaged at rest (`vm@seq`).
+    pub damaged_versions: Vec<String>,
     pub problems: Vec<String>,
 }
 
@@ -42,7 +47,7 @@ fn snapshot_bytes(sim: &Sim, manifest: &ads::Manifest, disk: usize) -> Result<Ve
 /// Restores every version in the store at `dir` and compares it with the
 /// simulator's record of the snapshot it was read from; then compares every
 /// VDI a restore job wrote with the version it names.
-pub fn check_store(dir: &Path, sim: &Sim) -> DataEnd {
+pub fn check_store(dir: &Path, sim: &Sim, damage: &[crate::store_faults::Damage]) -> DataEnd {
     let mut end = DataEnd::default();
     let store = match Store::open(dir, Access::Read) {
         Ok(store) => store,
@@ -51,11 +56,26 @@ pub fn check_store(dir: &Path, sim: &Sim) -> DataEnd {
             return end;
         }
     };
+    let damaged: std::collections::BTreeSet<String> =
+        damage.iter().map(|d| d.chunk.to_hex()).collect();
     match ads::verify(&store) {
-        Ok(report) if report.is_clean() => {}
-        Ok(report) => end
-            .problems
-            .extend(report.problems.iter().map(|p| format!("data store: {p:?}"))),
+        Ok(report) => {
+            for problem in &report.problems {
+                match problem {
+                    ads::Problem::BadIndexFile { .. } => {}
+                    ads::Problem::CorruptChunk { chunk, affects, .. }
+                    | ads::Problem::MissingChunk { chunk, affects }
+                    | ads::Problem::DamagedChunk { chunk, affects }
+                        if damaged.contains(chunk) =>
+                    {
+                        end.damaged_versions.extend(affects.iter().cloned());
+                    }
+                    other => end.problems.push(format!("data store: {other}")),
+                }
+            }
+            end.damaged_versions.sort();
+            end.damaged_versions.dedup();
+        }
         Err(e) => end.problems.push(format!("data store verify: {e}")),
     }
     end.stored_bytes = ads::index::list_packs(&dir.join("packs"))
@@ -97,7 +117,24 @@ pub fn check_store(dir: &Path, sim: &Sim) -> DataEnd {
                 .disk
                 .read_at(0, content.frozen_day.unwrap_or(0), &mut expected);
             let mut restored = MemDisk::default();
-            match ads::restore_disk(&store, manifest, i, &mut restored, &mut |_, _| {}) {
+            let restore = ads::restore_disk(&store, manifest, i, &mut restored, &mut |_, _| {});
+            if end.damaged_versions.contains(&version) {
+                // Damaged: the restore must refuse, naming a damaged chunk.
+                match restore {
+                    Err(e) if damaged.iter().any(|c| e.to_string().contains(c)) => {}
+                    Err(e) => end.problems.push(format!(
+                        "{version} disk {}: damaged, but its restore failed otherwise: {e}",
+                        i + 1
+                    )),
+                    Ok(_) if restored.0 == expected => end.disks_restored += 1,
+                    Ok(_) => end.problems.push(format!(
+                        "{version} disk {}: damaged, and its restore gave wrong bytes without an error",
+                        i + 1
+                    )),
+                }
+                continue;
+            }
+            match restore {
                 Ok(_) if restored.0 == expected => end.disks_restored += 1,
                 Ok(_) => end.problems.push(format!(
                     "{version} disk {}: restored bytes differ from the snapshot's ({} bytes)",

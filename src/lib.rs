@@ -11,6 +11,7 @@ pub mod scenario;
 pub mod serve;
 pub mod sim_agents;
 pub mod sim_link;
+pub mod store_faults;
 pub mod summary;
 pub mod swarm;
 

@@ -77,6 +77,8 @@ pub struct RunOutput {
     pub engine_error: Option<String>,
     /// The data store at the end (scenarios with `data_store = true`).
     pub data: Option<crate::data_check::DataEnd>,
+    /// Chunks `chunk_corrupt` faults damaged.
+    pub damaged_chunks: Vec<crate::store_faults::Damage>,
 }
 
 /// How the engine reaches the simulated pools.
@@ -121,6 +123,7 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
+    let damage = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) =
         runtime.block_on(drive(
             scenario,
@@ -128,7 +131,9 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
             Arc::clone(&sim),
             served.as_ref(),
             seed,
+            Arc::clone(&damage),
         ));
+    let damaged_chunks = std::mem::take(&mut *damage.lock().expect("damage lock poisoned"));
     drop(runtime);
     if let Some(served) = served {
         served.stop();
@@ -137,7 +142,8 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
     let end = sim.now();
     sim.advance_to(end);
     let pools = pool_ends(scenario, &sim, &static_leases);
-    let data = store_dir.map(|dir| crate::data_check::check_store(&dir.path().join("ads"), &sim));
+    let data = store_dir
+        .map(|dir| crate::data_check::check_store(&dir.path().join("ads"), &sim, &damaged_chunks));
     let events = sim.events().to_vec();
     let digest = digest(&events, &jobs, &engine_log);
     RunOutput {
@@ -155,6 +161,7 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         pools,
         engine_error,
         data,
+        damaged_chunks,
     }
 }
 
@@ -326,6 +333,7 @@ async fn drive(
     sim: SharedSim,
     served: Option<&ServedPools>,
     seed: u64,
+    damage: Arc<std::sync::Mutex<Vec<crate::store_faults::Damage>>>,
 ) -> Driven {
     let clock = SimClock::start();
     let links = Links {
@@ -389,6 +397,21 @@ async fn drive(
                 tokio::time::sleep_until(clock.instant_at(at)).await;
                 perform(&action, &sim, &engine, clock).await;
             });
+        }
+        if incarnation == 0 {
+            for (i, fault) in scenario.faults.iter().enumerate() {
+                if fault.kind != xapi_sim::faults::FaultKind::ChunkCorrupt {
+                    continue;
+                }
+                let (sim, engine, fault) = (Arc::clone(&sim), Arc::clone(&engine), fault.clone());
+                let damage = Arc::clone(&damage);
+                let rng = crate::store_faults::rng(seed ^ i as u64);
+                actions.spawn(async move {
+                    let at = Duration::from_secs_f64(fault.from_s);
+                    tokio::time::sleep_until(clock.instant_at(at)).await;
+                    corrupt_store(&fault, rng, &sim, &engine, clock, &damage);
+                });
+            }
         }
         let mut tasks = tokio::task::JoinSet::new();
         for run in engine.take_interrupted_runs() {
@@ -555,6 +578,10 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
             let _ = engine.template_redeploy(pool).await;
         }
         "store_capacity" => engine.set_store_capacity(action.bytes),
+        "verify_store" => {
+            // The outcome is in the engine log.
+            let _ = engine.verify_store();
+        }
         "cancel_job" => {
             let job = action.job.as_deref().unwrap_or_default();
             let reason = match &action.vm {
@@ -565,6 +592,53 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
             let _ = engine.cancel(job, action.vm.as_deref(), &reason);
         }
         other => unreachable!("scenario check rejects action {other:?}"),
+    }
+}
+
+/// A `chunk_corrupt` fault strikes (with its rate): chunks of the engine's
+/// data store are damaged at rest; the event log says which.
+fn corrupt_store(
+    fault: &xapi_sim::faults::FaultSpec,
+    mut rng: rand_chacha::ChaCha8Rng,
+    sim: &SharedSim,
+    engine: &Engine,
+    clock: SimClock,
+    damage: &std::sync::Mutex<Vec<crate::store_faults::Damage>>,
+) {
+    use rand::RngExt;
+    let rate = match fault.rate {
+        xapi_sim::faults::Rate::Fixed(r) => r,
+        xapi_sim::faults::Rate::Range([lo, hi]) if hi > lo => rng.random_range(lo..=hi),
+        xapi_sim::faults::Rate::Range([lo, _]) => lo,
+    };
+    let Some(store) = engine.data_store() else {
+        return;
+    };
+    if !rng.random_bool(rate.clamp(0.0, 1.0)) {
+        return;
+    }
+    let count = fault.count.unwrap_or(1);
+    let done =
+        store.with_store(|s| crate::store_faults::corrupt_chunks(s, &fault.pool, count, &mut rng));
+    let mut sim = sim.lock().expect("simulator lock");
+    let Some(pool) = sim.pool_id(&fault.pool) else {
+        return;
+    };
+    match done {
+        Ok(found) => {
+            for d in &found {
+                let text = format!(
+                    "fault: data store chunk {} in pack {} at offset {} damaged at rest (used by {})",
+                    d.chunk.short(),
+                    d.pack,
+                    d.offset,
+                    d.users.join(", ")
+                );
+                sim.note_fault(pool, clock.now(), text);
+            }
+            damage.lock().expect("damage lock poisoned").extend(found);
+        }
+        Err(e) => tracing::warn!("chunk_corrupt could not damage the store: {e}"),
     }
 }
 

@@ -113,7 +113,8 @@ pub struct Action {
     /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `template_delete`
     /// or `template_redeploy` (the operator's template actions, through the engine),
     /// `cancel_job` (cancel `job`, or only its VM `vm`), `store_capacity` (the
-    /// operator grew or shrank the data store: `bytes`, absent for no limit).
+    /// operator grew or shrank the data store: `bytes`, absent for no limit),
+    /// `verify_store` (verify the data store; corrupt chunks are set aside).
     pub kind: Spanned<String>,
     #[serde(default)]
     pub vm: Option<String>,
@@ -210,6 +211,9 @@ pub struct Expect {
     pub restored_vdis: Option<usize>,
     /// Stored bytes over the logical bytes of every version, at most.
     pub data_stored_fraction_at_most: Option<f64>,
+    /// Versions still damaged at the end by `chunk_corrupt` faults (their
+    /// restore must fail, naming the chunk).
+    pub data_damaged_versions: Option<usize>,
 }
 
 /// A scenario that cannot run; names the file, the line and the field.
@@ -455,7 +459,11 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("template_delete" | "template_redeploy" | "store_capacity", None, None)
+                | (
+                    "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
+                    None,
+                    None,
+                )
                 | ("cancel_job", _, None) => {}
                 ("store_capacity", _, _) => {
                     return Err(err(
@@ -472,7 +480,7 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
-                ("template_delete" | "template_redeploy", _, _) => {
+                ("template_delete" | "template_redeploy" | "verify_store", _, _) => {
                     return Err(err(
                         line,
                         format!(
@@ -485,11 +493,21 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job, store_capacity)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
                         ),
                     ));
                 }
             }
+        }
+        let corrupts = self
+            .faults
+            .iter()
+            .any(|f| f.kind == xapi_sim::faults::FaultKind::ChunkCorrupt);
+        if corrupts && !self.data_store {
+            return Err(err(
+                None,
+                "fault kind chunk_corrupt needs data_store = true".into(),
+            ));
         }
         if self.data_store
             && self

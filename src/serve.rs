@@ -50,18 +50,21 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
             let server = PoolServer::new(Arc::clone(&sim), id, clock.clone());
             let endpoints = bind_pool(server, addr).await?;
             for (k, endpoint) in endpoints.into_iter().enumerate() {
-                if k == 0 {
-                    println!("pool {} xapi {}", pool.name, endpoint.url);
+                // A caller may read only the lines it needs and close the
+                // pipe: serving goes on regardless.
+                let mut out = std::io::stdout();
+                let _ = if k == 0 {
+                    writeln!(out, "pool {} xapi {}", pool.name, endpoint.url)
                 } else {
-                    println!("  member {} xapi {}", endpoint.host, endpoint.url);
-                }
+                    writeln!(out, "  member {} xapi {}", endpoint.host, endpoint.url)
+                };
                 let (listener, app) = (endpoint.listener, endpoint.app);
                 servers.push(tokio::spawn(
                     async move { axum::serve(listener, app).await },
                 ));
             }
         }
-        std::io::stdout().flush()?;
+        let _ = std::io::stdout().flush();
         for server in servers {
             server.await??;
         }

@@ -182,6 +182,12 @@ impl Summary {
                 d.disks_restored,
                 d.restored_vdis_checked
             );
+            if !d.damaged_versions.is_empty() {
+                s += &format!(
+                    "  damaged at rest and not mended (restore refuses them): {}\n",
+                    d.damaged_versions.join(", ")
+                );
+            }
         }
         s += "Pools:\n";
         for (name, p) in &self.pools {
@@ -280,6 +286,11 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
     let data = out.data.clone().unwrap_or_default();
     exact("data_versions", e.data_versions, data.versions);
     exact("restored_vdis", e.restored_vdis, data.restored_vdis_checked);
+    exact(
+        "data_damaged_versions",
+        e.data_damaged_versions,
+        data.damaged_versions.len(),
+    );
     exact(
         "reclaimed",
         e.reclaimed,

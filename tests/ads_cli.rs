@@ -185,3 +185,53 @@ fn sim_images_are_a_function_of_seed_and_day() {
     assert!(read("a") == read("b"));
     assert!(read("a") != read("c"));
 }
+
+#[test]
+fn verify_set_aside_lets_the_next_backup_mend_a_corrupt_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, image) = (tmp.path().join("ads"), tmp.path().join("d0.raw"));
+    ok(&["sim", "image", p(&image), "--size", "8MiB", "--seed", "5"]);
+    ok(&["ads", "init", p(&store)]);
+    ok(&["ads", "backup", p(&store), p(&image), "--vm", "web"]);
+    // Flip a byte in the middle of the first pack's first blob.
+    let mut dirs = vec![store.join("packs")];
+    let mut pack = None;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                pack = pack.or(Some(path));
+            }
+        }
+    }
+    let pack = pack.unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[64] ^= 0x20;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let (code, stdout, _) = abd(&["ads", "verify", p(&store), "--set-aside"]);
+    assert_ne!(code, 0, "a damaged store does not verify: {stdout}");
+    assert!(stdout.contains("PROBLEM: chunk"), "{stdout}");
+    assert!(stdout.contains("affects web@1"), "{stdout}");
+    assert!(stdout.contains("set aside 1 corrupt chunk(s)"), "{stdout}");
+    let (code, stdout, _) = abd(&["ads", "verify", p(&store)]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("set aside as corrupt"), "{stdout}");
+
+    ok(&["ads", "backup", p(&store), p(&image), "--vm", "web"]);
+    assert!(ok(&["ads", "verify", p(&store)]).contains("store is clean"));
+    let out = tmp.path().join("web1.raw");
+    ok(&[
+        "ads",
+        "restore",
+        p(&store),
+        "--vm",
+        "web",
+        "--version",
+        "1",
+        p(&out),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&image).unwrap());
+}

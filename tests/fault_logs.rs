@@ -103,3 +103,11 @@ fn fault_master_change_log() {
         engine_and_job_log("fault-master-change")
     );
 }
+
+#[test]
+fn fault_chunk_corrupt_log() {
+    insta::assert_snapshot!(
+        "fault_chunk_corrupt",
+        engine_and_job_log("fault-chunk-corrupt")
+    );
+}

@@ -80,6 +80,22 @@ pub fn changed_segments_from_blocks(
         .collect()
 }
 
+/// The 64 KiB blocks of `disk` (a previous version's) that lie in segments
+/// referencing a chunk `stored` says the store lacks (one set aside as
+/// damaged): an incremental must read those again, not keep their chunk list.
+pub fn blocks_of_lost_segments(
+    disk: &DiskManifest,
+    stored: impl Fn(&ChunkId) -> bool,
+) -> Vec<std::ops::Range<usize>> {
+    let blocks_per_segment = (disk.segment_bytes / chunking::CBT_BLOCK_BYTES) as usize;
+    disk.segments
+        .iter()
+        .enumerate()
+        .filter(|(_, segment)| segment.chunks().iter().any(|(id, _)| !stored(id)))
+        .map(|(i, _)| i * blocks_per_segment..(i + 1) * blocks_per_segment)
+        .collect()
+}
+
 enum Work {
     /// Kept from the previous version.
     Reuse(Segment),

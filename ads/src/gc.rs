@@ -61,8 +61,13 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
     let mut dead_packs: Vec<PackName> = Vec::new();
     let mut rewrite: Vec<(PackName, Vec<PackEntry>)> = Vec::new();
     let mut copied: HashSet<ChunkId> = HashSet::new();
+    // A damaged blob is never copied: its pack is rewritten without it.
+    let damaged = store.index().damaged().clone();
+    let keeps = |name: &str, e: &PackEntry| {
+        live.contains(&e.id) && !damaged.contains_key(&(name.to_string(), e.offset))
+    };
     for (name, entries) in store.index().packs() {
-        let live_count = entries.iter().filter(|e| live.contains(&e.id)).count();
+        let live_count = entries.iter().filter(|e| keeps(name, e)).count();
         if live_count == entries.len() {
             continue;
         }
@@ -88,7 +93,7 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
         let path = pack::pack_path(&packs_dir, name);
         let file = store.pack_file(name)?;
         for entry in entries {
-            if !live.contains(&entry.id) || !copied.insert(entry.id) {
+            if !keeps(name, entry) || !copied.insert(entry.id) {
                 continue;
             }
             let data = pack::read_blob(&file, &path, entry.offset, entry.stored_len)?;
@@ -153,6 +158,7 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
         report.bytes_freed = report.bytes_freed.saturating_sub(size);
     }
     store.reload_index()?;
+    store.prune_damaged()?;
     store.recount_used()?;
     Ok(report)
 }

@@ -41,6 +41,9 @@ pub struct ChunkIndex {
     packs: BTreeMap<PackName, Vec<PackEntry>>,
     /// Index files currently on disk.
     files: BTreeSet<PathBuf>,
+    /// Stored blobs found corrupt and set aside (pack, offset) -> chunk: never
+    /// read, never copied; the chunk counts as missing until stored again.
+    damaged: BTreeMap<(PackName, u64), ChunkId>,
     pub issues: Vec<IndexIssue>,
 }
 
@@ -48,8 +51,16 @@ impl ChunkIndex {
     /// Loads the index files under `index_dir`, then adds any pack under
     /// `packs_dir` they do not cover. Returns the index and the packs that
     /// were read from their trailers (so a writer can index them).
-    pub fn load(index_dir: &Path, packs_dir: &Path) -> Result<(Self, Vec<PackName>)> {
-        let mut index = Self::default();
+    /// Blobs in `damaged` are left out of the chunk map.
+    pub fn load(
+        index_dir: &Path,
+        packs_dir: &Path,
+        damaged: BTreeMap<(PackName, u64), ChunkId>,
+    ) -> Result<(Self, Vec<PackName>)> {
+        let mut index = Self {
+            damaged,
+            ..Self::default()
+        };
         let on_disk = list_packs(packs_dir)?;
         let mut from_files: BTreeMap<PackName, Vec<PackEntry>> = BTreeMap::new();
         for path in list_with_extension(index_dir, "idx")? {
@@ -84,9 +95,13 @@ impl ChunkIndex {
         Ok((index, unindexed))
     }
 
-    /// Adds a sealed pack's entries. An already-known chunk keeps its first location.
+    /// Adds a sealed pack's entries. An already-known chunk keeps its first
+    /// location; a damaged blob gives none.
     pub fn add_pack(&mut self, name: PackName, entries: Vec<PackEntry>) {
         for entry in &entries {
+            if self.is_damaged(&name, entry.offset) {
+                continue;
+            }
             self.chunks.entry(entry.id).or_insert_with(|| Location {
                 pack: name.clone(),
                 offset: entry.offset,
@@ -133,8 +148,52 @@ impl ChunkIndex {
         self.files.clear();
     }
 
+    /// True when the blob at `offset` of `pack` was found corrupt and set aside.
+    pub fn is_damaged(&self, pack: &str, offset: u64) -> bool {
+        self.damaged.contains_key(&(pack.to_string(), offset))
+    }
+
+    /// Damaged blobs set aside: (pack, offset) -> chunk.
+    pub fn damaged(&self) -> &BTreeMap<(PackName, u64), ChunkId> {
+        &self.damaged
+    }
+
+    /// Sets the blob of `id` at `offset` of `pack` aside: the chunk is served
+    /// from another good copy if a pack holds one, else it counts as missing
+    /// (so the next backup that has it stores it again).
+    pub fn set_aside(&mut self, id: ChunkId, pack: &str, offset: u64) {
+        self.damaged.insert((pack.to_string(), offset), id);
+        let here = self
+            .chunks
+            .get(&id)
+            .is_some_and(|l| l.pack == pack && l.offset == offset);
+        if !here {
+            return;
+        }
+        self.chunks.remove(&id);
+        let other = self.packs.iter().find_map(|(name, entries)| {
+            entries
+                .iter()
+                .find(|e| e.id == id && !self.is_damaged(name, e.offset))
+                .map(|e| (name.clone(), *e))
+        });
+        if let Some((name, entry)) = other {
+            self.chunks.insert(
+                id,
+                Location {
+                    pack: name,
+                    offset: entry.offset,
+                    stored_len: entry.stored_len,
+                    raw_len: entry.raw_len,
+                    codec: entry.codec,
+                },
+            );
+        }
+    }
+
     /// Removes a pack (after gc deleted it) and the locations that point into it.
     pub fn remove_pack(&mut self, name: &str) {
+        self.damaged.retain(|(pack, _), _| pack != name);
         if let Some(entries) = self.packs.remove(name) {
             for entry in entries {
                 if self.chunks.get(&entry.id).is_some_and(|l| l.pack == name) {

@@ -30,6 +30,41 @@ use std::sync::{Arc, Mutex};
 /// Store format written by this build.
 pub const STORE_FORMAT: u32 = 1;
 const MARKER: &str = "ads.json";
+/// Blobs found corrupt and set aside, kept across opens (absent: none).
+const DAMAGED: &str = "damaged.json";
+
+/// One damaged blob, as `damaged.json` lists it.
+#[derive(Serialize, Deserialize)]
+struct DamagedBlob {
+    chunk: String,
+    pack: PackName,
+    offset: u64,
+}
+
+/// Reads `damaged.json` in `dir` (none when absent).
+fn read_damaged(dir: &Path) -> Result<BTreeMap<(PackName, u64), ChunkId>> {
+    let path = dir.join(DAMAGED);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(AdsError::Io { path, source: e }),
+    };
+    let corrupt = |detail: String| AdsError::Corrupt {
+        path: path.clone(),
+        what: "list of damaged chunks",
+        detail,
+    };
+    let blobs: Vec<DamagedBlob> =
+        serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    blobs
+        .into_iter()
+        .map(|b| {
+            let id = ChunkId::from_hex(&b.chunk)
+                .ok_or_else(|| corrupt(format!("bad chunk address {:?}", b.chunk)))?;
+            Ok(((b.pack, b.offset), id))
+        })
+        .collect()
+}
 
 /// A store's fixed settings, kept in `ads.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,7 +231,8 @@ impl Store {
         if access == Access::Write {
             remove_temporaries(dir)?;
         }
-        let (index, unindexed) = ChunkIndex::load(&dir.join("index"), &dir.join("packs"))?;
+        let damaged = read_damaged(dir)?;
+        let (index, unindexed) = ChunkIndex::load(&dir.join("index"), &dir.join("packs"), damaged)?;
         let mut store = Self {
             root: dir.to_path_buf(),
             config,
@@ -255,8 +291,65 @@ impl Store {
     /// Re-reads the index from disk (after gc changed the packs).
     pub(crate) fn reload_index(&mut self) -> Result<()> {
         self.forget_open_packs();
-        self.index = ChunkIndex::load(&self.index_dir(), &self.packs_dir())?.0;
+        let damaged = read_damaged(&self.root)?;
+        self.index = ChunkIndex::load(&self.index_dir(), &self.packs_dir(), damaged)?.0;
         Ok(())
+    }
+
+    /// Sets corrupt blobs aside for good (`damaged.json`, written atomically):
+    /// they are never read or copied again, and a chunk with no other good
+    /// copy counts as missing, so the next backup that holds its bytes stores
+    /// it again and the versions that use it restore once more. Returns how
+    /// many were newly set aside.
+    pub fn set_aside_damaged(&mut self, blobs: &[(ChunkId, PackName, u64)]) -> Result<usize> {
+        if self.access != Access::Write {
+            return Err(AdsError::Invalid("store opened read-only".into()));
+        }
+        let mut added = 0;
+        for (id, pack, offset) in blobs {
+            if !self.index.is_damaged(pack, *offset) {
+                self.index.set_aside(*id, pack, *offset);
+                added += 1;
+            }
+        }
+        if added > 0 {
+            self.write_damaged()?;
+        }
+        Ok(added)
+    }
+
+    /// Forgets damaged blobs of packs that are gone (gc deleted them).
+    pub(crate) fn prune_damaged(&mut self) -> Result<()> {
+        let gone: Vec<PackName> = self
+            .index
+            .damaged()
+            .keys()
+            .map(|(pack, _)| pack.clone())
+            .filter(|pack| !self.index.packs().contains_key(pack))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for pack in &gone {
+            self.index.remove_pack(pack);
+        }
+        self.write_damaged()
+    }
+
+    /// Writes the damaged-blob list as the index holds it.
+    pub(crate) fn write_damaged(&self) -> Result<()> {
+        let blobs: Vec<DamagedBlob> = self
+            .index
+            .damaged()
+            .iter()
+            .map(|((pack, offset), id)| DamagedBlob {
+                chunk: id.to_hex(),
+                pack: pack.clone(),
+                offset: *offset,
+            })
+            .collect();
+        let text = serde_json::to_vec_pretty(&blobs).expect("damaged list serialises");
+        write_atomic(&self.root.join(DAMAGED), &text)
     }
 
     /// The store's directory.

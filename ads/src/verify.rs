@@ -27,12 +27,69 @@ pub enum Problem {
     },
     /// A version references a chunk the store does not have.
     MissingChunk { chunk: String, affects: Vec<String> },
+    /// A version references a chunk that was found corrupt and set aside,
+    /// and no backup has stored it again since.
+    DamagedChunk { chunk: String, affects: Vec<String> },
     /// A pack's trailer cannot be read: its chunks are lost.
     BadPack { pack: PackName, detail: String },
     /// An index file is damaged (harmless: it is rebuilt from packs).
     BadIndexFile { path: String, detail: String },
     /// A manifest cannot be read or is inconsistent.
     BadManifest { version: String, detail: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let affects = |list: &[String]| match list {
+            [] => "no version uses it".to_string(),
+            list => format!("affects {}", list.join(", ")),
+        };
+        match self {
+            Problem::CorruptChunk {
+                chunk,
+                pack,
+                offset,
+                detail,
+                affects: a,
+            } => write!(
+                f,
+                "chunk {chunk} in pack {pack} at {offset}: {detail}; {}",
+                affects(a)
+            ),
+            Problem::MissingChunk { chunk, affects: a } => {
+                write!(f, "chunk {chunk} is missing; {}", affects(a))
+            }
+            Problem::DamagedChunk { chunk, affects: a } => write!(
+                f,
+                "chunk {chunk} was set aside as corrupt and not stored again since; {}",
+                affects(a)
+            ),
+            Problem::BadPack { pack, detail } => write!(f, "pack {pack}: {detail}"),
+            Problem::BadIndexFile { path, detail } => {
+                write!(f, "index file {path}: {detail} (rebuilt from packs)")
+            }
+            Problem::BadManifest { version, detail } => write!(f, "version {version}: {detail}"),
+        }
+    }
+}
+
+/// Sets aside every corrupt blob `report` found (see
+/// [`Store::set_aside_damaged`]); returns how many were newly set aside.
+pub fn set_aside_corrupt(store: &mut Store, report: &VerifyReport) -> Result<usize> {
+    let blobs: Vec<(ChunkId, PackName, u64)> = report
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::CorruptChunk {
+                chunk,
+                pack,
+                offset,
+                ..
+            } => Some((ChunkId::from_hex(chunk)?, pack.clone(), *offset)),
+            _ => None,
+        })
+        .collect();
+    store.set_aside_damaged(&blobs)
 }
 
 /// What [`verify`] checked and found.
@@ -44,6 +101,8 @@ pub struct VerifyReport {
     pub versions: u64,
     /// Chunks no version references (reclaimed by gc).
     pub unreferenced_chunks: u64,
+    /// Blobs found corrupt earlier and set aside (not read again; gc drops them).
+    pub set_aside: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -106,6 +165,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     report.versions = manifests.len() as u64;
+    report.set_aside = store.index().damaged().len() as u64;
 
     // Re-hash every blob of every pack.
     let packs: Vec<(&PackName, &Vec<pack::PackEntry>)> = store.index().packs().iter().collect();
@@ -125,6 +185,9 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
                 }
             };
             for entry in entries.iter() {
+                if store.index().is_damaged(name, entry.offset) {
+                    continue;
+                }
                 let outcome = pack::read_blob(&file, &path, entry.offset, entry.stored_len)
                     .map_err(|e| e.to_string())
                     .and_then(|stored| codec::decode(entry.codec, &stored, entry.raw_len as usize))
@@ -163,10 +226,13 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             missing.insert(*id);
         }
     }
+    let set_aside: BTreeSet<ChunkId> = store.index().damaged().values().copied().collect();
     for id in missing {
-        report.problems.push(Problem::MissingChunk {
-            chunk: id.to_hex(),
-            affects: users[&id].clone(),
+        let (chunk, affects) = (id.to_hex(), users[&id].clone());
+        report.problems.push(if set_aside.contains(&id) {
+            Problem::DamagedChunk { chunk, affects }
+        } else {
+            Problem::MissingChunk { chunk, affects }
         });
     }
     let stored: BTreeSet<ChunkId> = store

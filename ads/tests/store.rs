@@ -450,3 +450,77 @@ fn a_full_store_refuses_the_backup_whole_and_keeps_what_it_has() {
     backup(&mut store, "b", &disk(2, 32), None).unwrap();
     assert!(ads::verify(&store).unwrap().is_clean());
 }
+
+#[test]
+fn a_chunk_set_aside_is_stored_again_by_the_next_backup_that_has_it_and_gc_drops_the_bad_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let a = disk(21, 16);
+    let (va, _) = backup(&mut store, "a", &a, None).unwrap();
+    let victim = va
+        .chunk_refs()
+        .map(|(id, _)| *id)
+        .find(|id| !id.is_zero_run())
+        .unwrap();
+    let location = store.index().get(&victim).unwrap().clone();
+    let pack = ads::pack::pack_path(&tmp.path().join("packs"), &location.pack);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[location.offset as usize + location.stored_len as usize / 2] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+
+    // Verification finds it; setting it aside survives a reopen.
+    let report = ads::verify(&store).unwrap();
+    assert_eq!(
+        ads::verify::set_aside_corrupt(&mut store, &report).unwrap(),
+        1
+    );
+    assert_eq!(
+        ads::verify::set_aside_corrupt(&mut store, &report).unwrap(),
+        0
+    );
+    drop(store);
+    let mut store = Store::open(tmp.path(), Access::Write).unwrap();
+    assert!(
+        !store.index().contains(&victim),
+        "a set-aside chunk counts as missing"
+    );
+    let report = ads::verify(&store).unwrap();
+    assert_eq!(report.set_aside, 1);
+    assert!(
+        matches!(&report.problems[..], [Problem::DamagedChunk { chunk, affects }]
+            if *chunk == victim.to_hex() && affects == &["a@1".to_string()]),
+        "{:?}",
+        report.problems
+    );
+    let err = restore(&store, "a", 1).unwrap_err();
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+
+    // The next full read of the same disk stores the chunk again: both versions restore.
+    backup(&mut store, "a", &a, None).unwrap();
+    let report = ads::verify(&store).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(restore(&store, "a", 1).unwrap(), a.0);
+    assert_eq!(restore(&store, "a", 2).unwrap(), a.0);
+
+    // gc rewrites the pack without the bad copy and forgets it.
+    ads::gc::gc(&mut store, 2).unwrap();
+    let report = ads::verify(&store).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.set_aside, 0);
+    drop(store);
+    let store = Store::open(tmp.path(), Access::Read).unwrap();
+    assert_eq!(restore(&store, "a", 1).unwrap(), a.0);
+}
+
+#[test]
+fn a_damaged_list_that_cannot_be_read_is_named_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(new_store(tmp.path()));
+    std::fs::write(tmp.path().join("damaged.json"), b"{not json").unwrap();
+    let err = Store::open(tmp.path(), Access::Write).err().unwrap();
+    assert!(err.to_string().contains("damaged.json"), "{err}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("damaged.json")).unwrap(),
+        b"{not json"
+    );
+}

@@ -294,12 +294,28 @@ async fn cbt_plan(
             crate::xapi::decode_cbt_bitmap(&bitmap, record.virtual_size as u64)
         };
         match changed.await {
-            Ok(blocks) => {
+            Ok(mut blocks) => {
                 let count = blocks.iter().filter(|c| **c).count();
                 log.ok(format!(
                     "[CBT] Disk {n}: {count}/{} blocks changed",
                     blocks.len()
                 ));
+                // Segments CBT calls clean whose old chunks were set aside.
+                let lost: Vec<_> = lost_segments(pool, previous, i)
+                    .into_iter()
+                    .map(|r| r.start.min(blocks.len())..r.end.min(blocks.len()))
+                    .filter(|r| blocks[r.clone()].iter().all(|changed| !changed))
+                    .collect();
+                if !lost.is_empty() {
+                    log.warn(format!(
+                        "Disk {n}: {} unchanged segment(s) of version {} lost chunks in the data store (set aside as damaged); reading them again",
+                        lost.len(),
+                        plan.parent_seq.unwrap_or_default()
+                    ));
+                    for range in lost {
+                        blocks[range].fill(true);
+                    }
+                }
                 plan.changed_blocks.push(Some(blocks));
             }
             Err(e) => {
@@ -311,6 +327,22 @@ async fn cbt_plan(
         }
     }
     plan
+}
+
+/// Block ranges of disk `i` of `previous` whose segments reference chunks the
+/// data store no longer has: CBT says they are clean, but their old chunk
+/// list cannot be kept.
+fn lost_segments(
+    pool: &PoolRuntime,
+    previous: Option<&ads::Manifest>,
+    i: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let (Some(store), Some(disk)) = (pool.store(), previous.and_then(|p| p.disks.get(i))) else {
+        return Vec::new();
+    };
+    store.with_store(|s| {
+        ads::backup::blocks_of_lost_segments(disk, |id| id.is_zero_run() || s.index().contains(id))
+    })
 }
 
 /// Commits the VM's new version once every disk is stored and detached, and

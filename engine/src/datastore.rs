@@ -89,6 +89,15 @@ impl DataStore {
         store.begin()?.commit(draft).map(|(manifest, _)| manifest)
     }
 
+    /// Verifies the store and sets aside the corrupt chunks it found;
+    /// returns the report and how many were newly set aside.
+    pub fn verify_and_set_aside(&self) -> Result<(ads::VerifyReport, usize), AdsError> {
+        let mut store = self.lock();
+        let report = ads::verify(&store)?;
+        let set_aside = ads::verify::set_aside_corrupt(&mut store, &report)?;
+        Ok((report, set_aside))
+    }
+
     /// Runs `read` with the store (listing, restore, verification).
     pub fn with_store<T>(&self, read: impl FnOnce(&Store) -> T) -> T {
         read(&self.lock())

@@ -382,6 +382,19 @@ impl Engine {
         }
     }
 
+    /// Operator action (or a scheduled check): verifies the data store, logs
+    /// every problem with the versions it hurts, and sets corrupt chunks aside
+    /// so the next backup that holds their bytes stores them again.
+    pub fn verify_store(&self) -> Result<crate::store_check::StoreCheck, EngineError> {
+        let store = self
+            .shared
+            .store
+            .as_ref()
+            .ok_or_else(|| EngineError::Store("this engine has no data store".into()))?;
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        crate::store_check::verify_and_set_aside(store, &log)
+    }
+
     /// Leftovers the background retries still try to remove.
     pub fn leftovers_pending(&self) -> usize {
         self.shared

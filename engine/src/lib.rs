@@ -26,6 +26,7 @@ pub mod placement;
 pub mod pool;
 mod reclaim;
 pub mod restore;
+pub mod store_check;
 pub mod store_server;
 pub mod tags;
 pub mod template;

@@ -53,6 +53,11 @@ pub enum FaultKind {
     /// address, and every session is lost with the toolstack restart. At
     /// `until_s` the role moves back.
     MasterChange,
+    /// `count` chunks (default 1) that versions of `pool`'s VMs use are
+    /// damaged at rest in the engine's data store at `from_s` (a byte of each
+    /// flips in its pack), with `rate`. The scenario runner applies it; the
+    /// simulated pools are not touched.
+    ChunkCorrupt,
 }
 
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.

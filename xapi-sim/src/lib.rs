@@ -345,6 +345,13 @@ impl Sim {
         fired
     }
 
+    /// Logs a fault something outside the pools suffered (the engine's data
+    /// store), so the event log holds every fault of the run.
+    pub fn note_fault(&mut self, pool: PoolId, now: SimTime, what: String) {
+        self.fault_fired(pool, now, |_, _| true, || what);
+        self.faults.injected += 1;
+    }
+
     /// How many times a fault fired so far.
     pub fn faults_injected(&self) -> u64 {
         self.faults.injected
