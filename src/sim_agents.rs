@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use xapi_sim::faults::Delivery;
 use xapi_sim::{ApplianceAnswer, AttachedDisk, PoolId};
 
 /// Progress of a simulated transfer is reported in this many steps.
@@ -112,9 +113,13 @@ impl SimAgentNet {
             return Some(running.router.clone());
         }
         let store = match (vm_data.get(VM_DATA_STORE_URL), self.store.get()) {
-            (Some(url), Some(service)) => Some(Arc::new(ServiceLink {
-                name: url.clone(),
-                service: service.clone(),
+            (Some(url), Some(service)) => Some(Arc::new(SimStoreNet {
+                store: ServiceLink {
+                    name: url.clone(),
+                    service: service.clone(),
+                },
+                sim: Arc::clone(&self.sim),
+                pool: self.pool,
             }) as Arc<dyn StoreLink>),
             _ => None,
         };
@@ -153,6 +158,18 @@ impl AgentLink for SimAgentNet {
     ) -> Result<Response<Vec<u8>>, LinkError> {
         let duration = lock(&self.sim).agent_duration();
         tokio::time::sleep(duration).await;
+        let link = xapi_sim::faults::NetworkLink::EngineDelegates;
+        let to = ip.to_string();
+        let delivery = lock(&self.sim).network_delivery(self.pool, self.clock.now(), link, &to);
+        match delivery {
+            Delivery::Delivered(delay) => tokio::time::sleep(delay).await,
+            Delivery::Lost => {
+                tokio::time::sleep(crate::sim_link::CONNECT_TIMEOUT).await;
+                return Err(LinkError::Unreachable(format!(
+                    "connecting to {ip} timed out"
+                )));
+            }
+        }
         let answer = lock(&self.sim).appliance_at(self.pool, self.clock.now(), ip);
         let router = match answer {
             ApplianceAnswer::Nobody => {
@@ -179,6 +196,36 @@ impl AgentLink for SimAgentNet {
         abd_agent::http::call_service(&router, request)
             .await
             .map_err(LinkError::Broken)
+    }
+}
+
+/// The network between a simulated delegate and the engine's data store: a
+/// `network` fault on `delegates_store` loses requests (the agent's call
+/// fails as a timed-out connection would). Delays are not modelled here: the
+/// agent's store calls take no simulated time.
+struct SimStoreNet {
+    store: ServiceLink,
+    sim: SharedSim,
+    pool: PoolId,
+}
+
+impl StoreLink for SimStoreNet {
+    fn url(&self) -> String {
+        self.store.url()
+    }
+
+    fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
+        let link = xapi_sim::faults::NetworkLink::DelegatesStore;
+        // The agent's work may call from a worker thread, off the simulated
+        // clock: it happens at the simulator's present.
+        let mut sim = lock(&self.sim);
+        let now = sim.now();
+        let delivery = sim.network_delivery(self.pool, now, link, "the data store");
+        drop(sim);
+        match delivery {
+            Delivery::Lost => Err(format!("connecting to {} timed out", self.store.url())),
+            Delivery::Delivered(_) => self.store.send(request),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use xapi_proto::Value;
+use xapi_sim::faults::Delivery;
 use xapi_sim::time::SimTime;
 use xapi_sim::{PoolId, Sim};
 
@@ -52,16 +53,34 @@ const MAX_EVENT_WAIT_S: f64 = 3600.0;
 /// How long a refused connection takes to be reported.
 const REFUSED_AFTER: Duration = Duration::from_millis(200);
 
+/// How long a connection the network loses takes to time out (the engine's
+/// HTTP transports' connect timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `Err(Unreachable)` when an `xapi_unreachable` fault refuses the
-/// connection now (the call is not sent; it takes a moment to find out).
+/// connection now, or a `network` fault on the engine's path to the master
+/// loses it (the connect times out); a delay the network adds is taken first.
 async fn refused(sim: &SharedSim, pool: PoolId, clock: SimClock) -> Result<(), CallError> {
-    if !lock(sim).master_unreachable(pool, clock.now()) {
-        return Ok(());
+    if lock(sim).master_unreachable(pool, clock.now()) {
+        tokio::time::sleep(REFUSED_AFTER).await;
+        return Err(CallError::Unreachable(
+            "connection refused by the pool master".into(),
+        ));
     }
-    tokio::time::sleep(REFUSED_AFTER).await;
-    Err(CallError::Unreachable(
-        "connection refused by the pool master".into(),
-    ))
+    let link = xapi_sim::faults::NetworkLink::EngineMaster;
+    let delivery = lock(sim).network_delivery(pool, clock.now(), link, "the pool master");
+    match delivery {
+        Delivery::Delivered(delay) => {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        }
+        Delivery::Lost => {
+            tokio::time::sleep(CONNECT_TIMEOUT).await;
+            Err(CallError::Unreachable(
+                "connecting to the pool master timed out".into(),
+            ))
+        }
+    }
 }
 
 /// `event.from(session, classes, token, timeout)` as XAPI has it, a call that

@@ -111,3 +111,8 @@ fn fault_chunk_corrupt_log() {
         engine_and_job_log("fault-chunk-corrupt")
     );
 }
+
+#[test]
+fn fault_network_log() {
+    insta::assert_snapshot!("fault_network", job_log("fault-network"));
+}

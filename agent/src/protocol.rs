@@ -161,6 +161,10 @@ pub struct TaskStatus {
     pub disks: Vec<DiskStatus>,
     pub result: Option<TaskResult>,
     pub error: Option<String>,
+    /// The task failed because the data store could not be reached: the
+    /// same work may succeed when tried again.
+    #[serde(default)]
+    pub retryable: bool,
 }
 
 /// Progress on one disk.

@@ -15,6 +15,8 @@ pub struct Task {
     status: watch::Sender<TaskStatus>,
     cancelled: Arc<AtomicBool>,
     cancel_signal: tokio::sync::Notify,
+    /// Set when a request to the data store could not get through.
+    store_unreachable: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -33,11 +35,13 @@ impl Task {
                 .collect(),
             result: None,
             error: None,
+            retryable: false,
         };
         Self {
             status: watch::channel(status).0,
             cancelled: Arc::new(AtomicBool::new(false)),
             cancel_signal: tokio::sync::Notify::new(),
+            store_unreachable: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -126,6 +130,11 @@ impl Task {
         }
     }
 
+    /// The flag the task's store link raises when the store cannot be reached.
+    pub(crate) fn store_unreachable_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.store_unreachable)
+    }
+
     /// True while the task runs.
     pub fn is_running(&self) -> bool {
         self.status.borrow().state == TaskState::Running
@@ -145,6 +154,7 @@ impl Task {
                     TaskState::Failed
                 };
                 s.error = Some(error);
+                s.retryable = !cancelled && self.store_unreachable.load(Ordering::SeqCst);
             }
         });
     }

@@ -42,12 +42,41 @@ pub struct Context {
 }
 
 impl Context {
-    fn remote_store(&self) -> Result<RemoteStore, String> {
+    /// The data store for `task`'s work; a request that cannot get through
+    /// marks the task's failure as one that may pass.
+    fn remote_store(&self, task: &Task) -> Result<RemoteStore, String> {
         let link = self
             .store
             .clone()
             .ok_or("this agent was given no data store (vm-data/abd-store)")?;
+        let link = Arc::new(NoticedLink {
+            inner: link,
+            unreachable: task.store_unreachable_flag(),
+        });
         Ok(RemoteStore::new(link, self.token.clone()))
+    }
+}
+
+/// A store link that raises a flag when a request cannot get through.
+struct NoticedLink {
+    inner: Arc<dyn StoreLink>,
+    unreachable: Arc<AtomicBool>,
+}
+
+impl StoreLink for NoticedLink {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn send(
+        &self,
+        request: axum::http::Request<Vec<u8>>,
+    ) -> Result<axum::http::Response<Vec<u8>>, String> {
+        let sent = self.inner.send(request);
+        if sent.is_err() {
+            self.unreachable.store(true, Ordering::SeqCst);
+        }
+        sent
     }
 }
 
@@ -118,7 +147,7 @@ pub async fn backup(
         }
         return Ok(TaskResult::Read { bytes_read });
     };
-    let remote = ctx.remote_store()?;
+    let remote = ctx.remote_store(task)?;
     let vm = into.vm.clone();
     let (mut remote, config, previous) = execute(ctx.execution, move || {
         let config = remote.config()?;
@@ -196,7 +225,7 @@ pub async fn restore(
     task: &Task,
     request: RestoreRequest,
 ) -> Result<TaskResult, String> {
-    let remote = ctx.remote_store()?;
+    let remote = ctx.remote_store(task)?;
     let (vm, version, base) = (request.vm.clone(), request.version, request.base);
     let (remote, manifest, base) = execute(ctx.execution, move || {
         let manifest = remote.manifest(&vm, version)?;

@@ -178,12 +178,17 @@ async fn attach_and_read(
                     .map(|c| c.changed_blocks.clone())
                     .unwrap_or_default(),
             });
+            let still_running = || crate::delegate::still_running(pool, d);
             // Dropping the read on cancellation cancels the agent's task.
             log.cancel()
-                .wait(
-                    pool.agent
-                        .read_disks(ip, &d.token, vdis.len(), target, &on_progress),
-                )
+                .wait(pool.agent.read_disks(
+                    ip,
+                    &d.token,
+                    vdis.len(),
+                    target,
+                    &on_progress,
+                    &still_running,
+                ))
                 .await
                 .and_then(|read| read.map_err(EngineError::from))
         }
@@ -192,6 +197,7 @@ async fn attach_and_read(
     let detached = detach(pool, &plugged).await;
     let report = read?;
     detached?;
+    warn_out_of_reach(d, &report, log);
     let mut backed = Backed {
         report,
         new_bases: Vec::new(),
@@ -327,6 +333,17 @@ async fn cbt_plan(
         }
     }
     plan
+}
+
+/// Says so when the delegate's agent was out of reach while it worked.
+pub(crate) fn warn_out_of_reach(d: &Delegate, report: &ReadReport, log: &VmLog) {
+    if !report.out_of_reach.is_zero() {
+        log.warn(format!(
+            "{}'s agent was out of reach for {} while it worked; it worked on and finished",
+            d.name,
+            crate::joblog::format_duration(report.out_of_reach)
+        ));
+    }
 }
 
 /// Block ranges of disk `i` of `previous` whose segments reference chunks the

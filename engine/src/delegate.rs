@@ -4,6 +4,7 @@
 
 use crate::accounting::Change;
 use crate::address::{HolderId, Lease, StaticAddress};
+use crate::agent::AgentError;
 use crate::config::Addressing;
 use crate::error::EngineError;
 use crate::joblog::format_duration;
@@ -437,6 +438,10 @@ async fn poll_for_address(
     }
 }
 
+/// How long an agent out of reach is asked again for its identity.
+const IDENTITY_PATIENCE: Duration = Duration::from_secs(60);
+const IDENTITY_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
 /// Asks whoever answers at the delegate's address for its VM uuid and checks
 /// it is this delegate (an address collision fails here).
 pub async fn verify_identity(
@@ -446,15 +451,33 @@ pub async fn verify_identity(
 ) -> Result<(), EngineError> {
     let ip =
         d.ip.expect("identity is checked after the address is known");
-    let answered = pool
-        .agent
-        .identity(ip, &d.token)
-        .await
-        .map_err(|e| EngineError::Identity {
-            delegate: d.label(),
-            ip: ip.to_string(),
-            detail: e.to_string(),
-        })?;
+    // The guest reported its address, so it is up: an agent out of reach may
+    // be the network between us (a partition) and is given a while.
+    let asked = tokio::time::Instant::now();
+    let answered = loop {
+        match pool.agent.identity(ip, &d.token).await {
+            Err(AgentError::Unreachable { .. })
+                if asked.elapsed() < IDENTITY_PATIENCE && still_running(pool, d).await =>
+            {
+                tokio::time::sleep(IDENTITY_RETRY_PAUSE).await;
+            }
+            other => {
+                break other.map_err(|e| EngineError::Identity {
+                    delegate: d.label(),
+                    ip: ip.to_string(),
+                    detail: e.to_string(),
+                })?;
+            }
+        }
+    };
+    let waited = asked.elapsed();
+    if waited >= IDENTITY_RETRY_PAUSE {
+        log.warn(format!(
+            "{}'s agent at {ip} answered only after {} out of reach",
+            d.name,
+            format_duration(waited)
+        ));
+    }
     if answered != d.uuid {
         return Err(EngineError::Identity {
             delegate: d.label(),
@@ -673,4 +696,18 @@ async fn detach_work_disks(pool: &PoolRuntime, vm: &VmRecord) -> Result<(), Engi
             .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "destroy", e))?;
     }
     Ok(())
+}
+
+/// Whether `d`'s VM still runs, asked while its agent cannot be reached (a
+/// failed question counts as yes: only XAPI's word that it stopped ends the wait).
+pub(crate) fn still_running<'a>(
+    pool: &'a PoolRuntime,
+    d: &'a Delegate,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+    Box::pin(async move {
+        pool.xapi
+            .vm_get_power_state(&d.vm)
+            .await
+            .map_or(true, |state| state == PowerState::Running)
+    })
 }

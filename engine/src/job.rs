@@ -536,8 +536,15 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 crate::agent::AgentError::TaskLost { .. }
             ))
         );
-        let lost =
-            work.is_err() && !cancelled && (task_lost || delegate_lost(pool, &delegate).await);
+        let store_unreachable = matches!(
+            work,
+            Err(EngineError::Agent(
+                crate::agent::AgentError::StoreUnreachable { .. }
+            ))
+        );
+        let lost = work.is_err()
+            && !cancelled
+            && (task_lost || store_unreachable || delegate_lost(pool, &delegate).await);
         release(pool, delegate, work.is_ok(), log).await;
         if lost && attempt < VM_ATTEMPTS {
             let cause = work
@@ -547,6 +554,8 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 .unwrap_or_default();
             let why = if task_lost {
                 "its agent restarted and lost the work"
+            } else if store_unreachable {
+                "its agent could not reach the data store"
             } else {
                 "its VM stopped running"
             };

@@ -268,15 +268,22 @@ async fn write_version(
             let ip = d.ip.expect("a ready delegate has an address");
             let on_progress = |p: DiskProgress| log.disk_progress("Writing", p);
             let source = RestoreSource { manifest, base };
+            let still_running = || crate::delegate::still_running(pool, d);
             // Dropping the write on cancellation cancels the agent's task.
             log.cancel()
-                .wait(pool.agent.write_disks(ip, &d.token, source, &on_progress))
+                .wait(
+                    pool.agent
+                        .write_disks(ip, &d.token, source, &on_progress, &still_running),
+                )
                 .await
                 .and_then(|written| written.map_err(EngineError::from))
         }
         Err(e) => Err(e),
     };
     let detached = detach(pool, &plugged).await;
+    if let Ok(report) = &written {
+        crate::backup::warn_out_of_reach(d, report, log);
+    }
     written.and_then(|report| detached.map(|()| report))
 }
 

@@ -15,6 +15,11 @@ use std::sync::{Arc, Mutex};
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+/// The delegate is always running here (only asked when its agent cannot be reached).
+fn running() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'static>> {
+    Box::pin(async { true })
+}
+
 /// Serves `router` on an ephemeral loopback port.
 async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
@@ -101,7 +106,7 @@ async fn backup_and_restore_through_agents_over_http() {
         changed_blocks: vec![None],
     };
     let report = client
-        .read_disks(LOOPBACK, &token, 1, Some(target), &on_progress)
+        .read_disks(LOOPBACK, &token, 1, Some(target), &on_progress, &running)
         .await
         .unwrap();
     assert_eq!(report.bytes_read, original.len() as u64);
@@ -125,7 +130,7 @@ async fn backup_and_restore_through_agents_over_http() {
         changed_blocks: vec![None],
     };
     let again = client
-        .read_disks(LOOPBACK, &token, 1, Some(target), &|_| {})
+        .read_disks(LOOPBACK, &token, 1, Some(target), &|_| {}, &running)
         .await
         .unwrap();
     assert_eq!(again.stored.chunks_new, 0);
@@ -150,6 +155,7 @@ async fn backup_and_restore_through_agents_over_http() {
                 base: None,
             },
             &|_| {},
+            &running,
         )
         .await
         .unwrap();
@@ -164,7 +170,7 @@ async fn backup_and_restore_through_agents_over_http() {
         changed_blocks: vec![None],
     };
     let refused = client
-        .read_disks(LOOPBACK, &token, 1, Some(target), &|_| {})
+        .read_disks(LOOPBACK, &token, 1, Some(target), &|_| {}, &running)
         .await
         .unwrap_err();
     assert!(

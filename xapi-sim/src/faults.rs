@@ -58,6 +58,41 @@ pub enum FaultKind {
     /// flips in its pack), with `rate`. The scenario runner applies it; the
     /// simulated pools are not touched.
     ChunkCorrupt,
+    /// The network on `link` loses each request with `rate` (1.0: a
+    /// partition) from `from_s` until healed at `until_s`; with `latency_s`,
+    /// requests that get through take that much longer.
+    Network,
+}
+
+/// A network path a `network` fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkLink {
+    /// The engine and the pool master (XAPI).
+    EngineMaster,
+    /// The engine and its delegates' agents.
+    EngineDelegates,
+    /// The delegates' agents and the engine's data store.
+    DelegatesStore,
+}
+
+impl std::fmt::Display for NetworkLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkLink::EngineMaster => "engine <-> pool master",
+            NetworkLink::EngineDelegates => "engine <-> delegates",
+            NetworkLink::DelegatesStore => "delegates <-> data store",
+        })
+    }
+}
+
+/// What the network does to one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Delivery {
+    /// It arrives after this extra delay.
+    Delivered(Duration),
+    /// It is lost: the sender times out.
+    Lost,
 }
 
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
@@ -108,6 +143,8 @@ pub struct FaultSpec {
     pub every_s: Option<f64>,
     /// `sr_fill`: the SR, by name.
     pub sr: Option<String>,
+    /// `network`: the path it strikes.
+    pub link: Option<NetworkLink>,
 }
 
 impl FaultSpec {
@@ -121,7 +158,10 @@ impl FaultSpec {
         if self.kind == FaultKind::XapiError && self.error.is_empty() {
             return fail("xapi_error needs `error` (the code, then its parameters)".into());
         }
-        if self.kind == FaultKind::Latency && self.latency_s.is_none_or(|l| l < 0.0) {
+        if self.latency_s.is_some_and(|l| l < 0.0) {
+            return fail("`latency_s` must be >= 0".into());
+        }
+        if self.kind == FaultKind::Latency && self.latency_s.is_none() {
             return fail("latency needs `latency_s` >= 0".into());
         }
         if matches!(
@@ -130,6 +170,11 @@ impl FaultSpec {
         ) && self.host.is_none()
         {
             return fail(format!("{:?} needs `host`", self.kind));
+        }
+        if self.kind == FaultKind::Network && self.link.is_none() {
+            return fail(
+                "network needs `link` (engine_master, engine_delegates or delegates_store)".into(),
+            );
         }
         if self.kind == FaultKind::SrFill && self.sr.is_none() {
             return fail("sr_fill needs `sr`".into());
@@ -259,6 +304,33 @@ impl Faults {
         self.fire(pool, now, FaultKind::Latency, |s| s.covers_method(method))
             .and_then(|s| s.latency_s)
             .map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
+    /// What the network on `link` of `pool` does to a request sent now.
+    pub fn delivery(&mut self, pool: usize, now: SimTime, link: NetworkLink) -> Delivery {
+        let mut delay = Duration::ZERO;
+        for fault in &mut self.armed {
+            let active = fault.pool == pool
+                && fault.spec.kind == FaultKind::Network
+                && fault.spec.link == Some(link)
+                && fault.spec.active_at(now)
+                && fault.spec.count.is_none_or(|c| fault.fired < c);
+            if !active {
+                continue;
+            }
+            if let Some(latency) = fault.spec.latency_s {
+                delay += Duration::from_secs_f64(latency);
+            }
+            // A partition (rate 1) draws nothing: the same whatever the order of requests.
+            let lost = fault.rate >= 1.0
+                || (fault.rate > 0.0 && self.rng.random_range(0.0..1.0) < fault.rate);
+            if lost {
+                fault.fired += 1;
+                self.injected += 1;
+                return Delivery::Lost;
+            }
+        }
+        Delivery::Delivered(delay)
     }
 
     /// True when a busy delegate agent's process dies now.

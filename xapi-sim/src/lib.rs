@@ -317,6 +317,28 @@ impl Sim {
         )
     }
 
+    /// What the network on `link` of `pool` does to a request sent now (to
+    /// `to`, for the log): a `network` fault may lose it or delay it.
+    pub fn network_delivery(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        link: faults::NetworkLink,
+        to: &str,
+    ) -> faults::Delivery {
+        self.advance_to(now);
+        let delivery = self.faults.delivery(pool.0, now, link);
+        if delivery == faults::Delivery::Lost {
+            let name = self.pools[pool.0].name.clone();
+            self.log.push(
+                now,
+                &name,
+                format!("fault: network {link}: a request to {to} lost"),
+            );
+        }
+        delivery
+    }
+
     /// True when the busy agent of the delegate at `ip` crashes now (an
     /// `agent_crash` fault); logged.
     pub fn agent_crash(&mut self, pool: PoolId, now: SimTime, ip: std::net::Ipv4Addr) -> bool {

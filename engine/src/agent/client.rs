@@ -17,9 +17,14 @@ use std::time::Duration;
 
 /// How long one status request may wait for a change.
 const LONG_POLL: Duration = Duration::from_secs(30);
-/// Failed status requests tolerated in a row before the task counts as lost.
+/// Failed status requests (the agent answered with an error) tolerated in a
+/// row before the task counts as lost.
 const POLL_RETRIES: u32 = 3;
-/// Pause before asking again; with the retries, rides out an agent restart.
+/// How long the engine keeps asking an agent it cannot reach (a network
+/// partition, an agent restarting) before the task counts as lost: the agent
+/// works on meanwhile, so contact that comes back finds the task where it got.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(300);
+/// Pause before asking again.
 const POLL_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// The engine's client for delegate agents.
@@ -30,6 +35,14 @@ pub struct AgentClient {
 
 /// Progress callback.
 pub type OnProgress<'a> = &'a (dyn Fn(DiskProgress) + Send + Sync);
+
+/// Asked while an agent cannot be reached: is its delegate VM still running?
+/// When it is not, the task is lost and waiting is no use.
+pub type StillRunning<'a> = &'a (
+        dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
+            + Send
+            + Sync
+    );
 
 impl AgentClient {
     pub fn new(link: Arc<dyn AgentLink>, tokens: Arc<TokenRegistry>) -> Self {
@@ -117,6 +130,7 @@ impl AgentClient {
         disks: usize,
         target: Option<StoreTarget<'_>>,
         progress: OnProgress<'_>,
+        still_running: StillRunning<'_>,
     ) -> Result<ReadReport, AgentError> {
         let request = BackupRequest {
             disks: (0..disks)
@@ -133,11 +147,12 @@ impl AgentClient {
                 previous: t.previous.map(|p| p.seq),
             }),
         };
-        let status = self
-            .run_task(ip, token, paths::BACKUP, &request, progress)
+        let (status, out_of_reach) = self
+            .run_task(ip, token, paths::BACKUP, &request, progress, still_running)
             .await?;
         let mut report = ReadReport {
             disks,
+            out_of_reach,
             ..Default::default()
         };
         match status.result {
@@ -167,6 +182,7 @@ impl AgentClient {
         token: &Token,
         source: RestoreSource<'_>,
         progress: OnProgress<'_>,
+        still_running: StillRunning<'_>,
     ) -> Result<ReadReport, AgentError> {
         let disks = source.manifest.disks.len();
         let request = RestoreRequest {
@@ -175,20 +191,22 @@ impl AgentClient {
             base: source.base.map(|b| b.seq),
             devices: (1..=disks as u32).collect(),
         };
-        let status = self
-            .run_task(ip, token, paths::RESTORE, &request, progress)
+        let (status, out_of_reach) = self
+            .run_task(ip, token, paths::RESTORE, &request, progress, still_running)
             .await?;
         match status.result {
             Some(TaskResult::Restore { bytes_written }) => Ok(ReadReport {
                 disks,
                 bytes_read: bytes_written,
+                out_of_reach,
                 ..Default::default()
             }),
             other => Err(unexpected(ip, other)),
         }
     }
 
-    /// Starts a task with `request` at `path` and follows it to its end.
+    /// Starts a task with `request` at `path` and follows it to its end;
+    /// also says how long the agent was out of reach meanwhile.
     async fn run_task(
         &self,
         ip: Ipv4Addr,
@@ -196,11 +214,34 @@ impl AgentClient {
         path: &str,
         request: &impl serde::Serialize,
         progress: OnProgress<'_>,
-    ) -> Result<TaskStatus, AgentError> {
+        still_running: StillRunning<'_>,
+    ) -> Result<(TaskStatus, Duration), AgentError> {
+        let mut out_of_reach = Duration::ZERO;
         let body = serde_json::to_vec(request).expect("request serialises");
-        let started: TaskStarted = self
-            .request_json(ip, token, Method::POST, path, Some(body))
-            .await?;
+        // Not connected means not sent: starting again cannot start it twice.
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        let started: TaskStarted = loop {
+            match self
+                .request_json(ip, token, Method::POST, path, Some(body.clone()))
+                .await
+            {
+                Err(e @ AgentError::Unreachable { .. })
+                    if unreachable_since
+                        .is_none_or(|since| since.elapsed() < UNREACHABLE_LIMIT) =>
+                {
+                    if !still_running().await {
+                        return Err(e);
+                    }
+                    tracing::warn!(%ip, "cannot reach the agent to start its task ({e}); trying again");
+                    unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    tokio::time::sleep(POLL_RETRY_PAUSE).await;
+                }
+                other => break other?,
+            }
+        };
+        if let Some(since) = unreachable_since {
+            out_of_reach += since.elapsed();
+        }
         let mut guard = CancelOnDrop {
             link: Arc::clone(&self.link),
             ip,
@@ -210,6 +251,7 @@ impl AgentClient {
         let mut shown = Vec::new();
         let mut revision = 0;
         let mut failures = 0;
+        unreachable_since = None;
         loop {
             let uri = format!(
                 "{}/{}?after={revision}&wait_ms={}",
@@ -217,42 +259,63 @@ impl AgentClient {
                 started.task,
                 LONG_POLL.as_millis()
             );
-            let status: TaskStatus =
-                match self.request_json(ip, token, Method::GET, &uri, None).await {
-                    Ok(status) => status,
-                    // A blip, or the agent restarting: ask again a few times.
-                    Err(e @ (AgentError::Failed { .. } | AgentError::Unreachable { .. }))
-                        if failures < POLL_RETRIES =>
-                    {
-                        failures += 1;
-                        tracing::debug!(%ip, "task status failed ({e}); retrying");
-                        tokio::time::sleep(POLL_RETRY_PAUSE).await;
-                        continue;
+            let status: TaskStatus = match self
+                .request_json(ip, token, Method::GET, &uri, None)
+                .await
+            {
+                Ok(status) => status,
+                // A blip: ask again a few times.
+                Err(e @ AgentError::Failed { .. }) if failures < POLL_RETRIES => {
+                    failures += 1;
+                    tracing::debug!(%ip, "task status failed ({e}); retrying");
+                    tokio::time::sleep(POLL_RETRY_PAUSE).await;
+                    continue;
+                }
+                // Out of reach (the network, or the agent restarting):
+                // keep asking for a bounded time.
+                Err(e @ AgentError::Unreachable { .. })
+                    if unreachable_since
+                        .is_none_or(|since| since.elapsed() < UNREACHABLE_LIMIT) =>
+                {
+                    if !still_running().await {
+                        return Err(e);
                     }
-                    // The agent is there but does not know the task: it restarted.
-                    Err(AgentError::NotFound { .. }) => {
-                        guard.task = None;
-                        return Err(AgentError::TaskLost {
-                            ip,
-                            task: started.task,
-                        });
+                    if unreachable_since.is_none() {
+                        tracing::warn!(%ip, "lost contact with the agent ({e}); asking again for up to {UNREACHABLE_LIMIT:?}");
                     }
-                    Err(e) => return Err(e),
-                };
+                    unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    tokio::time::sleep(POLL_RETRY_PAUSE).await;
+                    continue;
+                }
+                // The agent is there but does not know the task: it restarted.
+                Err(AgentError::NotFound { .. }) => {
+                    guard.task = None;
+                    return Err(AgentError::TaskLost {
+                        ip,
+                        task: started.task,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             failures = 0;
+            if let Some(since) = unreachable_since.take() {
+                out_of_reach += since.elapsed();
+            }
             revision = status.revision;
             report_progress(&status, &mut shown, progress);
             match status.state {
                 TaskState::Running => continue,
                 TaskState::Succeeded => {
                     guard.task = None;
-                    return Ok(status);
+                    return Ok((status, out_of_reach));
                 }
                 TaskState::Failed | TaskState::Cancelled => {
                     guard.task = None;
-                    return Err(AgentError::Failed {
-                        ip,
-                        message: status.error.unwrap_or_else(|| "task failed".into()),
+                    let message = status.error.unwrap_or_else(|| "task failed".into());
+                    return Err(if status.retryable {
+                        AgentError::StoreUnreachable { ip, message }
+                    } else {
+                        AgentError::Failed { ip, message }
                     });
                 }
             }

@@ -37,6 +37,8 @@ pub struct ReadReport {
     pub written: Vec<WrittenDisk>,
     /// What the store took for them.
     pub stored: ads::StoreStats,
+    /// How long the agent was out of reach while it worked (it worked on).
+    pub out_of_reach: std::time::Duration,
 }
 
 /// One disk a delegate backed up into the data store (chunks stored, no version yet).
@@ -86,4 +88,8 @@ pub enum AgentError {
     /// restarted and the work is gone (the delegate may still be fine).
     #[error("delegate agent at {ip} lost task {task} (the agent restarted)")]
     TaskLost { ip: Ipv4Addr, task: u64 },
+    /// The work failed because the agent could not reach the data store:
+    /// the same work may succeed when tried again.
+    #[error("delegate agent at {ip}: {message}")]
+    StoreUnreachable { ip: Ipv4Addr, message: String },
 }

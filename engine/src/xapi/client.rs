@@ -42,8 +42,9 @@ pub struct XapiClient {
     calls: AtomicU64,
     /// How long a call waits out an unreachable pool before it fails.
     unreachable_limit: Duration,
-    /// When the pool stopped answering, while it does not.
-    unreachable_since: Mutex<Option<tokio::time::Instant>>,
+    /// When the pool stopped answering, while it does not, and whether
+    /// that was announced.
+    unreachable_since: Mutex<Option<(tokio::time::Instant, bool)>>,
     /// Told when the pool stops answering and when it answers again.
     on_reachability: Option<ReachabilityHook>,
 }
@@ -66,6 +67,8 @@ pub type ReachabilityHook = Arc<dyn Fn(Reachability) + Send + Sync>;
 /// First pause before trying an unreachable pool again; it doubles up to the max.
 const UNREACHABLE_FIRST_PAUSE: Duration = Duration::from_secs(2);
 const UNREACHABLE_MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Calls must fail this long before the pool counts as lost (and the hook hears of it).
+const OUTAGE_AFTER: Duration = Duration::from_secs(5);
 /// HOST_IS_SLAVE redirections followed for one call (a master that moves
 /// again while the client follows it).
 const MAX_REDIRECTS: usize = 3;
@@ -100,24 +103,31 @@ impl XapiClient {
     }
 
     /// Records whether a call that started at `started` got through; tells
-    /// the hook once per change. A call already under way when the pool
-    /// stopped answering proves nothing about now.
+    /// the hook once per outage. A lone failure that the next try gets past
+    /// (a lost connection on a lossy network) is not an outage: the pool is
+    /// announced lost only once calls have failed for [`OUTAGE_AFTER`]. A
+    /// call already under way when the pool stopped answering proves nothing
+    /// about now.
     fn note_reachable(&self, reached: Result<(), &str>, started: tokio::time::Instant) {
         let now = tokio::time::Instant::now();
         let change = {
-            let mut since = self
+            let mut outage = self
                 .unreachable_since
                 .lock()
                 .expect("reachability lock poisoned");
-            match (reached, *since) {
-                (Ok(()), Some(from)) if started >= from => {
-                    *since = None;
-                    Some(Reachability::Back {
+            match (reached, *outage) {
+                (Ok(()), Some((from, announced))) if started >= from => {
+                    *outage = None;
+                    announced.then(|| Reachability::Back {
                         after: now.duration_since(from),
                     })
                 }
-                (Err(why), None) => {
-                    *since = Some(now);
+                (Err(_), None) => {
+                    *outage = Some((now, false));
+                    None
+                }
+                (Err(why), Some((from, false))) if now.duration_since(from) >= OUTAGE_AFTER => {
+                    *outage = Some((from, true));
                     Some(Reachability::Lost {
                         why: why.to_string(),
                         limit: self.unreachable_limit,
