@@ -11,6 +11,9 @@ pub const AGENT_PORT: u16 = 7481;
 /// Every response from an agent carries this header (with the agent's
 /// version), so the engine can tell an agent from some other web server.
 pub const AGENT_HEADER: &str = "x-abd-agent";
+/// A task-starting request carrying this header starts at most one task per
+/// key: sent again (its reply was lost), it answers with the same task.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// `xenstore_data` key carrying the delegate's token.
 pub const VM_DATA_TOKEN: &str = "vm-data/abd-token";
 /// `xenstore_data` key carrying the URL of the engine's data store.

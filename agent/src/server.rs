@@ -90,16 +90,28 @@ impl Agent {
         self.tasks().get(id)
     }
 
-    /// Starts a task running `work` on the runtime.
+    /// Starts a task running `work` on the runtime; a request whose
+    /// idempotency `key` already started one gets that task instead.
     fn spawn<Fut>(
         self: &Arc<Self>,
+        key: Option<String>,
         devices: &[u32],
         work: impl FnOnce(Arc<Context>, Arc<Task>) -> Fut,
     ) -> Json<TaskStarted>
     where
         Fut: Future<Output = Result<crate::protocol::TaskResult, String>> + Send + 'static,
     {
-        let task = self.tasks().start(devices);
+        let task = {
+            let mut tasks = self.tasks();
+            if let Some(id) = key.as_deref().and_then(|k| tasks.started_by(k)) {
+                return Json(TaskStarted { task: id });
+            }
+            let task = tasks.start(devices);
+            if let Some(key) = key {
+                tasks.note_key(key, task.status().task);
+            }
+            task
+        };
         let id = task.status().task;
         let running = work(Arc::clone(&self.context), Arc::clone(&task));
         let handle = tokio::spawn(async move {
@@ -179,8 +191,17 @@ async fn identity(State(agent): State<Arc<Agent>>) -> Json<Identity> {
     })
 }
 
+/// The request's idempotency key, if it has one.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(crate::protocol::IDEMPOTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 async fn backup(
     State(agent): State<Arc<Agent>>,
+    headers: axum::http::HeaderMap,
     request: Result<Json<BackupRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(request) = match request {
@@ -195,15 +216,20 @@ async fn backup(
     }
     let devices: Vec<u32> = request.disks.iter().map(|d| d.device).collect();
     agent
-        .spawn(&devices, move |ctx, task| async move {
-            task.unless_cancelled(work::backup(&ctx, &task, request))
-                .await
-        })
+        .spawn(
+            idempotency_key(&headers),
+            &devices,
+            move |ctx, task| async move {
+                task.unless_cancelled(work::backup(&ctx, &task, request))
+                    .await
+            },
+        )
         .into_response()
 }
 
 async fn restore(
     State(agent): State<Arc<Agent>>,
+    headers: axum::http::HeaderMap,
     request: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(request) = match request {
@@ -212,10 +238,14 @@ async fn restore(
     };
     let devices = request.devices.clone();
     agent
-        .spawn(&devices, move |ctx, task| async move {
-            task.unless_cancelled(work::restore(&ctx, &task, request))
-                .await
-        })
+        .spawn(
+            idempotency_key(&headers),
+            &devices,
+            move |ctx, task| async move {
+                task.unless_cancelled(work::restore(&ctx, &task, request))
+                    .await
+            },
+        )
         .into_response()
 }
 
@@ -334,5 +364,51 @@ mod tests {
         assert_eq!(health.tasks_running, 0);
         let missing = call(&router, "GET", "/v1/tasks/99", "", &token).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[cfg(test)]
+mod idempotency_tests {
+    use super::*;
+    use crate::protocol::{BackupDisk, IDEMPOTENCY_HEADER};
+
+    async fn start(router: &Router, token: &Token, key: &str) -> u64 {
+        let body = serde_json::to_vec(&BackupRequest {
+            disks: vec![BackupDisk {
+                device: 1,
+                changed_blocks: None,
+            }],
+            into_store: None,
+        })
+        .unwrap();
+        let request = axum::http::Request::post(paths::BACKUP)
+            .header(axum::http::header::AUTHORIZATION, token.bearer())
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENCY_HEADER, key)
+            .body(body)
+            .unwrap();
+        let response = crate::http::call_service(router, request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        serde_json::from_slice::<TaskStarted>(response.body())
+            .unwrap()
+            .task
+    }
+
+    #[tokio::test]
+    async fn a_task_start_sent_again_with_its_key_starts_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("xvdb"), vec![1u8; 1 << 20]).unwrap();
+        let token = Token::from_bytes([3; 32]);
+        let agent = Agent::new(AgentConfig {
+            vm_uuid: "vm-1".into(),
+            token: token.clone(),
+            devices: Arc::new(crate::BlockDevices::new(dir.path())),
+            store: None,
+            execution: Execution::Inline,
+        });
+        let router = router(agent);
+        let first = start(&router, &token, "backup#1").await;
+        assert_eq!(start(&router, &token, "backup#1").await, first);
+        assert_ne!(start(&router, &token, "backup#2").await, first);
     }
 }

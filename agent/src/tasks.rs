@@ -165,6 +165,8 @@ impl Task {
 pub struct Tasks {
     next: u64,
     by_id: BTreeMap<u64, Arc<Task>>,
+    /// Tasks by the idempotency key of the request that started them.
+    by_key: BTreeMap<String, u64>,
 }
 
 impl Tasks {
@@ -185,7 +187,19 @@ impl Tasks {
         {
             self.by_id.remove(id);
         }
+        let by_id = &self.by_id;
+        self.by_key.retain(|_, id| by_id.contains_key(id));
         task
+    }
+
+    /// The task a request with idempotency `key` already started, if any.
+    pub fn started_by(&self, key: &str) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Remembers that `key` started task `id`.
+    pub fn note_key(&mut self, key: String, id: u64) {
+        self.by_key.insert(key, id);
     }
 
     /// Task `id`, if known.

@@ -31,6 +31,8 @@ const POLL_RETRY_PAUSE: Duration = Duration::from_secs(5);
 pub struct AgentClient {
     link: Arc<dyn AgentLink>,
     tokens: Arc<TokenRegistry>,
+    /// Numbers the idempotency keys of task starts.
+    next_key: std::sync::atomic::AtomicU64,
 }
 
 /// Progress callback.
@@ -46,7 +48,11 @@ pub type StillRunning<'a> = &'a (
 
 impl AgentClient {
     pub fn new(link: Arc<dyn AgentLink>, tokens: Arc<TokenRegistry>) -> Self {
-        Self { link, tokens }
+        Self {
+            link,
+            tokens,
+            next_key: std::sync::atomic::AtomicU64::new(1),
+        }
     }
 
     /// The tokens this client issues (the data store accepts them).
@@ -61,11 +67,15 @@ impl AgentClient {
         method: Method,
         uri: &str,
         body: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> Result<Response<Vec<u8>>, AgentError> {
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::AUTHORIZATION, token.bearer());
+        if let Some(key) = key {
+            request = request.header(abd_agent::protocol::IDEMPOTENCY_HEADER, key);
+        }
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
@@ -74,7 +84,7 @@ impl AgentClient {
             .expect("a well-formed request");
         let response = self.link.send(ip, request).await.map_err(|e| match e {
             LinkError::Unreachable(_) => AgentError::Unreachable { ip },
-            LinkError::Broken(message) => AgentError::Failed { ip, message },
+            LinkError::Broken(message) => AgentError::NoReply { ip, message },
         })?;
         if !response.headers().contains_key(AGENT_HEADER) {
             return Err(AgentError::Foreign { ip });
@@ -104,8 +114,9 @@ impl AgentClient {
         method: Method,
         uri: &str,
         body: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> Result<T, AgentError> {
-        let response = self.request(ip, token, method, uri, body).await?;
+        let response = self.request(ip, token, method, uri, body, key).await?;
         serde_json::from_slice(response.body()).map_err(|e| AgentError::Failed {
             ip,
             message: format!("{uri}: unreadable answer: {e}"),
@@ -115,7 +126,7 @@ impl AgentClient {
     /// The VM uuid the agent at `ip` reports as its own.
     pub async fn identity(&self, ip: Ipv4Addr, token: &Token) -> Result<String, AgentError> {
         let identity: Identity = self
-            .request_json(ip, token, Method::GET, paths::IDENTITY, None)
+            .request_json(ip, token, Method::GET, paths::IDENTITY, None, None)
             .await?;
         Ok(identity.vm_uuid)
     }
@@ -218,14 +229,26 @@ impl AgentClient {
     ) -> Result<(TaskStatus, Duration), AgentError> {
         let mut out_of_reach = Duration::ZERO;
         let body = serde_json::to_vec(request).expect("request serialises");
-        // Not connected means not sent: starting again cannot start it twice.
+        // The key makes a start sent again (its reply lost, or never
+        // connected) answer with the task it started: never two tasks.
+        let n = self
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{path}#{n}");
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         let started: TaskStarted = loop {
             match self
-                .request_json(ip, token, Method::POST, path, Some(body.clone()))
+                .request_json(
+                    ip,
+                    token,
+                    Method::POST,
+                    path,
+                    Some(body.clone()),
+                    Some(&key),
+                )
                 .await
             {
-                Err(e @ AgentError::Unreachable { .. })
+                Err(e @ (AgentError::Unreachable { .. } | AgentError::NoReply { .. }))
                     if unreachable_since
                         .is_none_or(|since| since.elapsed() < UNREACHABLE_LIMIT) =>
                 {
@@ -260,7 +283,7 @@ impl AgentClient {
                 LONG_POLL.as_millis()
             );
             let status: TaskStatus = match self
-                .request_json(ip, token, Method::GET, &uri, None)
+                .request_json(ip, token, Method::GET, &uri, None, None)
                 .await
             {
                 Ok(status) => status,
@@ -272,8 +295,9 @@ impl AgentClient {
                     continue;
                 }
                 // Out of reach (the network, or the agent restarting):
-                // keep asking for a bounded time.
-                Err(e @ AgentError::Unreachable { .. })
+                // keep asking for a bounded time. Asking for a status is
+                // safe to repeat, so a lost reply is no different.
+                Err(e @ (AgentError::Unreachable { .. } | AgentError::NoReply { .. }))
                     if unreachable_since
                         .is_none_or(|since| since.elapsed() < UNREACHABLE_LIMIT) =>
                 {

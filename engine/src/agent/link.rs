@@ -41,7 +41,9 @@ impl HttpAgentLink {
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            // A status long poll waits 30 s: a reply that has not come in
+            // a minute is lost.
+            .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { client, port })

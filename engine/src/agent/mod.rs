@@ -75,6 +75,10 @@ pub enum AgentError {
     /// Nothing answered at the address.
     #[error("no delegate agent answers at {ip}")]
     Unreachable { ip: Ipv4Addr },
+    /// The request went out but no whole reply came back (timed out, the
+    /// connection broke): it may or may not have been acted on.
+    #[error("delegate agent at {ip}: no reply ({message})")]
+    NoReply { ip: Ipv4Addr, message: String },
     /// Something answered that is not this delegate's agent (an address collision).
     #[error("{ip} is answered by a host that is not this delegate (address collision?)")]
     Foreign { ip: Ipv4Addr },
