@@ -367,7 +367,7 @@ async fn drive(
                 if let Some(store) = engine.data_store() {
                     let service =
                         engine::store_server::router(Arc::clone(store), Arc::clone(&links.tokens));
-                    let _ = links.store_service.set(service);
+                    *links.store_service.lock().expect("store service lock") = Some(service);
                 }
                 Arc::new(engine)
             }
@@ -522,6 +522,12 @@ async fn drive(
         actions.abort_all();
         while actions.join_next().await.is_some() {}
         engine.halt();
+        // Its data store goes with it: refused until the next engine serves it.
+        links
+            .store_service
+            .lock()
+            .expect("store service lock")
+            .take();
         engine_log.lines.extend(engine.log().lines);
         let down_s = crash.map_or(0.0, |c| c.down_s);
         engine_log.push(

@@ -509,17 +509,6 @@ impl Scenario {
                 "fault kind chunk_corrupt needs data_store = true".into(),
             ));
         }
-        if self.data_store
-            && self
-                .swarm
-                .as_ref()
-                .is_some_and(|s| s.engine_crash_at_s.is_some())
-        {
-            return Err(err(
-                None,
-                "swarm.engine_crash_at_s: not supported with data_store = true yet".into(),
-            ));
-        }
         let mut up_again_s = 0.0;
         for (i, crash) in self.engine_crashes.iter().enumerate() {
             let line = Some(line_of(text, crash.at_s.span().start));
@@ -532,12 +521,7 @@ impl Scenario {
                     ),
                 ));
             }
-            if self.data_store {
-                return Err(err(
-                    line,
-                    format!("engine_crash[{i}]: not supported with data_store = true yet"),
-                ));
-            }
+
             up_again_s = at_s + crash.down_s;
         }
         for job in self.expect.jobs.keys() {

@@ -19,7 +19,7 @@ use engine::agent::{AgentLink, LinkError};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use xapi_sim::faults::Delivery;
@@ -28,8 +28,9 @@ use xapi_sim::{ApplianceAnswer, AttachedDisk, PoolId};
 /// Progress of a simulated transfer is reported in this many steps.
 const PROGRESS_STEPS: u64 = 4;
 
-/// The engine's data store service, once the engine runs.
-pub type StoreService = Arc<OnceLock<axum::Router>>;
+/// The engine's data store service while an engine runs (None while it is
+/// down: a new engine serves the store at the same address when it starts).
+pub type StoreService = Arc<Mutex<Option<axum::Router>>>;
 
 /// The network between the engine and one simulated pool's delegates.
 pub struct SimAgentNet {
@@ -112,17 +113,14 @@ impl SimAgentNet {
         {
             return Some(running.router.clone());
         }
-        let store = match (vm_data.get(VM_DATA_STORE_URL), self.store.get()) {
-            (Some(url), Some(service)) => Some(Arc::new(SimStoreNet {
-                store: ServiceLink {
-                    name: url.clone(),
-                    service: service.clone(),
-                },
+        let store = vm_data.get(VM_DATA_STORE_URL).map(|url| {
+            Arc::new(SimStoreNet {
+                url: url.clone(),
+                service: Arc::clone(&self.store),
                 sim: Arc::clone(&self.sim),
                 pool: self.pool,
-            }) as Arc<dyn StoreLink>),
-            _ => None,
-        };
+            }) as Arc<dyn StoreLink>
+        });
         let agent = Agent::new(AgentConfig {
             vm_uuid: vm_uuid.to_string(),
             token: token.clone(),
@@ -201,17 +199,20 @@ impl AgentLink for SimAgentNet {
 
 /// The network between a simulated delegate and the engine's data store: a
 /// `network` fault on `delegates_store` loses requests (the agent's call
-/// fails as a timed-out connection would). Delays are not modelled here: the
-/// agent's store calls take no simulated time.
+/// fails as a timed-out connection would), and while no engine runs the
+/// connection is refused. Delays are not modelled here: the agent's store
+/// calls take no simulated time.
 struct SimStoreNet {
-    store: ServiceLink,
+    url: String,
+    /// Whichever engine serves the store now.
+    service: StoreService,
     sim: SharedSim,
     pool: PoolId,
 }
 
 impl StoreLink for SimStoreNet {
     fn url(&self) -> String {
-        self.store.url()
+        self.url.clone()
     }
 
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
@@ -222,9 +223,20 @@ impl StoreLink for SimStoreNet {
         let now = sim.now();
         let delivery = sim.network_delivery(self.pool, now, link, "the data store");
         drop(sim);
-        match delivery {
-            Delivery::Lost => Err(format!("connecting to {} timed out", self.store.url())),
-            Delivery::Delivered(_) => self.store.send(request),
+        if delivery == Delivery::Lost {
+            return Err(format!("connecting to {} timed out", self.url));
+        }
+        let service = self.service.lock().expect("store service lock").clone();
+        match service {
+            Some(service) => ServiceLink {
+                name: self.url.clone(),
+                service,
+            }
+            .send(request),
+            None => Err(format!(
+                "connecting to {}: connection refused (the engine is down)",
+                self.url
+            )),
         }
     }
 }

@@ -116,3 +116,11 @@ fn fault_chunk_corrupt_log() {
 fn fault_network_log() {
     insta::assert_snapshot!("fault_network", job_log("fault-network"));
 }
+
+#[test]
+fn engine_restart_data_log() {
+    insta::assert_snapshot!(
+        "engine_restart_data",
+        engine_and_job_log("engine-restart-data")
+    );
+}

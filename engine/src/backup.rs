@@ -100,7 +100,11 @@ async fn retire_bases(pool: &PoolRuntime, uuids: &[String], log: &VmLog) {
     let engine_id = &pool.engine_config().engine_id;
     for uuid in uuids {
         let outcome = async {
-            let vdi = pool.xapi.vdi_get_by_uuid(uuid).await?;
+            let vdi = match pool.xapi.vdi_get_by_uuid(uuid).await {
+                // Already gone (with a snapshot an engine restart removed).
+                Err(e) if e.code() == Some(xapi_proto::codes::UUID_INVALID) => return Ok(()),
+                other => other?,
+            };
             let record = pool.xapi.vdi_get_record(&vdi).await?;
             if tags::is_our_cbt_base(&record, engine_id) {
                 pool.xapi.vdi_destroy(&vdi).await?;

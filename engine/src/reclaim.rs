@@ -41,6 +41,12 @@ pub(crate) enum Leftover {
         name: String,
         uuid: String,
     },
+    /// A CBT base no VM's newest version names: a crash came between the
+    /// commit that replaced it and its removal.
+    CbtBase {
+        vdi: OpaqueRef,
+        uuid: String,
+    },
 }
 
 impl Leftover {
@@ -63,6 +69,7 @@ impl Leftover {
             Leftover::Delegate { name, .. } => format!("delegate {name:?}"),
             Leftover::Snapshot { name, .. } => format!("leftover snapshot {name:?}"),
             Leftover::Disk { name, uuid, .. } => format!("leftover disk {name:?} ({uuid})"),
+            Leftover::CbtBase { uuid, .. } => format!("replaced CBT base {uuid}"),
         }
     }
 
@@ -92,6 +99,24 @@ impl Leftover {
                     .vdi_destroy(vdi)
                     .await
                     .map_err(|e| EngineError::xapi(format!("VDI {vdi} {name:?}"), "destroy", e))
+            }
+            Leftover::CbtBase { vdi, uuid } => {
+                let what = || format!("CBT base {uuid}");
+                let record = pool
+                    .xapi
+                    .vdi_get_record(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(what(), "reading", e))?;
+                if !tags::is_our_cbt_base(&record, &pool.engine_config().engine_id) {
+                    return Err(EngineError::NotOurs {
+                        action: "destroy",
+                        object: what(),
+                    });
+                }
+                pool.xapi
+                    .vdi_destroy(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(what(), "destroy", e))
             }
         }
     }
@@ -220,7 +245,41 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
             });
         }
     }
+    if let Some(named) = bases_in_use(pool) {
+        for (vdi, record) in &vdis {
+            if tags::is_our_cbt_base(record, &engine_id) && !named.contains(&record.uuid) {
+                found.push(Leftover::CbtBase {
+                    vdi: vdi.clone(),
+                    uuid: record.uuid.clone(),
+                });
+            }
+        }
+    }
     Ok(found)
+}
+
+/// The CBT bases the newest version of each VM in the data store names (the
+/// only ones an incremental can use); None without a readable store, when
+/// no base counts as replaced.
+fn bases_in_use(pool: &PoolRuntime) -> Option<std::collections::BTreeSet<String>> {
+    pool.store()?.with_store(|store| {
+        let mut named = std::collections::BTreeSet::new();
+        for vm in store.vms().ok()? {
+            let Some(latest) = store.latest(&vm).ok()? else {
+                continue;
+            };
+            let disks = latest.vm_record["disks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            named.extend(
+                disks
+                    .iter()
+                    .filter_map(|d| d["cbt_base_vdi_uuid"].as_str().map(str::to_string)),
+            );
+        }
+        Some(named)
+    })
 }
 
 /// Tries each leftover once; returns those that resisted. `retry` is
