@@ -124,3 +124,11 @@ fn engine_restart_data_log() {
         engine_and_job_log("engine-restart-data")
     );
 }
+
+#[test]
+fn cancel_unreachable_log() {
+    insta::assert_snapshot!(
+        "cancel_unreachable",
+        engine_and_job_log("cancel-unreachable")
+    );
+}

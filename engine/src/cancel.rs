@@ -3,7 +3,7 @@
 //!
 //! Cancellation never drops a step that changes a pool halfway. It interrupts
 //! only waits (for a job slot, an address, a boot slot, a backoff, the
-//! delegate's address, the agent's work); the step that was waiting then fails
+//! delegate's address, the agent's work, an unreachable pool); the step that was waiting then fails
 //! with [`EngineError::Cancelled`] and the ordinary failure path cleans up
 //! (detach, snapshot removal, teardown), exactly as for any other failure.
 
@@ -91,6 +91,12 @@ impl Cancel {
         fut: impl Future<Output = Result<T, EngineError>>,
     ) -> Result<T, EngineError> {
         self.wait(fut).await?
+    }
+
+    /// The underlying token (raised with this signal), for code below the
+    /// engine that can only stop waiting, such as the XAPI client.
+    pub fn token(&self) -> tokio_util::sync::CancellationToken {
+        self.token.clone()
     }
 
     /// Resolves once the signal is raised.

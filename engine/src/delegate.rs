@@ -515,6 +515,8 @@ pub async fn provision(
             Ok(d) => d,
             Err((e, returned)) => {
                 lease = returned;
+                // Cancelled meanwhile (a wait it was in gave up): no retry.
+                log.cancel().check()?;
                 if attempt == attempts {
                     return Err(e);
                 }
@@ -546,6 +548,7 @@ pub async fn provision(
                     drop(lease.take());
                     lease = acquire_address(pool, holder, log).await?;
                 }
+                log.cancel().check()?;
                 if attempt == attempts
                     || matches!(e, EngineError::Placement(_) | EngineError::Cancelled(_))
                 {

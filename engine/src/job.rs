@@ -437,7 +437,10 @@ async fn process_all(ctx: Arc<JobContext>, spec: &JobSpec, batch: Batch<'_>) -> 
                              (what that turn left was removed at restart)",
                         );
                     }
-                    process_vm(&ctx, &vm_name, &vm_log).await
+                    // A cancel also stops calls waiting out an unreachable
+                    // pool; what they could not clean up is retried later.
+                    let give_up = vm_log.cancel().token();
+                    crate::xapi::giving_up_on(give_up, process_vm(&ctx, &vm_name, &vm_log)).await
                 }
                 Err(e) => {
                     vm_log.fail(format!("VM not processed: {e}"));

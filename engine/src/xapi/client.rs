@@ -665,9 +665,26 @@ async fn send(
     transport.call(method, params).await
 }
 
+tokio::task_local! {
+    /// Raised when the work a call belongs to is cancelled: a call waiting out
+    /// an unreachable pool then gives up at once (it sent nothing).
+    static GIVE_UP: tokio_util::sync::CancellationToken;
+}
+
+/// Runs `work` so that its calls stop waiting out an unreachable pool once
+/// `give_up` is raised (a cancelled job or VM). Calls that get through are
+/// never cut short.
+pub async fn giving_up_on<F: std::future::Future>(
+    give_up: tokio_util::sync::CancellationToken,
+    work: F,
+) -> F::Output {
+    GIVE_UP.scope(give_up, work).await
+}
+
 /// Runs `attempt` until it gets past an unreachable pool: nothing was sent,
 /// so any call may be tried again. Pauses double up to a maximum; gives up
-/// once `limit` has passed since the first try.
+/// once `limit` has passed since the first try, or at once when the work
+/// the call belongs to is cancelled (see [`giving_up_on`]).
 async fn patiently<T, F, Fut>(limit: Duration, method: &str, mut attempt: F) -> Result<T, CallError>
 where
     F: FnMut(tokio::time::Instant) -> Fut,
@@ -691,10 +708,53 @@ where
                     method,
                     "pool unreachable ({why}); trying again in {pause_now:?}"
                 );
-                tokio::time::sleep(pause_now).await;
+                let give_up = GIVE_UP.try_with(Clone::clone).ok();
+                let cancelled = async {
+                    match &give_up {
+                        Some(token) => token.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause_now) => {}
+                    () = cancelled => {
+                        return Err(CallError::Unreachable(format!(
+                            "{why} (stopped waiting: the work was cancelled)"
+                        )));
+                    }
+                }
                 pause = (pause * 2).min(UNREACHABLE_MAX_PAUSE);
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_stops_waiting_out_an_unreachable_pool_and_only_then() {
+        let refused = |_| async { Err::<(), _>(CallError::Unreachable("refused".into())) };
+        let limit = Duration::from_secs(300);
+        // Not cancelled: waits the whole limit.
+        let started = tokio::time::Instant::now();
+        let err = patiently(limit, "VM.start", refused).await.unwrap_err();
+        assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
+        assert!(err.to_string().contains("still"), "{err}");
+        // Cancelled after 3 s: gives up then.
+        let token = tokio_util::sync::CancellationToken::new();
+        let raise = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            raise.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let err = giving_up_on(token, patiently(limit, "VM.start", refused))
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(err.to_string().contains("cancelled"), "{err}");
     }
 }

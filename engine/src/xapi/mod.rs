@@ -6,7 +6,7 @@ mod http;
 
 pub use client::{
     Credentials, EventBatch, Reachability, ReachabilityHook, XapiClient, XapiEvent,
-    decode_cbt_bitmap,
+    decode_cbt_bitmap, giving_up_on,
 };
 pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
