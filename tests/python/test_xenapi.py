@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 import unittest
+import xmlrpc.client
 
 import XenAPI
 
@@ -65,6 +66,11 @@ class SimulatedPool(unittest.TestCase):
         for field in ["HVM_boot_params", "bios_strings", "actions_after_crash", "NVRAM", "VCPUs_params"]:
             self.assertIn(field, some_vm)
         self.assertEqual(len(some_vm), 90, "every VM field of the datamodel")
+        # Datetimes travel as XML-RPC dateTime.iso8601, as XAPI sends them.
+        self.assertIsInstance(some_vm["snapshot_time"], xmlrpc.client.DateTime)
+        self.assertEqual(some_vm["snapshot_time"].value, "19700101T00:00:00Z")
+        vm_ref = next(iter(vms.keys()))
+        self.assertIsInstance(self.x.VM.get_snapshot_time(vm_ref), xmlrpc.client.DateTime)
         names = sorted(r["name_label"] for r in vms.values() if not r["is_control_domain"])
         self.assertEqual(names, ["vm-%02d" % i for i in range(1, 13)])
         host = self.x.host.get_all()[0]

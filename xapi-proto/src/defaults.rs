@@ -9,8 +9,9 @@ use crate::Value;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-/// Field name and default value, per class, in datamodel order.
-type Defaults = BTreeMap<String, Vec<(String, Value)>>;
+/// Field name, default value and whether it is a datetime, per class, in
+/// datamodel order.
+type Defaults = BTreeMap<String, Vec<(String, Value, bool)>>;
 
 fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
@@ -26,6 +27,7 @@ fn defaults() -> &'static Defaults {
                         Some((
                             f.get("name")?.as_str()?.to_string(),
                             f.get("default")?.clone(),
+                            f.get("type")?.as_str()? == "datetime",
                         ))
                     })
                     .collect();
@@ -35,14 +37,22 @@ fn defaults() -> &'static Defaults {
     })
 }
 
-/// Adds every field of `class` that `record` lacks, with XAPI's default.
+/// Adds every field of `class` that `record` lacks, with XAPI's default,
+/// and marks its datetime fields as such (so XML-RPC sends them as
+/// `dateTime.iso8601`, see [`crate::wire::datetime`]).
 pub fn complete(class: &str, record: &mut Value) {
     let (Some(fields), Value::Object(map)) = (defaults().get(class), record) else {
         return;
     };
-    for (name, default) in fields {
-        if !map.contains_key(name) {
-            map.insert(name.clone(), default.clone());
+    for (name, default, is_datetime) in fields {
+        let value = map.entry(name.clone()).or_insert_with(|| default.clone());
+        if *is_datetime && let Some(text) = value.as_str() {
+            // A time the model never set is XAPI's epoch, never empty.
+            let text = match text {
+                "" => default.as_str().unwrap_or_default(),
+                set => set,
+            };
+            *value = crate::wire::datetime(text);
         }
     }
 }
@@ -51,7 +61,7 @@ pub fn complete(class: &str, record: &mut Value) {
 pub fn field_names(class: &str) -> Vec<&'static str> {
     defaults()
         .get(class)
-        .map(|f| f.iter().map(|(n, _)| n.as_str()).collect())
+        .map(|f| f.iter().map(|(n, _, _)| n.as_str()).collect())
         .unwrap_or_default()
 }
 
@@ -69,7 +79,7 @@ mod tests {
         let ours = serde_json::to_value(R::default()).unwrap();
         let reference: BTreeMap<&str, &Value> = defaults()[class]
             .iter()
-            .map(|(n, v)| (n.as_str(), v))
+            .map(|(n, v, _)| (n.as_str(), v))
             .collect();
         for (field, value) in ours.as_object().unwrap() {
             let expected = reference
@@ -100,6 +110,23 @@ mod tests {
             got.len(),
             names.len()
         );
+    }
+
+    #[test]
+    fn datetime_fields_are_marked_and_render_as_xml_rpc_datetimes() {
+        let mut vm = serde_json::to_value(VmRecord::default()).unwrap();
+        complete("VM", &mut vm);
+        let marked = &vm["snapshot_time"];
+        assert_eq!(crate::wire::as_datetime(marked), Some("19700101T00:00:00Z"));
+        let xml = crate::wire::xmlrpc::render_value(marked);
+        assert_eq!(
+            xml,
+            "<value><dateTime.iso8601>19700101T00:00:00Z</dateTime.iso8601></value>"
+        );
+        let mut plain = vm.clone();
+        crate::wire::plain_datetimes(&mut plain);
+        assert_eq!(plain["snapshot_time"], "19700101T00:00:00Z");
+        assert_eq!(plain["name_label"], vm["name_label"]);
     }
 
     #[test]

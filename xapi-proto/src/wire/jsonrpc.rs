@@ -55,6 +55,11 @@ fn depth(v: &Value) -> usize {
 
 /// Renders the reply to `request`.
 pub fn render_response(request: &Request, result: &Result<Value, XapiError>) -> Value {
+    // JSON-RPC carries datetimes as their text.
+    let result = &result.clone().map(|mut v| {
+        super::plain_datetimes(&mut v);
+        v
+    });
     match (request.v2, result) {
         (true, Ok(v)) => json!({"jsonrpc": "2.0", "result": v, "id": request.id}),
         (true, Err(e)) => {

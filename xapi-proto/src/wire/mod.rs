@@ -18,6 +18,39 @@ pub enum WireError {
     Entity(String),
 }
 
+/// A datetime value, as a server holds it before rendering: XML-RPC sends it
+/// as `<dateTime.iso8601>`, JSON-RPC as its plain text (as XAPI does). A
+/// reply parsed from the wire gives the text as a string.
+pub const DATETIME_KEY: &str = "$dateTime.iso8601";
+
+/// `text` (XAPI's `20240101T00:00:00Z` form) marked as a datetime.
+pub fn datetime(text: &str) -> crate::Value {
+    let mut map = serde_json::Map::new();
+    map.insert(DATETIME_KEY.into(), crate::Value::from(text));
+    crate::Value::Object(map)
+}
+
+/// The text of a value [`datetime`] marked.
+pub fn as_datetime(v: &crate::Value) -> Option<&str> {
+    match v {
+        crate::Value::Object(map) if map.len() == 1 => map.get(DATETIME_KEY)?.as_str(),
+        _ => None,
+    }
+}
+
+/// Turns every marked datetime in `v` back into its plain text.
+pub fn plain_datetimes(v: &mut crate::Value) {
+    if let Some(text) = as_datetime(v) {
+        *v = crate::Value::from(text);
+        return;
+    }
+    match v {
+        crate::Value::Array(items) => items.iter_mut().for_each(plain_datetimes),
+        crate::Value::Object(map) => map.values_mut().for_each(plain_datetimes),
+        _ => {}
+    }
+}
+
 /// How deep arrays and structs may nest in one body.
 pub const MAX_DEPTH: usize = 64;
 

@@ -365,6 +365,11 @@ fn write_value(out: &mut String, v: &Value) {
             items.iter().for_each(|i| write_value(out, i));
             out.push_str("</data></array>");
         }
+        Value::Object(_) if super::as_datetime(v).is_some() => {
+            out.push_str("<dateTime.iso8601>");
+            escape_into(out, super::as_datetime(v).unwrap_or_default());
+            out.push_str("</dateTime.iso8601>");
+        }
         Value::Object(map) => {
             out.push_str("<struct>");
             for (k, v) in map {
