@@ -349,6 +349,13 @@ async fn drive(
     let mut results: Vec<Option<JobRun>> = vec![None; scenario.jobs.len()];
     let mut pending: Vec<usize> = (0..scenario.jobs.len()).collect();
     let mut pending_actions: Vec<Action> = scenario.actions.clone();
+    let mut pending_store_faults: Vec<(usize, xapi_sim::faults::FaultSpec)> = scenario
+        .faults
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(_, f)| f.kind == xapi_sim::faults::FaultKind::ChunkCorrupt)
+        .collect();
     let mut engine_log = JobLog::default();
     let mut accounting: Option<Accounting> = None;
     let mut xapi_calls = 0;
@@ -398,20 +405,22 @@ async fn drive(
                 perform(&action, &sim, &engine, clock).await;
             });
         }
-        if incarnation == 0 {
-            for (i, fault) in scenario.faults.iter().enumerate() {
-                if fault.kind != xapi_sim::faults::FaultKind::ChunkCorrupt {
-                    continue;
-                }
-                let (sim, engine, fault) = (Arc::clone(&sim), Arc::clone(&engine), fault.clone());
-                let damage = Arc::clone(&damage);
-                let rng = crate::store_faults::rng(seed ^ i as u64);
-                actions.spawn(async move {
-                    let at = Duration::from_secs_f64(fault.from_s);
-                    tokio::time::sleep_until(clock.instant_at(at)).await;
-                    corrupt_store(&fault, rng, &sim, &engine, clock, &damage);
-                });
-            }
+        // Store faults due before this engine dies strike it; later ones wait.
+        let (now_faults, later): (Vec<_>, Vec<_>) = pending_store_faults.into_iter().partition(
+            |(_, f): &(usize, xapi_sim::faults::FaultSpec)| {
+                before_crash(Duration::from_secs_f64(f.from_s))
+            },
+        );
+        pending_store_faults = later;
+        for (i, fault) in now_faults {
+            let (sim, engine) = (Arc::clone(&sim), Arc::clone(&engine));
+            let damage = Arc::clone(&damage);
+            let rng = crate::store_faults::rng(seed ^ i as u64);
+            actions.spawn(async move {
+                let at = Duration::from_secs_f64(fault.from_s);
+                tokio::time::sleep_until(clock.instant_at(at)).await;
+                corrupt_store(&fault, rng, &sim, &engine, clock, &damage);
+            });
         }
         let mut tasks = tokio::task::JoinSet::new();
         for run in engine.take_interrupted_runs() {

@@ -183,9 +183,11 @@ impl Transport for SimTransport {
         result
     }
 
-    fn redirect(&self, address: &str) -> Result<(), CallError> {
-        *self.addressed.lock().expect("address lock poisoned") = address.to_string();
-        Ok(())
+    fn redirect(&self, address: &str) -> Result<bool, CallError> {
+        let mut addressed = self.addressed.lock().expect("address lock poisoned");
+        let moved = *addressed != address;
+        *addressed = address.to_string();
+        Ok(moved)
     }
 }
 
@@ -225,7 +227,7 @@ impl Transport for HttpLink {
         result
     }
 
-    fn redirect(&self, address: &str) -> Result<(), CallError> {
+    fn redirect(&self, address: &str) -> Result<bool, CallError> {
         self.http.redirect(address)
     }
 }

@@ -140,7 +140,10 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
     store.crash(CommitStep::GcPackDelete)?;
 
     store.forget_open_packs();
-    for name in &dead_packs {
+    // A new pack may take the name of a dead one (same chunks, same order):
+    // that file is the new pack now, and stays.
+    let new_names: Vec<PackName> = new_packs.iter().map(|(n, _)| n.clone()).collect();
+    for name in dead_packs.iter().filter(|n| !new_names.contains(n)) {
         let path = pack::pack_path(&packs_dir, name);
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         report.chunks_removed += store.index().packs()[name]
@@ -158,6 +161,7 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
         report.bytes_freed = report.bytes_freed.saturating_sub(size);
     }
     store.reload_index()?;
+    store.sealed_anew(&new_names)?;
     store.prune_damaged()?;
     store.recount_used()?;
     Ok(report)

@@ -191,6 +191,31 @@ impl ChunkIndex {
         }
     }
 
+    /// A pack named `name` was just sealed, whole and good: a pack name is the
+    /// checksum of its trailer, so a pack with the same chunks in the same
+    /// order takes the name of an earlier one, and its file replaces the old
+    /// one. Damage recorded under that name is gone with the old file: it is
+    /// forgotten, and the pack's chunks located again. True when any was.
+    pub fn clear_damage(&mut self, name: &str) -> bool {
+        let before = self.damaged.len();
+        self.damaged.retain(|(pack, _), _| pack != name);
+        if self.damaged.len() == before {
+            return false;
+        }
+        if let Some(entries) = self.packs.get(name) {
+            for entry in entries {
+                self.chunks.entry(entry.id).or_insert_with(|| Location {
+                    pack: name.to_string(),
+                    offset: entry.offset,
+                    stored_len: entry.stored_len,
+                    raw_len: entry.raw_len,
+                    codec: entry.codec,
+                });
+            }
+        }
+        true
+    }
+
     /// Removes a pack (after gc deleted it) and the locations that point into it.
     pub fn remove_pack(&mut self, name: &str) {
         self.damaged.retain(|(pack, _), _| pack != name);

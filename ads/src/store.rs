@@ -318,6 +318,21 @@ impl Store {
         Ok(added)
     }
 
+    /// Packs `names` were just sealed whole: damage recorded under their names
+    /// (an earlier file with the same name, now replaced) is forgotten.
+    pub(crate) fn sealed_anew(&mut self, names: &[PackName]) -> Result<()> {
+        let mut cleared = false;
+        for name in names {
+            cleared |= self.index.clear_damage(name);
+        }
+        if cleared {
+            // Open handles still read the replaced (damaged) files.
+            self.forget_open_packs();
+            self.write_damaged()?;
+        }
+        Ok(())
+    }
+
     /// Forgets damaged blobs of packs that are gone (gc deleted them).
     pub(crate) fn prune_damaged(&mut self) -> Result<()> {
         let gone: Vec<PackName> = self
@@ -645,9 +660,11 @@ impl Transaction<'_> {
             }
             let path = index::write_index_file(&index_dir, &sealed.packs)?;
             self.store.index.note_file(path);
+            let names: Vec<PackName> = sealed.packs.iter().map(|(n, _)| n.clone()).collect();
             for (name, entries) in sealed.packs {
                 self.store.index.add_pack(name, entries);
             }
+            self.store.sealed_anew(&names)?;
             self.pending.clear();
         }
         Ok(self.stats)

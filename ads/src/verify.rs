@@ -25,6 +25,15 @@ pub enum Problem {
         /// `vm@seq` of every version that references it.
         affects: Vec<String>,
     },
+    /// A stored chunk could not be read (an I/O error, not its bytes): it
+    /// may read again later, so it is never set aside.
+    UnreadableChunk {
+        chunk: String,
+        pack: PackName,
+        offset: u64,
+        detail: String,
+        affects: Vec<String>,
+    },
     /// A version references a chunk the store does not have.
     MissingChunk { chunk: String, affects: Vec<String> },
     /// A version references a chunk that was found corrupt and set aside,
@@ -54,6 +63,17 @@ impl std::fmt::Display for Problem {
             } => write!(
                 f,
                 "chunk {chunk} in pack {pack} at {offset}: {detail}; {}",
+                affects(a)
+            ),
+            Problem::UnreadableChunk {
+                chunk,
+                pack,
+                offset,
+                detail,
+                affects: a,
+            } => write!(
+                f,
+                "chunk {chunk} in pack {pack} at {offset} could not be read ({detail}); {}",
                 affects(a)
             ),
             Problem::MissingChunk { chunk, affects: a } => {
@@ -115,8 +135,9 @@ impl VerifyReport {
     }
 }
 
-/// One pack's outcome: bytes verified, entries, and bad blobs (id, pack, offset, why).
-type PackCheck = (u64, u64, Vec<(ChunkId, PackName, u64, String)>);
+/// One pack's outcome: bytes verified, entries, and bad blobs (id, pack,
+/// offset, why, and whether its bytes were read: false for an I/O error).
+type PackCheck = (u64, u64, Vec<(ChunkId, PackName, u64, String, bool)>);
 
 /// Checks the whole store. Reading goes on past problems.
 pub fn verify(store: &Store) -> Result<VerifyReport> {
@@ -179,7 +200,13 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
                 Ok(file) => file,
                 Err(e) => {
                     for entry in entries.iter() {
-                        bad.push((entry.id, (*name).clone(), entry.offset, e.to_string()));
+                        bad.push((
+                            entry.id,
+                            (*name).clone(),
+                            entry.offset,
+                            e.to_string(),
+                            false,
+                        ));
                     }
                     return (0, entries.len() as u64, bad);
                 }
@@ -188,17 +215,33 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
                 if store.index().is_damaged(name, entry.offset) {
                     continue;
                 }
-                let outcome = pack::read_blob(&file, &path, entry.offset, entry.stored_len)
-                    .map_err(|e| e.to_string())
-                    .and_then(|stored| codec::decode(entry.codec, &stored, entry.raw_len as usize))
-                    .and_then(|raw| {
+                let stored = match pack::read_blob(&file, &path, entry.offset, entry.stored_len) {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        // A pack cut short lost the bytes; any other error may pass.
+                        let truncated = matches!(&e, crate::AdsError::Io { source, .. }
+                            if source.kind() == std::io::ErrorKind::UnexpectedEof);
+                        bad.push((
+                            entry.id,
+                            (*name).clone(),
+                            entry.offset,
+                            e.to_string(),
+                            truncated,
+                        ));
+                        continue;
+                    }
+                };
+                let outcome =
+                    codec::decode(entry.codec, &stored, entry.raw_len as usize).and_then(|raw| {
                         (ChunkId::of(&raw) == entry.id)
                             .then_some(raw.len())
                             .ok_or_else(|| "content does not match its address".to_string())
                     });
                 match outcome {
                     Ok(len) => bytes += len as u64,
-                    Err(detail) => bad.push((entry.id, (*name).clone(), entry.offset, detail)),
+                    Err(detail) => {
+                        bad.push((entry.id, (*name).clone(), entry.offset, detail, true))
+                    }
                 }
             }
             (bytes, entries.len() as u64, bad)
@@ -208,13 +251,23 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         report.packs += 1;
         report.bytes_checked += bytes;
         report.chunks += count;
-        for (id, pack, offset, detail) in bad {
-            report.problems.push(Problem::CorruptChunk {
-                chunk: id.to_hex(),
-                pack,
-                offset,
-                detail,
-                affects: users.get(&id).cloned().unwrap_or_default(),
+        for (id, pack, offset, detail, read) in bad {
+            let (chunk, affects) = (id.to_hex(), users.get(&id).cloned().unwrap_or_default());
+            report.problems.push(match read {
+                true => Problem::CorruptChunk {
+                    chunk,
+                    pack,
+                    offset,
+                    detail,
+                    affects,
+                },
+                false => Problem::UnreadableChunk {
+                    chunk,
+                    pack,
+                    offset,
+                    detail,
+                    affects,
+                },
             });
         }
     }

@@ -524,3 +524,40 @@ fn a_damaged_list_that_cannot_be_read_is_named_and_left_alone() {
         b"{not json"
     );
 }
+
+#[test]
+fn a_chunk_stored_again_in_a_pack_of_the_same_name_mends_the_damage() {
+    // A one-chunk disk: its pack holds that chunk alone, and storing the
+    // chunk again writes a pack with the very same name.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let tiny = MemDisk((0..4096u32).map(|i| (i * 7 + 3) as u8).collect());
+    let (v1, _) = backup(&mut store, "t", &tiny, None).unwrap();
+    let victim = v1.chunk_refs().map(|(id, _)| *id).next().unwrap();
+    let location = store.index().get(&victim).unwrap().clone();
+    assert_eq!(store.index().packs()[&location.pack].len(), 1);
+    let pack = ads::pack::pack_path(&tmp.path().join("packs"), &location.pack);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[location.offset as usize + 1] ^= 0x10;
+    std::fs::write(&pack, bytes).unwrap();
+    let report = ads::verify(&store).unwrap();
+    assert_eq!(
+        ads::verify::set_aside_corrupt(&mut store, &report).unwrap(),
+        1
+    );
+
+    let (v2, _) = backup(&mut store, "t", &tiny, None).expect("the damaged chunk is stored again");
+    assert_eq!(
+        store.index().get(&victim).unwrap().pack,
+        location.pack,
+        "same name"
+    );
+    let report = ads::verify(&store).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.set_aside, 0, "the damage went with the old file");
+    assert_eq!(restore(&store, "t", v1.seq).unwrap(), tiny.0);
+    assert_eq!(restore(&store, "t", v2.seq).unwrap(), tiny.0);
+    drop(store);
+    let store = Store::open(tmp.path(), Access::Read).unwrap();
+    assert_eq!(restore(&store, "t", v1.seq).unwrap(), tiny.0);
+}

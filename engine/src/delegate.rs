@@ -454,11 +454,13 @@ pub async fn verify_identity(
     // The guest reported its address, so it is up: an agent out of reach may
     // be the network between us (a partition) and is given a while.
     let asked = tokio::time::Instant::now();
+    let mut out_of_reach = false;
     let answered = loop {
         match pool.agent.identity(ip, &d.token).await {
             Err(AgentError::Unreachable { .. })
                 if asked.elapsed() < IDENTITY_PATIENCE && still_running(pool, d).await =>
             {
+                out_of_reach = true;
                 tokio::time::sleep(IDENTITY_RETRY_PAUSE).await;
             }
             other => {
@@ -471,7 +473,7 @@ pub async fn verify_identity(
         }
     };
     let waited = asked.elapsed();
-    if waited >= IDENTITY_RETRY_PAUSE {
+    if out_of_reach {
         log.warn(format!(
             "{}'s agent at {ip} answered only after {} out of reach",
             d.name,

@@ -47,6 +47,10 @@ pub(crate) enum Leftover {
         vdi: OpaqueRef,
         uuid: String,
     },
+    /// A VDI a failed restore created that could not be removed then.
+    RestoredDisk {
+        vdi: OpaqueRef,
+    },
 }
 
 impl Leftover {
@@ -70,6 +74,7 @@ impl Leftover {
             Leftover::Snapshot { name, .. } => format!("leftover snapshot {name:?}"),
             Leftover::Disk { name, uuid, .. } => format!("leftover disk {name:?} ({uuid})"),
             Leftover::CbtBase { uuid, .. } => format!("replaced CBT base {uuid}"),
+            Leftover::RestoredDisk { vdi } => format!("disk {vdi} of a failed restore"),
         }
     }
 
@@ -99,6 +104,24 @@ impl Leftover {
                     .vdi_destroy(vdi)
                     .await
                     .map_err(|e| EngineError::xapi(format!("VDI {vdi} {name:?}"), "destroy", e))
+            }
+            Leftover::RestoredDisk { vdi } => {
+                let what = || format!("VDI {vdi} of a failed restore");
+                let record = pool
+                    .xapi
+                    .vdi_get_record(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(what(), "reading", e))?;
+                if !tags::is_our_restored_vdi(&record, &pool.engine_config().engine_id) {
+                    return Err(EngineError::NotOurs {
+                        action: "destroy",
+                        object: what(),
+                    });
+                }
+                pool.xapi
+                    .vdi_destroy(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(what(), "destroy", e))
             }
             Leftover::CbtBase { vdi, uuid } => {
                 let what = || format!("CBT base {uuid}");
@@ -259,12 +282,17 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
 }
 
 /// The CBT bases the newest version of each VM in the data store names (the
-/// only ones an incremental can use); None without a readable store, when
-/// no base counts as replaced.
+/// only ones an incremental can use). None, when no base counts as
+/// replaced: without a readable store, or with one that holds no version at
+/// all (a fresh store, or the wrong one mounted, says nothing about bases).
 fn bases_in_use(pool: &PoolRuntime) -> Option<std::collections::BTreeSet<String>> {
     pool.store()?.with_store(|store| {
         let mut named = std::collections::BTreeSet::new();
-        for vm in store.vms().ok()? {
+        let vms = store.vms().ok()?;
+        if vms.is_empty() {
+            return None;
+        }
+        for vm in vms {
             let Some(latest) = store.latest(&vm).ok()? else {
                 continue;
             };

@@ -287,20 +287,20 @@ async fn write_version(
     written.and_then(|report| detached.map(|()| report))
 }
 
-/// Destroys VDIs this engine created (best effort, logged).
+/// Destroys VDIs this engine created; one that cannot be removed now (its
+/// record unreadable, the destroy refused) is retried in the background.
 async fn destroy_vdis(pool: &PoolRuntime, vdis: &[OpaqueRef], log: &VmLog) {
     let engine_id = &pool.engine_config().engine_id;
     for vdi in vdis {
-        let ours = pool
-            .xapi
-            .vdi_get_record(vdi)
-            .await
-            .is_ok_and(|r| tags::is_our_restored_vdi(&r, engine_id));
-        if !ours {
-            continue;
-        }
-        if let Err(e) = pool.xapi.vdi_destroy(vdi).await {
-            log.warn(format!("VDI {vdi} could not be removed: {e}"));
+        let outcome = match pool.xapi.vdi_get_record(vdi).await {
+            Ok(r) if !tags::is_our_restored_vdi(&r, engine_id) => continue,
+            Ok(_) => pool.xapi.vdi_destroy(vdi).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            log.warn(format!("VDI {vdi} could not be removed now: {e}"));
+            let leftover = crate::reclaim::Leftover::RestoredDisk { vdi: vdi.clone() };
+            crate::reclaim::retry_later(pool, leftover, log);
         }
     }
 }

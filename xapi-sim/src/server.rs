@@ -177,7 +177,9 @@ impl PoolServer {
             sim.precheck(self.pool, inner, params)?;
             sim.task_create(self.pool, now, method)
         };
-        let server = self.clone();
+        // An accepted task runs to its end where it was accepted, whatever
+        // happens to the master role meanwhile.
+        let server = self.clone().answering_as(Endpoint::Master);
         let (inner, params, reply) = (inner.to_string(), params.to_vec(), task.clone());
         tokio::spawn(async move {
             let result = server.call_sync(&inner, &params).await;

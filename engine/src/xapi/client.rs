@@ -649,20 +649,31 @@ async fn send(
     method: &str,
     params: Vec<Value>,
 ) -> Result<Value, CallError> {
-    for _ in 0..MAX_REDIRECTS {
+    let mut followed: Option<String> = None;
+    for _ in 0..=MAX_REDIRECTS {
         match transport.call(method, params.clone()).await {
             Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
                 let address = e.params.first().cloned().unwrap_or_default();
-                transport.redirect(&address)?;
-                tracing::info!(method, master = %address, "pool member answered HOST_IS_SLAVE; following the master");
-                if let Some(hook) = hook {
-                    hook(Reachability::MasterMoved { address });
+                if followed.as_deref() == Some(address.as_str()) {
+                    break;
                 }
+                let moved = transport.redirect(&address)?;
+                tracing::info!(method, master = %address, "pool member answered HOST_IS_SLAVE; following the master");
+                // Calls in flight when the master moved all learn it: say it once.
+                if let (true, Some(hook)) = (moved, hook) {
+                    hook(Reachability::MasterMoved {
+                        address: address.clone(),
+                    });
+                }
+                followed = Some(address);
             }
             other => return other,
         }
     }
-    transport.call(method, params).await
+    Err(CallError::Transport(format!(
+        "{method}: too many HOST_IS_SLAVE redirections (last to {})",
+        followed.unwrap_or_default()
+    )))
 }
 
 tokio::task_local! {

@@ -166,12 +166,13 @@ impl HttpTransport {
     }
 
     /// Points the base URL at `master` (an address; scheme and port stay).
-    fn redirect_to_master(&self, master: &str) -> Result<(), CallError> {
+    fn redirect_to_master(&self, master: &str) -> Result<bool, CallError> {
         let mut base = self.base.lock().expect("url lock poisoned");
+        let moved = base.host_str() != Some(master);
         base.set_host(Some(master)).map_err(|e| {
             CallError::Transport(format!("HOST_IS_SLAVE names a bad master {master:?}: {e}"))
         })?;
-        Ok(())
+        Ok(moved)
     }
 }
 
@@ -224,7 +225,7 @@ impl Transport for HttpTransport {
             .map_err(CallError::Xapi)
     }
 
-    fn redirect(&self, address: &str) -> Result<(), CallError> {
+    fn redirect(&self, address: &str) -> Result<bool, CallError> {
         self.redirect_to_master(address)
     }
 }

@@ -23,8 +23,10 @@ pub trait Transport: Send + Sync {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError>;
 
     /// Sends later calls to the pool master at `address` (what a member's
-    /// HOST_IS_SLAVE names). Transports bound to one endpoint cannot.
-    fn redirect(&self, address: &str) -> Result<(), CallError> {
+    /// HOST_IS_SLAVE names); true when that changed where calls go (another
+    /// call may have followed the move first). Transports bound to one
+    /// endpoint cannot.
+    fn redirect(&self, address: &str) -> Result<bool, CallError> {
         Err(CallError::Transport(format!(
             "the pool master moved to {address}, and this link cannot follow it"
         )))

@@ -109,8 +109,6 @@ impl Ctx<'_> {
         self.log(format!("SR {name} has its space back ({taken} bytes)"));
     }
 
-    /// A fault (disable) or its healing (enable): the host's `enabled` flag, as
-    /// `host.disable` / `host.enable` set it. Running VMs are not touched.
     /// The master role moves to `host` (unless it is down); the toolstacks
     /// restart, so every session is lost. Calls to the old master answer
     /// HOST_IS_SLAVE.
@@ -144,6 +142,8 @@ impl Ctx<'_> {
         self.log(line);
     }
 
+    /// A fault (disable) or its healing (enable): the host's `enabled` flag, as
+    /// `host.disable` / `host.enable` set it. Running VMs are not touched.
     fn set_host_enabled(&mut self, host: &OpaqueRef, enabled: bool) {
         let Some(record) = self.m.hosts.get_mut(host) else {
             return;
