@@ -132,3 +132,8 @@ fn cancel_unreachable_log() {
         engine_and_job_log("cancel-unreachable")
     );
 }
+
+#[test]
+fn retention_log() {
+    insta::assert_snapshot!("retention", engine_and_job_log("retention"));
+}

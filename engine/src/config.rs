@@ -39,6 +39,11 @@ pub struct EngineConfig {
     /// How long one XAPI call waits out a pool that cannot be reached (its
     /// master rebooting, the network down) before it fails.
     pub xapi_unreachable_limit_s: u64,
+    /// Retention: after a backup job, keep the newest this many versions of
+    /// each VM in the data store and reclaim what no version uses any more.
+    /// Only backups that succeeded make versions, so failed runs never push
+    /// good versions out. None: keep every version.
+    pub keep_versions: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             journal_file: None,
             store_capacity_bytes: None,
             xapi_unreachable_limit_s: 300,
+            keep_versions: None,
         }
     }
 }

@@ -98,6 +98,21 @@ impl DataStore {
         Ok((report, set_aside))
     }
 
+    /// Applies retention (keep the newest `keep` versions of each VM) and
+    /// reclaims unreferenced chunks, if `quiet()` says, with the store held,
+    /// that nothing is writing to it or reading from it now; None otherwise.
+    pub fn retain(
+        &self,
+        keep: usize,
+        quiet: impl FnOnce() -> bool,
+    ) -> Result<Option<ads::gc::GcReport>, AdsError> {
+        let mut store = self.lock();
+        if !quiet() {
+            return Ok(None);
+        }
+        ads::gc::gc(&mut store, keep).map(Some)
+    }
+
     /// Runs `read` with the store (listing, restore, verification).
     pub fn with_store<T>(&self, read: impl FnOnce(&Store) -> T) -> T {
         read(&self.lock())

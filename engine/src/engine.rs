@@ -169,10 +169,12 @@ impl Engine {
     /// keep their results, the others are done now, and the report covers
     /// the whole job.
     pub async fn resume(&self, run: &InterruptedRun) -> JobReport {
-        match self.pool(&run.spec.pool) {
+        let report = match self.pool(&run.spec.pool) {
             Ok(pool) => job::run_resuming(Arc::clone(pool), &run.spec, Some(run)).await,
             Err(e) => job::unstartable(&self.shared, &run.spec, e),
-        }
+        };
+        self.after_job(&run.spec);
+        report
     }
 
     /// The engine dies here (a simulated crash): every task it runs beside
@@ -204,11 +206,50 @@ impl Engine {
         &self.pools
     }
 
-    /// Runs a backup job to its end.
+    /// Runs a backup job to its end (then applies retention, see
+    /// [`EngineConfig::keep_versions`](crate::config::EngineConfig)).
     pub async fn run_job(&self, spec: &JobSpec) -> JobReport {
-        match self.pool(&spec.pool) {
+        let report = match self.pool(&spec.pool) {
             Ok(pool) => job::run(Arc::clone(pool), spec).await,
             Err(e) => job::unstartable(&self.shared, spec, e),
+        };
+        self.after_job(spec);
+        report
+    }
+
+    /// Retention after a backup job, when no job uses the store any more
+    /// (the last job to end applies it): gc must not sweep chunks a running
+    /// backup uploaded and has not committed yet, nor packs a restore reads.
+    fn after_job(&self, spec: &JobSpec) {
+        let (Some(keep), Some(store)) = (self.shared.config.keep_versions, &self.shared.store)
+        else {
+            return;
+        };
+        if spec.restore.is_some() || spec.replicate.is_some() {
+            return;
+        }
+        let log = VmLog::new(Arc::clone(&self.shared.log), Arc::clone(&self.shared), None);
+        match store.retain(keep, || self.running_jobs().is_empty()) {
+            Ok(None) => log.ok(format!(
+                "Retention after job {}: left to the last running job",
+                spec.name
+            )),
+            Ok(Some(r)) => log.ok(format!(
+                "Retention after job {} (newest {keep} per VM): removed {} version(s){}; deleted {} pack(s), rewrote {}, freed {}",
+                spec.name,
+                r.versions_removed.len(),
+                match r.versions_removed.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", r.versions_removed.join(", ")),
+                },
+                r.packs_deleted,
+                r.packs_rewritten,
+                crate::joblog::format_bytes(r.bytes_freed)
+            )),
+            Err(e) => log.fail(format!(
+                "Retention after job {} failed (nothing removed that a version uses): {e}",
+                spec.name
+            )),
         }
     }
 
