@@ -90,59 +90,44 @@ impl Leftover {
             }
             Leftover::Snapshot { vm, .. } => remove_snapshot(pool, vm).await,
             Leftover::Disk { vdi, name, .. } => {
-                let record =
-                    pool.xapi.vdi_get_record(vdi).await.map_err(|e| {
-                        EngineError::xapi(format!("VDI {vdi} {name:?}"), "reading", e)
-                    })?;
-                if !tags::is_our_orphan_disk(&record, &pool.engine_config().engine_id) {
-                    return Err(EngineError::NotOurs {
-                        action: "destroy",
-                        object: format!("VDI {vdi} {name:?}"),
-                    });
-                }
-                pool.xapi
-                    .vdi_destroy(vdi)
-                    .await
-                    .map_err(|e| EngineError::xapi(format!("VDI {vdi} {name:?}"), "destroy", e))
+                let what = format!("VDI {vdi} {name:?}");
+                destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_orphan_disk).await
             }
             Leftover::RestoredDisk { vdi } => {
-                let what = || format!("VDI {vdi} of a failed restore");
-                let record = pool
-                    .xapi
-                    .vdi_get_record(vdi)
-                    .await
-                    .map_err(|e| EngineError::xapi(what(), "reading", e))?;
-                if !tags::is_our_restored_vdi(&record, &pool.engine_config().engine_id) {
-                    return Err(EngineError::NotOurs {
-                        action: "destroy",
-                        object: what(),
-                    });
-                }
-                pool.xapi
-                    .vdi_destroy(vdi)
-                    .await
-                    .map_err(|e| EngineError::xapi(what(), "destroy", e))
+                let what = format!("VDI {vdi} of a failed restore");
+                destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_restored_vdi).await
             }
             Leftover::CbtBase { vdi, uuid } => {
-                let what = || format!("CBT base {uuid}");
-                let record = pool
-                    .xapi
-                    .vdi_get_record(vdi)
-                    .await
-                    .map_err(|e| EngineError::xapi(what(), "reading", e))?;
-                if !tags::is_our_cbt_base(&record, &pool.engine_config().engine_id) {
-                    return Err(EngineError::NotOurs {
-                        action: "destroy",
-                        object: what(),
-                    });
-                }
-                pool.xapi
-                    .vdi_destroy(vdi)
-                    .await
-                    .map_err(|e| EngineError::xapi(what(), "destroy", e))
+                let what = format!("CBT base {uuid}");
+                destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_cbt_base).await
             }
         }
     }
+}
+
+/// Destroys `vdi` once its record, read now, shows it is ours in the way
+/// `ours` checks (the tag check before every destructive call).
+async fn destroy_vdi_if_ours(
+    pool: &PoolRuntime,
+    vdi: &OpaqueRef,
+    what: &str,
+    ours: fn(&xapi_proto::records::VdiRecord, &str) -> bool,
+) -> Result<(), EngineError> {
+    let record = pool
+        .xapi
+        .vdi_get_record(vdi)
+        .await
+        .map_err(|e| EngineError::xapi(what.to_string(), "reading", e))?;
+    if !ours(&record, &pool.engine_config().engine_id) {
+        return Err(EngineError::NotOurs {
+            action: "destroy",
+            object: what.to_string(),
+        });
+    }
+    pool.xapi
+        .vdi_destroy(vdi)
+        .await
+        .map_err(|e| EngineError::xapi(what.to_string(), "destroy", e))
 }
 
 /// How often, and how patiently, leftovers that resisted are retried.
