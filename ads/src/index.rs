@@ -150,7 +150,9 @@ impl ChunkIndex {
 
     /// True when the blob at `offset` of `pack` was found corrupt and set aside.
     pub fn is_damaged(&self, pack: &str, offset: u64) -> bool {
-        self.damaged.contains_key(&(pack.to_string(), offset))
+        // Asked for every blob on load and in verify: no key to build when
+        // nothing is damaged, the usual case.
+        !self.damaged.is_empty() && self.damaged.contains_key(&(pack.to_string(), offset))
     }
 
     /// Damaged blobs set aside: (pack, offset) -> chunk.
