@@ -1,8 +1,9 @@
 //! The reading side of a backup: cut a disk into segments, chunk and hash
 //! them, ask the store which chunks it lacks, compress and send only those.
 //!
-//! Work goes in batches of segments: chunking, hashing and compression run on
-//! all cores (rayon), while the next batch is read. Results keep disk order,
+//! Work goes in batches of segments, in two overlapping stages on all cores
+//! (rayon): batch N+1 is read, chunked and hashed while batch N is checked
+//! against the store, compressed and sent. Results keep disk order,
 //! so a backup's manifest depends only on the bytes read.
 
 use crate::ChunkId;
@@ -167,23 +168,30 @@ pub fn backup_disk(
         Ok(read)
     };
 
+    // Two stages overlap: while batch N is checked against the store,
+    // compressed and sent, batch N+1 is read and chunked.
     let mut first = 0;
     let mut batch = plan_batch(first);
     stats.bytes_read += read_batch(source, &batch, &mut buffers)?;
+    let mut cut = cut_batch(plan, &batch, &buffers);
     while first < segment_count {
         let next_first = first + BATCH_SEGMENTS as u64;
         let next_batch = plan_batch(next_first);
-        // Read the next batch while this one is chunked, hashed and compressed.
         let (read_next, processed) = rayon::join(
-            || read_batch(source, &next_batch, &mut spare),
-            || process_batch(plan, &batch, &buffers, sink),
+            || -> Result<_> {
+                let read = read_batch(source, &next_batch, &mut spare)?;
+                Ok((read, cut_batch(plan, &next_batch, &spare)))
+            },
+            || send_batch(plan, &batch, &buffers, cut, sink),
         );
         let (batch_segments, batch_stats) = processed?;
-        stats.bytes_read += read_next?;
+        let (read, next_cut) = read_next?;
+        stats.bytes_read += read;
         stats.add(&batch_stats);
         segments.extend(batch_segments);
         std::mem::swap(&mut buffers, &mut spare);
         batch = next_batch;
+        cut = next_cut;
         first = next_first;
         progress((first * params.segment_bytes).min(size_bytes), size_bytes);
     }
@@ -201,15 +209,12 @@ pub fn backup_disk(
     Ok((disk, stats))
 }
 
-/// Chunks, dedups and sends one batch; returns its segments in order.
-fn process_batch(
-    plan: &DiskPlan<'_>,
-    batch: &[(u64, Work)],
-    buffers: &[Vec<u8>],
-    sink: &mut (dyn ChunkSink + Send),
-) -> Result<(Vec<Segment>, ReadStats)> {
-    let mut stats = ReadStats::default();
-    let cut: Vec<Option<Vec<ChunkSpan>>> = batch
+/// Chunk lists of a batch's read segments (`None` for kept or zero segments).
+type BatchCut = Vec<Option<Vec<ChunkSpan>>>;
+
+/// Chunks and hashes the segments of a batch that were read.
+fn cut_batch(plan: &DiskPlan<'_>, batch: &[(u64, Work)], buffers: &[Vec<u8>]) -> BatchCut {
+    batch
         .par_iter()
         .map(|(_, work)| match work {
             Work::Reuse(_) => None,
@@ -218,7 +223,18 @@ fn process_batch(
                 (!chunking::is_zero(data)).then(|| chunking::chunk_segment(&plan.chunking, data))
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Dedups and sends one chunked batch; returns its segments in order.
+fn send_batch(
+    plan: &DiskPlan<'_>,
+    batch: &[(u64, Work)],
+    buffers: &[Vec<u8>],
+    cut: BatchCut,
+    sink: &mut (dyn ChunkSink + Send),
+) -> Result<(Vec<Segment>, ReadStats)> {
+    let mut stats = ReadStats::default();
 
     // Ask the store about each distinct chunk once.
     let mut seen = HashSet::new();

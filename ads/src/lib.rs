@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod chunking;
 pub mod codec;
+mod direct;
 mod error;
 pub mod gc;
 mod id;

@@ -7,9 +7,9 @@
 
 use crate::ChunkId;
 use crate::codec::BlobCodec;
+use crate::direct::AppendFile;
 use crate::error::{AdsError, IoContext, Result};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -70,9 +70,7 @@ pub(crate) fn decode_entries(body: &[u8]) -> std::result::Result<Vec<PackEntry>,
 /// Writes one pack under a temporary name; [`PackWriter::finish`] seals it.
 pub struct PackWriter {
     tmp_path: PathBuf,
-    // Blobs are written straight to the file: they are large, and a buffer
-    // would only add a copy.
-    out: File,
+    out: AppendFile,
     entries: Vec<PackEntry>,
     len: u64,
 }
@@ -80,7 +78,7 @@ pub struct PackWriter {
 impl PackWriter {
     /// Starts a pack at `tmp_path` (the caller picks a unique name).
     pub fn create(tmp_path: PathBuf) -> Result<Self> {
-        let mut out = File::create(&tmp_path).at(&tmp_path)?;
+        let mut out = AppendFile::create(&tmp_path).at(&tmp_path)?;
         out.write_all(HEADER).at(&tmp_path)?;
         Ok(Self {
             tmp_path,
@@ -123,7 +121,7 @@ impl PackWriter {
 
     /// Keeps half of what was written and stops, as a crash mid-write would.
     pub(crate) fn abandon_torn(self) {
-        let _ = self.out.set_len(self.len / 2);
+        self.out.tear(self.len / 2);
     }
 
     /// Writes the trailer, syncs, and renames the pack into `packs_dir`.
@@ -136,7 +134,8 @@ impl PackWriter {
         body.extend_from_slice(checksum.as_bytes());
         body.extend_from_slice(FOOTER);
         self.out.write_all(&body).at(&self.tmp_path)?;
-        self.out.sync_all().at(&self.tmp_path)?;
+        let file = self.out.finish().at(&self.tmp_path)?;
+        file.sync_all().at(&self.tmp_path)?;
         let name = checksum.to_hex().to_string();
         let final_path = pack_path(packs_dir, &name);
         let dir = final_path.parent().expect("pack dir");
