@@ -92,6 +92,34 @@ class SimulatedPool(unittest.TestCase):
         self.assertEqual(self.x.VM.get_by_name_label("sdk-clone"), [])
         self.x.VM.start(vm, False, False)
 
+    def test_create_a_vm_whose_start_is_blocked(self):
+        source = self.x.VM.get_record(self.x.VM.get_by_name_label("vm-02")[0])
+        required = ["user_version", "is_a_template", "affinity", "memory_static_max",
+                    "memory_dynamic_max", "memory_dynamic_min", "memory_static_min",
+                    "VCPUs_params", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown",
+                    "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel",
+                    "PV_ramdisk", "PV_args", "PV_bootloader_args", "PV_legacy_args",
+                    "HVM_boot_policy", "HVM_boot_params", "platform", "PCI_bus",
+                    "other_config", "recommendations"]
+        record = dict((k, source[k]) for k in required)
+        record.update(name_label="sdk-created", is_a_template=False)
+        incomplete = dict(record)
+        del incomplete["VCPUs_max"]
+        self.assertEqual(self.failure(self.x.VM.create, incomplete),
+                         ["FIELD_TYPE_ERROR", "VCPUs_max"])
+        vm = self.x.VM.create(record)
+        self.assertEqual(self.x.VM.get_power_state(vm), "Halted")
+        self.assertEqual(self.x.VM.get_memory_static_max(vm), source["memory_static_max"])
+        self.x.VM.add_to_blocked_operations(vm, "start", "a replica")
+        self.assertEqual(self.x.VM.get_blocked_operations(vm), {"start": "a replica"})
+        self.assertEqual(self.failure(self.x.VM.start, vm, False, False),
+                         ["OPERATION_BLOCKED", vm, "a replica"])
+        self.x.VM.remove_from_blocked_operations(vm, "start")
+        self.x.VM.start(vm, False, False)
+        self.assertEqual(self.x.VM.get_power_state(vm), "Running")
+        self.x.VM.hard_shutdown(vm)
+        self.x.VM.destroy(vm)
+
     def test_errors_are_failures_with_xapi_codes(self):
         bad = XenAPI.Session(self.url)
         details = self.failure(bad.xenapi.login_with_password, "root", "wrong")

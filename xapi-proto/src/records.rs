@@ -410,6 +410,94 @@ pub struct TaskRecord {
     pub other_config: StringMap,
 }
 
+/// The record argument of `VM.create`: every field XAPI requires there, plus
+/// the names and `domain_type`. Deserialized from a VM's record, it is that
+/// VM's configuration as `VM.create` takes it (what a replica is made from).
+#[serde_as]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct VmCreate {
+    pub name_label: String,
+    pub name_description: String,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub user_version: i64,
+    pub is_a_template: bool,
+    pub affinity: OpaqueRef,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub memory_static_max: i64,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub memory_dynamic_max: i64,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub memory_dynamic_min: i64,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    pub memory_static_min: i64,
+    #[serde(rename = "VCPUs_params")]
+    pub vcpus_params: StringMap,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    #[serde(rename = "VCPUs_max")]
+    pub vcpus_max: i64,
+    #[serde_as(as = "PickFirst<(_, DisplayFromStr)>")]
+    #[serde(rename = "VCPUs_at_startup")]
+    pub vcpus_at_startup: i64,
+    pub actions_after_shutdown: String,
+    pub actions_after_reboot: String,
+    pub actions_after_crash: String,
+    #[serde(rename = "PV_bootloader")]
+    pub pv_bootloader: String,
+    #[serde(rename = "PV_kernel")]
+    pub pv_kernel: String,
+    #[serde(rename = "PV_ramdisk")]
+    pub pv_ramdisk: String,
+    #[serde(rename = "PV_args")]
+    pub pv_args: String,
+    #[serde(rename = "PV_bootloader_args")]
+    pub pv_bootloader_args: String,
+    #[serde(rename = "PV_legacy_args")]
+    pub pv_legacy_args: String,
+    #[serde(rename = "HVM_boot_policy")]
+    pub hvm_boot_policy: String,
+    #[serde(rename = "HVM_boot_params")]
+    pub hvm_boot_params: StringMap,
+    pub platform: StringMap,
+    #[serde(rename = "PCI_bus")]
+    pub pci_bus: String,
+    pub other_config: StringMap,
+    pub recommendations: String,
+    pub domain_type: String,
+    pub tags: Vec<String>,
+}
+
+impl VmCreate {
+    /// Fields `VM.create` refuses a record without (XAPI's datamodel).
+    pub const REQUIRED_FIELDS: [&'static str; 25] = [
+        "user_version",
+        "is_a_template",
+        "affinity",
+        "memory_static_max",
+        "memory_dynamic_max",
+        "memory_dynamic_min",
+        "memory_static_min",
+        "VCPUs_params",
+        "VCPUs_max",
+        "VCPUs_at_startup",
+        "actions_after_shutdown",
+        "actions_after_reboot",
+        "actions_after_crash",
+        "PV_bootloader",
+        "PV_kernel",
+        "PV_ramdisk",
+        "PV_args",
+        "PV_bootloader_args",
+        "PV_legacy_args",
+        "HVM_boot_policy",
+        "HVM_boot_params",
+        "platform",
+        "PCI_bus",
+        "other_config",
+        "recommendations",
+    ];
+}
+
 /// The record argument of `VIF.create`.
 #[serde_as]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]

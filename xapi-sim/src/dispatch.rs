@@ -27,6 +27,10 @@ const CLASSES: &[&str] = &[
 
 /// Write calls: (method, parameter count including the session).
 const WRITES: &[(&str, usize)] = &[
+    ("VM.create", 2),
+    ("VM.add_to_blocked_operations", 4),
+    ("VM.remove_from_blocked_operations", 3),
+    ("VM.set_blocked_operations", 3),
     ("VM.clone", 3),
     ("VM.copy", 4),
     ("VM.provision", 2),
@@ -171,6 +175,14 @@ fn login(ctx: &mut Ctx<'_>, params: &[Value]) -> Result<Value, XapiError> {
 fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, XapiError> {
     let value =
         match method {
+            "VM.create" => refv(ctx.vm_create(vm_create_param(a)?)?),
+            "VM.set_blocked_operations" => {
+                let vm = ref_param(a, 0, "self")?;
+                let value: StringMap = record_param(a, 1, "value")?;
+                ctx.vm_mut(&vm)?.blocked_operations = value;
+                ctx.log(format!("{method} {vm}"));
+                Value::Null
+            }
             "VM.clone" => {
                 refv(ctx.vm_clone(&ref_param(a, 0, "vm")?, &string_param(a, 1, "new_name")?)?)
             }
@@ -210,12 +222,14 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
             "VM.set_name_label" | "VM.set_name_description" | "VDI.set_name_label" => {
                 set_name(ctx, method, a)?
             }
-            "VM.add_to_other_config" | "VDI.add_to_other_config" | "VM.add_to_xenstore_data" => {
-                map_edit(ctx, method, a, true)?
-            }
+            "VM.add_to_other_config"
+            | "VDI.add_to_other_config"
+            | "VM.add_to_xenstore_data"
+            | "VM.add_to_blocked_operations" => map_edit(ctx, method, a, true)?,
             "VM.remove_from_other_config"
             | "VDI.remove_from_other_config"
-            | "VM.remove_from_xenstore_data" => map_edit(ctx, method, a, false)?,
+            | "VM.remove_from_xenstore_data"
+            | "VM.remove_from_blocked_operations" => map_edit(ctx, method, a, false)?,
             "VDI.destroy" => void(ctx.vdi_destroy(&ref_param(a, 0, "self")?)?),
             "VDI.create" => refv(ctx.vdi_create(record_param(a, 0, "args")?)?),
             "VDI.data_destroy" => void(ctx.vdi_data_destroy(&ref_param(a, 0, "self")?)?),
@@ -369,6 +383,7 @@ fn map_edit(ctx: &mut Ctx<'_>, method: &str, a: &[Value], add: bool) -> Result<V
         .expect("map edit name");
     let map: &mut StringMap = match (class, field) {
         ("VM", "other_config") => &mut ctx.vm_mut(&target)?.other_config,
+        ("VM", "blocked_operations") => &mut ctx.vm_mut(&target)?.blocked_operations,
         ("VM", _) => &mut ctx.vm_mut(&target)?.xenstore_data,
         _ => {
             &mut ctx
@@ -547,6 +562,19 @@ fn bool_param(a: &[Value], i: usize, name: &str) -> Result<bool, XapiError> {
         Some(Value::String(s)) if s == "false" || s == "0" => Ok(false),
         _ => Err(field_type_error(name)),
     }
+}
+
+/// The record of `VM.create`: each field XAPI requires must be there.
+fn vm_create_param(a: &[Value]) -> Result<xapi_proto::records::VmCreate, XapiError> {
+    let fields = a.first().and_then(Value::as_object);
+    let fields = fields.ok_or_else(|| field_type_error("args"))?;
+    if let Some(missing) = xapi_proto::records::VmCreate::REQUIRED_FIELDS
+        .iter()
+        .find(|name| !fields.contains_key(**name))
+    {
+        return Err(field_type_error(missing));
+    }
+    record_param(a, 0, "args")
 }
 
 fn record_param<T: DeserializeOwned>(a: &[Value], i: usize, name: &str) -> Result<T, XapiError> {

@@ -36,6 +36,62 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `OPERATION_BLOCKED [vm, message]` when `op` is in the VM's
+    /// `blocked_operations` (checked before anything else, as XAPI does).
+    fn refuse_if_blocked(&self, vm: &OpaqueRef, op: &str) -> Result<(), XapiError> {
+        match self.vm(vm)?.blocked_operations.get(op) {
+            Some(message) => Err(XapiError::new(
+                codes::OPERATION_BLOCKED,
+                [vm.as_str(), message.as_str()],
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `VM.create(record)`: a new halted VM with no devices. As in XAPI, its
+    /// memory constraints are checked when it starts.
+    pub(crate) fn vm_create(&mut self, spec: VmCreate) -> Result<OpaqueRef, XapiError> {
+        let (vm_ref, uuid) = new_ids(self.rng);
+        let mut other_config = spec.other_config;
+        other_config
+            .entry("mac_seed".into())
+            .or_insert_with(|| uuid.clone());
+        let record = VmRecord {
+            uuid,
+            name_label: spec.name_label,
+            name_description: spec.name_description,
+            user_version: spec.user_version,
+            is_a_template: spec.is_a_template,
+            affinity: spec.affinity,
+            memory_static_max: spec.memory_static_max,
+            memory_dynamic_max: spec.memory_dynamic_max,
+            memory_dynamic_min: spec.memory_dynamic_min,
+            memory_static_min: spec.memory_static_min,
+            memory_target: spec.memory_dynamic_max,
+            vcpus_max: spec.vcpus_max,
+            vcpus_at_startup: spec.vcpus_at_startup,
+            platform: spec.platform,
+            other_config,
+            tags: spec.tags,
+            domain_type: if spec.domain_type.is_empty() {
+                if spec.hvm_boot_policy.is_empty() {
+                    "pv"
+                } else {
+                    "hvm"
+                }
+                .into()
+            } else {
+                spec.domain_type
+            },
+            domid: -1,
+            ..Default::default()
+        };
+        let label = record.name_label.clone();
+        self.m.vms.insert(vm_ref.clone(), record);
+        self.log(format!("VM.create {vm_ref} {label:?}"));
+        Ok(vm_ref)
+    }
+
     fn require_not_template(&self, vm: &OpaqueRef, op: &str) -> Result<(), XapiError> {
         if self.vm(vm)?.is_a_template {
             return Err(XapiError::new(codes::VM_IS_TEMPLATE, [vm.as_str(), op]));
@@ -62,6 +118,7 @@ impl Ctx<'_> {
 
     /// `VM.clone(vm, new_name)`: copy-on-write clone on the same SRs.
     pub(crate) fn vm_clone(&mut self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, XapiError> {
+        self.refuse_if_blocked(vm, "clone")?;
         self.require_power(vm, PowerState::Halted)?;
         let new = self.duplicate_vm(vm, name, DiskCopy::CowClone, None)?;
         self.log(format!("VM.clone {} -> {new} {name:?}", self.vm_label(vm)));
@@ -494,6 +551,7 @@ impl Ctx<'_> {
 
     /// `VM.start(vm, paused, force)`: XAPI picks the host with the most free memory.
     pub(crate) fn vm_start(&mut self, vm: &OpaqueRef, paused: bool) -> Result<(), XapiError> {
+        self.refuse_if_blocked(vm, "start")?;
         self.check_startable(vm)?;
         let mut candidates: Vec<(i64, OpaqueRef)> = self
             .m
@@ -519,6 +577,7 @@ impl Ctx<'_> {
         if !self.m.hosts.contains_key(host) {
             return Err(XapiError::handle_invalid("host", host.as_str()));
         }
+        self.refuse_if_blocked(vm, "start_on")?;
         self.check_startable(vm)?;
         if let Some(refusal) = self.host_refusal(vm, host) {
             return Err(refusal);
@@ -537,7 +596,20 @@ impl Ctx<'_> {
             return Err(XapiError::not_allowed("a snapshot cannot be started"));
         }
         self.require_not_template(vm, "start")?;
-        self.require_power(vm, PowerState::Halted)
+        self.require_power(vm, PowerState::Halted)?;
+        let m = [
+            record.memory_static_min,
+            record.memory_dynamic_min,
+            record.memory_dynamic_max,
+            record.memory_static_max,
+        ];
+        if m[0] > m[3] || m[1] > m[2] {
+            return Err(XapiError::new::<String>(
+                codes::MEMORY_CONSTRAINT_VIOLATION,
+                [],
+            ));
+        }
+        Ok(())
     }
 
     fn power_on(
@@ -673,6 +745,7 @@ impl Ctx<'_> {
 
     /// `VM.destroy(vm)`: removes the VM, its VBDs and VIFs; its VDIs stay.
     pub(crate) fn vm_destroy(&mut self, vm: &OpaqueRef) -> Result<(), XapiError> {
+        self.refuse_if_blocked(vm, "destroy")?;
         let record = self.vm(vm)?.clone();
         if record.is_control_domain {
             return Err(XapiError::not_allowed(
