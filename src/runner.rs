@@ -56,6 +56,23 @@ pub struct PoolEnd {
     pub delegate_conflicts: Vec<AddressConflict>,
     /// Names of every VM in the pool at the end.
     pub vm_names: Vec<String>,
+    /// Our replica VMs.
+    pub replica_vms: Vec<ReplicaVmEnd>,
+}
+
+/// A replica VM at the end of a run.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaVmEnd {
+    pub name: String,
+    pub halted: bool,
+    /// The message blocking `start`, if it is blocked.
+    pub start_blocked: Option<String>,
+    /// Uuids of its disks, by userdevice.
+    pub disks: Vec<String>,
+    /// Names of the networks of its interfaces, by device.
+    pub networks: Vec<String>,
+    pub vcpus: i64,
+    pub memory_static_max: i64,
 }
 
 /// Everything a run produced.
@@ -316,8 +333,10 @@ fn job_spec(scenario: &Scenario, job: &crate::scenario::ScenarioJob) -> JobSpec 
             version: job.version,
             sr: job.sr.clone(),
         }),
-        replicate: (job.kind == JobKind::Replicate)
-            .then(|| engine::config::ReplicateSpec { sr: job.sr.clone() }),
+        replicate: (job.kind == JobKind::Replicate).then(|| engine::config::ReplicateSpec {
+            sr: job.sr.clone(),
+            network: job.network.clone(),
+        }),
         time_limit_s: job.time_limit_s,
     }
 }
@@ -747,10 +766,50 @@ fn pool_ends(
                 .cloned()
                 .collect(),
             vm_names: m.vms.values().map(|v| v.name_label.clone()).collect(),
+            replica_vms: m
+                .vms
+                .values()
+                .filter(|v| engine::tags::is_our_replica_vm(v, engine_id))
+                .map(|v| replica_vm_end(m, v))
+                .collect(),
         };
         out.insert(m.name.clone(), end);
     }
     out
+}
+
+fn replica_vm_end(
+    m: &xapi_sim::model::PoolModel,
+    vm: &xapi_proto::records::VmRecord,
+) -> ReplicaVmEnd {
+    let mut disks: Vec<(String, String)> = vm
+        .vbds
+        .iter()
+        .filter_map(|b| m.vbds.get(b))
+        .filter_map(|b| Some((b.userdevice.clone(), m.vdis.get(&b.vdi)?.uuid.clone())))
+        .collect();
+    disks.sort();
+    let mut networks: Vec<(String, String)> = vm
+        .vifs
+        .iter()
+        .filter_map(|v| m.vifs.get(v))
+        .filter_map(|v| {
+            Some((
+                v.device.clone(),
+                m.networks.get(&v.network)?.name_label.clone(),
+            ))
+        })
+        .collect();
+    networks.sort();
+    ReplicaVmEnd {
+        name: vm.name_label.clone(),
+        halted: vm.power_state == xapi_proto::records::PowerState::Halted,
+        start_blocked: vm.blocked_operations.get("start").cloned(),
+        disks: disks.into_iter().map(|d| d.1).collect(),
+        networks: networks.into_iter().map(|n| n.1).collect(),
+        vcpus: vm.vcpus_max,
+        memory_static_max: vm.memory_static_max,
+    }
 }
 
 fn count_events(sim: &Sim, pool: &str, needle: &str) -> usize {

@@ -94,6 +94,10 @@ pub struct ScenarioJob {
     /// Restore and replication jobs: the SR for the VDIs (default: the pool's default SR).
     #[serde(default)]
     pub sr: Option<String>,
+    /// Replication jobs: the network for replica VM interfaces whose network
+    /// has no namesake in the job's pool.
+    #[serde(default)]
+    pub network: Option<String>,
     /// The job is cancelled once it has run this long (seconds).
     #[serde(default)]
     pub time_limit_s: Option<u64>,
@@ -209,6 +213,9 @@ pub struct Expect {
     pub data_versions: Option<usize>,
     /// VDIs written by restore jobs (each checked byte for byte).
     pub restored_vdis: Option<usize>,
+    /// Replica VMs at the end, in all pools (each halted, start blocked, its
+    /// disks the replica VDIs).
+    pub replica_vms: Option<usize>,
     /// Stored bytes over the logical bytes of every version, at most.
     pub data_stored_fraction_at_most: Option<f64>,
     /// Versions still damaged at the end by `chunk_corrupt` faults (their

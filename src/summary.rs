@@ -287,6 +287,11 @@ fn expectations(scenario: &Scenario, out: &RunOutput, s: &Summary) -> Vec<String
     exact("data_versions", e.data_versions, data.versions);
     exact("restored_vdis", e.restored_vdis, data.restored_vdis_checked);
     exact(
+        "replica_vms",
+        e.replica_vms,
+        out.pools.values().map(|p| p.replica_vms.len()).sum(),
+    );
+    exact(
         "data_damaged_versions",
         e.data_damaged_versions,
         data.damaged_versions.len(),

@@ -177,9 +177,47 @@ fn replication_writes_whole_disks_once_then_only_what_changed() {
         "{}",
         written_mib(3)
     );
+    let dr = &out.pools["dr"];
     assert_eq!(
-        out.pools["dr"].restored_vdis.len(),
+        dr.restored_vdis.len(),
         3,
         "one replica disk per VM, updated in place"
+    );
+    // Each replica is one halted VM whose disk is its replica VDI, made from
+    // the source VM's recorded configuration, kept across runs.
+    let mut names: Vec<&str> = dr.replica_vms.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["app-01 (replica)", "app-02 (replica)", "app-03 (replica)"]
+    );
+    let source = &scenario.pools[0].vm_groups[0];
+    for replica in &dr.replica_vms {
+        assert!(replica.halted, "{replica:?}");
+        assert!(replica.start_blocked.is_some(), "{replica:?}");
+        assert_eq!(replica.disks.len(), 1, "{replica:?}");
+        assert!(dr.restored_vdis.contains(&replica.disks[0]), "{replica:?}");
+        assert_eq!(replica.networks, ["dr-net"], "mapped from net: {replica:?}");
+        // The simulator gives protected VMs 2 vCPUs (a replica without a
+        // recorded configuration would get 1).
+        assert_eq!(replica.vcpus, 2, "{replica:?}");
+        assert_eq!(
+            replica.memory_static_max,
+            (source.memory_gib * (1u64 << 30) as f64) as i64
+        );
+    }
+    let log = |job: usize| {
+        out.jobs[job]
+            .report
+            .log
+            .lines
+            .iter()
+            .map(|l| l.text.clone())
+    };
+    assert_eq!(log(1).filter(|l| l.contains("Replica VM")).count(), 3);
+    assert_eq!(
+        log(3).filter(|l| l.contains("Replica VM")).count(),
+        0,
+        "the second run keeps the same VMs"
     );
 }

@@ -390,12 +390,28 @@ async fn commit_version(
         report.stored.chunks_new,
         read.chunks_total,
     ));
-    let snapshot_uuid = pool
-        .xapi
-        .vm_get_record(snap)
-        .await
-        .map(|r| r.uuid)
+    let snap_record = pool.xapi.vm_get_record(snap).await.ok();
+    let snapshot_uuid = snap_record
+        .as_ref()
+        .map(|r| r.uuid.clone())
         .unwrap_or_default();
+    // What a replication rebuilds the VM from; a version without it is still
+    // a whole backup of the disks.
+    let config = match &snap_record {
+        Some(record) => crate::vm_config::read(pool, snap, record, vm_name).await,
+        None => Err(EngineError::Store(
+            "the snapshot's record was unreadable".into(),
+        )),
+    };
+    let config = match config {
+        Ok(config) => serde_json::to_value(config).expect("configurations serialise"),
+        Err(e) => {
+            log.warn(format!(
+                "The VM's configuration is not recorded with this version: {e}"
+            ));
+            serde_json::Value::Null
+        }
+    };
     let disks_meta: Vec<serde_json::Value> = report
         .written
         .iter()
@@ -408,16 +424,18 @@ async fn commit_version(
             })
         })
         .collect();
+    let mut vm_record = serde_json::json!({
+        "pool": pool.config.name,
+        "snapshot_uuid": snapshot_uuid,
+        "disks": disks_meta,
+    });
+    vm_record[crate::vm_config::MANIFEST_KEY] = config;
     let manifest = store
         .commit(ads::VersionDraft {
             vm: vm_name.to_string(),
             taken_at: crate::joblog::format_clock(pool.shared.now().as_millis() as u64),
             parent_seq: cbt.parent_seq,
-            vm_record: serde_json::json!({
-                "pool": pool.config.name,
-                "snapshot_uuid": snapshot_uuid,
-                "disks": disks_meta,
-            }),
+            vm_record,
             disks: report.written.iter().map(|d| d.manifest.clone()).collect(),
         })
         .map_err(|e| EngineError::Store(e.to_string()))?;

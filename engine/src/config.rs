@@ -188,6 +188,10 @@ pub struct JobSpec {
 pub struct ReplicateSpec {
     /// SR (by name) for the replica VDIs (default: the pool's default SR).
     pub sr: Option<String>,
+    /// Network (by name) for a replica VM's interfaces whose network has no
+    /// namesake in this pool (default: such interfaces are left out).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// What a restore job writes, and where.

@@ -79,8 +79,14 @@ struct JobContext {
 /// What a restore or replication job writes, and onto which SR.
 #[derive(Clone)]
 enum WriteJob {
-    Restore { version: Option<u64>, sr: OpaqueRef },
-    Replicate { sr: OpaqueRef },
+    Restore {
+        version: Option<u64>,
+        sr: OpaqueRef,
+    },
+    Replicate {
+        sr: OpaqueRef,
+        networks: crate::replica_vm::ReplicaNetworks,
+    },
 }
 
 /// Runs a backup job on its pool.
@@ -354,26 +360,41 @@ async fn prepare(
     let topo = pool.topology().await?;
     let network = pool.delegate_network(&topo)?;
     let (template, _) = template::ensure(pool, &topo, log).await?;
+    // An object of the pool by name, or a clear error naming what is missing.
+    let named = |found: Option<&OpaqueRef>, what: &str, name: &str| {
+        found.cloned().ok_or_else(|| EngineError::Config {
+            pool: pool.name().to_string(),
+            message: format!("no {what} named {name:?}"),
+        })
+    };
     let sr_named = |name: &Option<String>| match name {
         None => Ok(topo.default_sr.clone()),
-        Some(name) => topo
-            .srs
-            .iter()
-            .find(|(_, rec)| &rec.name_label == name)
-            .map(|(sr, _)| sr.clone())
-            .ok_or_else(|| EngineError::Config {
-                pool: pool.name().to_string(),
-                message: format!("no SR named {name:?} to write to"),
-            }),
+        Some(name) => {
+            let found = topo.srs.iter().find(|(_, rec)| &rec.name_label == name);
+            named(found.map(|(sr, _)| sr), "SR", name)
+        }
     };
     let write = match (&spec.restore, &spec.replicate) {
         (Some(r), _) => Some(WriteJob::Restore {
             version: r.version,
             sr: sr_named(&r.sr)?,
         }),
-        (None, Some(r)) => Some(WriteJob::Replicate {
-            sr: sr_named(&r.sr)?,
-        }),
+        (None, Some(r)) => {
+            let fallback = match &r.network {
+                None => None,
+                Some(name) => {
+                    let found = topo
+                        .networks
+                        .iter()
+                        .find(|(_, rec)| &rec.name_label == name);
+                    Some(named(found.map(|(n, _)| n), "network", name)?)
+                }
+            };
+            Some(WriteJob::Replicate {
+                sr: sr_named(&r.sr)?,
+                networks: crate::replica_vm::ReplicaNetworks::new(&topo.networks, fallback),
+            })
+        }
         (None, None) => None,
     };
     Ok(JobContext {
@@ -482,7 +503,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         Some(write) => {
             let (version, sr) = match write {
                 WriteJob::Restore { version, sr } => (*version, sr),
-                WriteJob::Replicate { sr } => (None, sr),
+                WriteJob::Replicate { sr, .. } => (None, sr),
             };
             // Check the version before spending a delegate on it.
             let found = match pool.store() {
@@ -524,8 +545,9 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log)
                     .await
             }
-            (Some(WriteJob::Replicate { sr }), _) => {
-                crate::restore::replicate_vm(pool, &delegate, vm_name, sr, &ctx.job, log).await
+            (Some(WriteJob::Replicate { sr, networks }), _) => {
+                let target = (sr, networks);
+                crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log).await
             }
             (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
             (None, None) => unreachable!("a backup job located its VM"),

@@ -25,12 +25,14 @@ pub mod journal;
 pub mod placement;
 pub mod pool;
 mod reclaim;
+mod replica_vm;
 pub mod restore;
 pub mod store_check;
 pub mod store_server;
 pub mod tags;
 pub mod template;
 pub mod validate;
+pub mod vm_config;
 pub mod xapi;
 
 pub use config::{Addressing, EngineConfig, JobSpec, PoolConfig};

@@ -7,7 +7,9 @@
 //! - A replication keeps the newest version as replica VDIs: written whole the
 //!   first time, then only the segments that changed since the version they
 //!   hold. While they are written they are marked `updating`, so an
-//!   interrupted update is rewritten whole next time, never trusted.
+//!   interrupted update is rewritten whole next time, never trusted. Around
+//!   them stands a halted replica VM (`replica_vm.rs`); once someone starts
+//!   it (a fail-over), replication leaves its disks alone.
 
 use crate::agent::{DiskProgress, ReadReport, RestoreSource};
 use crate::backup::{attach_all, detach};
@@ -15,6 +17,7 @@ use crate::delegate::Delegate;
 use crate::error::EngineError;
 use crate::joblog::format_bytes;
 use crate::pool::{PoolRuntime, VmLog};
+use crate::replica_vm::ReplicaNetworks;
 use crate::tags;
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdMode, VdiCreate, VdiType};
@@ -65,19 +68,34 @@ pub async fn restore_vm(
     outcome
 }
 
-/// Brings `vm_name`'s replica on `sr` to its newest version.
+/// Brings `vm_name`'s replica on `sr` to its newest version: its disks, then
+/// the halted replica VM around them (interfaces on `networks`).
 pub async fn replicate_vm(
     pool: &PoolRuntime,
     d: &Delegate,
     vm_name: &str,
-    sr: &OpaqueRef,
+    (sr, networks): (&OpaqueRef, &ReplicaNetworks),
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let (store, manifest) = version_of(pool, vm_name, None)?;
+    let replica_vm = crate::replica_vm::find(pool, vm_name).await?;
+    if let Some((_, record)) = replica_vm
+        .as_ref()
+        .filter(|(_, r)| crate::replica_vm::in_use(r))
+    {
+        log.warn(format!(
+            "The replica VM {:?} is {} (failed over to?): its disks are left as they are",
+            record.name_label,
+            record.power_state.lowercase()
+        ));
+        return Ok(ReadReport::default());
+    }
     let (replica, held) = find_replica(pool, vm_name, &manifest).await?;
     if held == Some(manifest.seq) {
         log.ok(format!("Replica already holds version {}", manifest.seq));
+        crate::replica_vm::ensure(pool, replica_vm, &manifest, &replica, networks, job, log)
+            .await?;
         return Ok(ReadReport::default());
     }
     let base = held.and_then(|seq| store.manifest(vm_name, Some(seq)).ok());
@@ -119,6 +137,8 @@ pub async fn replicate_vm(
                 manifest.seq,
                 format_bytes(report.bytes_read)
             ));
+            crate::replica_vm::ensure(pool, replica_vm, &manifest, &targets, networks, job, log)
+                .await?;
         }
         Err(_) if base.is_none() => destroy_vdis(pool, &targets, log).await,
         Err(_) => log.warn("The replica update failed; the next run rewrites it whole"),

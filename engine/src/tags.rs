@@ -24,6 +24,10 @@ pub const ROLE_SNAPSHOT: &str = "snapshot";
 pub const ROLE_RESTORED: &str = "restored";
 /// Role value of a replica VDI (kept up to date by replication jobs).
 pub const ROLE_REPLICA: &str = "replica";
+/// Role value of a replica VM: halted, start blocked, its disks the replica VDIs.
+pub const ROLE_REPLICA_VM: &str = "replica-vm";
+/// On a replica VM: the name of the VM it is a replica of.
+pub const REPLICA_OF: &str = "abd:replica-of";
 /// Role value of a delegate's own disk (cloned from the template's).
 pub const ROLE_DELEGATE_DISK: &str = "delegate-disk";
 /// Role value of a disk of one of our snapshots, tagged before the snapshot
@@ -52,6 +56,15 @@ pub fn is_our_disposable_vm(vm: &VmRecord, engine_id: &str) -> bool {
     has_engine_id(&vm.other_config, engine_id)
         && !vm.is_control_domain
         && vm.other_config.get(TEMPLATE_UUID) != Some(&vm.uuid)
+        && !is_our_replica_vm(vm, engine_id)
+}
+
+/// True when the VM is a replica this engine keeps (never reclaimed).
+pub fn is_our_replica_vm(vm: &VmRecord, engine_id: &str) -> bool {
+    has_engine_id(&vm.other_config, engine_id)
+        && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_REPLICA_VM)
+        && !vm.is_a_snapshot
+        && !vm.is_a_template
 }
 
 /// True when the VM is one of our delegates (of any job).
@@ -159,6 +172,10 @@ mod tests {
         let look_alike = vm("x", &[(ROLE, ROLE_DELEGATE)], false);
         assert!(!is_our_delegate(&look_alike, "e1"));
         assert!(!is_our_disposable_vm(&look_alike, "e1"));
+        let replica = vm("r", &[(ENGINE_ID, "e1"), (ROLE, ROLE_REPLICA_VM)], false);
+        assert!(is_our_replica_vm(&replica, "e1"));
+        assert!(!is_our_disposable_vm(&replica, "e1"), "a replica is kept");
+        assert!(!is_our_replica_vm(&replica, "e2"));
         let delegate = vm("d", &[(ENGINE_ID, "e1"), (ROLE, ROLE_DELEGATE)], false);
         assert!(is_our_delegate(&delegate, "e1"));
         assert!(!is_our_delegate(&delegate, "e2"));

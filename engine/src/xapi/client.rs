@@ -476,6 +476,27 @@ impl XapiClient {
         self.void("VM.hard_shutdown", vec![refv(vm)]).await
     }
 
+    /// `VM.create(record)`: a new halted VM without devices.
+    pub async fn vm_create(&self, vm: &VmCreate) -> Result<OpaqueRef, CallError> {
+        self.typed("VM.create", vec![record(vm)]).await
+    }
+
+    /// `VM.get_record`, read as the configuration `VM.create` takes.
+    pub async fn vm_get_config(&self, vm: &OpaqueRef) -> Result<VmCreate, CallError> {
+        self.typed("VM.get_record", vec![refv(vm)]).await
+    }
+
+    /// `VM.add_to_blocked_operations(vm, operation, message)`.
+    pub async fn vm_add_to_blocked_operations(
+        &self,
+        vm: &OpaqueRef,
+        operation: &str,
+        message: &str,
+    ) -> Result<(), CallError> {
+        let args = vec![refv(vm), Value::from(operation), Value::from(message)];
+        self.void("VM.add_to_blocked_operations", args).await
+    }
+
     /// `VM.destroy` (VBDs and VIFs go with the VM; VDIs do not).
     pub async fn vm_destroy(&self, vm: &OpaqueRef) -> Result<(), CallError> {
         self.void("VM.destroy", vec![refv(vm)]).await
@@ -486,6 +507,17 @@ impl XapiClient {
     /// `VIF.create`.
     pub async fn vif_create(&self, vif: &VifCreate) -> Result<OpaqueRef, CallError> {
         self.typed("VIF.create", vec![record(vif)]).await
+    }
+
+    /// `VIF.get_record`.
+    pub async fn vif_get_record(&self, vif: &OpaqueRef) -> Result<VifRecord, CallError> {
+        self.typed("VIF.get_record", vec![refv(vif)]).await
+    }
+
+    /// `network.get_name_label`.
+    pub async fn network_get_name_label(&self, network: &OpaqueRef) -> Result<String, CallError> {
+        self.typed("network.get_name_label", vec![refv(network)])
+            .await
     }
 
     /// `VIF.destroy`.

@@ -1,0 +1,238 @@
+//! The halted VM that makes a replica's disks a VM in the target pool. It is
+//! made from the configuration recorded with the version, its start is
+//! blocked (a replica is a copy to fail over to or clone, not to run by
+//! accident), its VBDs are the replica VDIs, and its VIFs sit on the networks
+//! of the same names (or on the network the job names). Later runs keep the
+//! same VM and only fix its disks, so its uuid stays valid for the operator.
+
+use crate::error::EngineError;
+use crate::pool::{PoolRuntime, VmLog};
+use crate::tags;
+use crate::vm_config::{VifConfig, VmConfig};
+use std::collections::BTreeMap;
+use xapi_proto::OpaqueRef;
+use xapi_proto::records::{
+    NetworkRecord, PowerState, VbdCreate, VbdMode, VbdType, VifCreate, VmCreate, VmRecord,
+};
+
+/// What a replica VM's blocked start says to whoever tries it.
+pub const START_BLOCKED: &str =
+    "This is a replica kept by abd: clone it to use it, or remove this block to fail over";
+
+/// Where a replica VM's interfaces go in the target pool.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaNetworks {
+    /// The pool's networks by name (the first by ref when names repeat).
+    pub by_name: BTreeMap<String, OpaqueRef>,
+    /// For interfaces whose network has no namesake (the job's `network`).
+    pub fallback: Option<OpaqueRef>,
+}
+
+impl ReplicaNetworks {
+    /// The networks of a pool, with an optional fallback.
+    pub fn new(networks: &BTreeMap<OpaqueRef, NetworkRecord>, fallback: Option<OpaqueRef>) -> Self {
+        let mut by_name = BTreeMap::new();
+        for (network, record) in networks {
+            by_name
+                .entry(record.name_label.clone())
+                .or_insert_with(|| network.clone());
+        }
+        Self { by_name, fallback }
+    }
+
+    fn for_vif(&self, vif: &VifConfig) -> Option<&OpaqueRef> {
+        self.by_name.get(&vif.network).or(self.fallback.as_ref())
+    }
+}
+
+/// Our replica VM of `vm_name` in this pool, if there is one.
+pub async fn find(
+    pool: &PoolRuntime,
+    vm_name: &str,
+) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
+    let engine_id = &pool.engine_config().engine_id;
+    let all = pool
+        .xapi
+        .vm_get_all_records()
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
+    Ok(all.into_iter().find(|(_, r)| {
+        tags::is_our_replica_vm(r, engine_id)
+            && r.other_config.get(tags::REPLICA_OF).map(String::as_str) == Some(vm_name)
+    }))
+}
+
+/// Makes the replica VM of `manifest` hold `vdis` (in disk order): creates it
+/// when `existing` is `None`, else fixes its disks and labels.
+pub async fn ensure(
+    pool: &PoolRuntime,
+    existing: Option<(OpaqueRef, VmRecord)>,
+    manifest: &ads::Manifest,
+    vdis: &[OpaqueRef],
+    networks: &ReplicaNetworks,
+    job: &str,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let holds = format!("{}@{}", manifest.vm, manifest.seq);
+    let description = format!(
+        "Replica of {} at version {} (taken {}), kept by abd job {job}",
+        manifest.vm, manifest.seq, manifest.taken_at
+    );
+    let failed = |what: &'static str| {
+        move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
+    };
+    let (vm, attached) = match existing {
+        Some((vm, record)) => {
+            let mut attached = Vec::new();
+            for vbd in &record.vbds {
+                let r = x
+                    .vbd_get_record(vbd)
+                    .await
+                    .map_err(failed("reading a VBD"))?;
+                if !r.empty && vdis.contains(&r.vdi) && !attached.contains(&r.vdi) {
+                    attached.push(r.vdi);
+                } else {
+                    // Not one of the replica's disks (any more): ours to remove.
+                    x.vbd_destroy(vbd).await.map_err(failed("removing a VBD"))?;
+                }
+            }
+            x.vm_set_name_description(&vm, &description)
+                .await
+                .map_err(failed("labelling"))?;
+            x.vm_set_other_config_key(&vm, tags::RESTORED_FROM, &holds)
+                .await
+                .map_err(failed("labelling"))?;
+            (vm, attached)
+        }
+        None => {
+            let vm = create(pool, manifest, &holds, &description, networks, job, log).await?;
+            (vm, Vec::new())
+        }
+    };
+    for (i, vdi) in vdis.iter().enumerate() {
+        if attached.contains(vdi) {
+            continue;
+        }
+        let userdevice = manifest.vm_record["disks"][i]["userdevice"]
+            .as_str()
+            .map_or_else(|| i.to_string(), str::to_string);
+        let spec = VbdCreate {
+            vm: vm.clone(),
+            vdi: vdi.clone(),
+            userdevice,
+            bootable: i == 0,
+            mode: VbdMode::RW,
+            vbd_type: VbdType::Disk,
+            unpluggable: true,
+            ..Default::default()
+        };
+        x.vbd_create(&spec)
+            .await
+            .map_err(failed("attaching a disk"))?;
+    }
+    Ok(())
+}
+
+/// Creates the replica VM (no disks yet), its start blocked, with its VIFs.
+async fn create(
+    pool: &PoolRuntime,
+    manifest: &ads::Manifest,
+    holds: &str,
+    description: &str,
+    networks: &ReplicaNetworks,
+    job: &str,
+    log: &VmLog,
+) -> Result<OpaqueRef, EngineError> {
+    let x = &pool.xapi;
+    let failed = |what: &'static str| {
+        move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
+    };
+    let (mut record, vifs) = match VmConfig::of_manifest(manifest) {
+        Some(config) => (config.record, config.vifs),
+        None => {
+            log.warn(format!(
+                "Version {} records no VM configuration (an older engine wrote it): \
+                 the replica VM gets 1 vCPU and 1 GiB and no network interface",
+                manifest.seq
+            ));
+            (minimal_config(), Vec::new())
+        }
+    };
+    record.name_label = format!("{} (replica)", manifest.vm);
+    record.name_description = description.to_string();
+    let engine_id = &pool.engine_config().engine_id;
+    for (key, value) in [
+        (tags::JOB, job),
+        (tags::REPLICA_OF, manifest.vm.as_str()),
+        (tags::RESTORED_FROM, holds),
+    ]
+    .into_iter()
+    .chain(tags::ownership(engine_id, tags::ROLE_REPLICA_VM))
+    {
+        record
+            .other_config
+            .insert(key.to_string(), value.to_string());
+    }
+    let vm = x.vm_create(&record).await.map_err(failed("creating"))?;
+    // VM.create ignores blocked_operations: they are set on the new VM.
+    for operation in ["start", "start_on"] {
+        x.vm_add_to_blocked_operations(&vm, operation, START_BLOCKED)
+            .await
+            .map_err(failed("blocking its start"))?;
+    }
+    for vif in &vifs {
+        let Some(network) = networks.for_vif(vif) else {
+            log.ok(format!(
+                "Interface {} was on network {:?}, which pool {} lacks: the replica has no \
+                 interface {} (name a network for the job to map it to)",
+                vif.device,
+                vif.network,
+                pool.name(),
+                vif.device
+            ));
+            continue;
+        };
+        let spec = VifCreate {
+            device: vif.device.clone(),
+            network: network.clone(),
+            vm: vm.clone(),
+            mac: vif.mac.clone(),
+            mtu: vif.mtu,
+            ..Default::default()
+        };
+        x.vif_create(&spec)
+            .await
+            .map_err(failed("adding a network interface"))?;
+    }
+    log.ok(format!(
+        "Replica VM {:?} created (halted, start blocked)",
+        record.name_label
+    ));
+    Ok(vm)
+}
+
+/// A configuration for a version that recorded none: small and bootable.
+fn minimal_config() -> VmCreate {
+    const GIB: i64 = 1 << 30;
+    VmCreate {
+        memory_static_max: GIB,
+        memory_dynamic_max: GIB,
+        memory_dynamic_min: GIB,
+        memory_static_min: GIB,
+        vcpus_max: 1,
+        vcpus_at_startup: 1,
+        actions_after_shutdown: "destroy".into(),
+        actions_after_reboot: "restart".into(),
+        actions_after_crash: "restart".into(),
+        hvm_boot_policy: "BIOS order".into(),
+        hvm_boot_params: [("order".to_string(), "dc".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// True when the replica VM is not halted (someone failed over to it): its
+/// disks are then the operator's, and replication leaves them alone.
+pub fn in_use(record: &VmRecord) -> bool {
+    record.power_state != PowerState::Halted
+}
