@@ -605,6 +605,14 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
                 tracing::warn!("action move_vm_disks failed: {e}");
             }
         }
+        "fail_over" => {
+            let mut s = sim.lock().expect("simulator lock");
+            let id = s.pool_id(pool).expect("checked pool");
+            let vm = action.vm.as_deref().unwrap_or_default();
+            if let Err(e) = s.fail_over(id, clock.now(), vm) {
+                tracing::warn!("action fail_over failed: {e}");
+            }
+        }
         "template_delete" => {
             let _ = engine.template_delete(pool).await;
         }

@@ -114,7 +114,8 @@ pub struct Action {
     /// Simulated time of the action, in seconds since the run began.
     pub at_s: f64,
     pub pool: Spanned<String>,
-    /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `template_delete`
+    /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `fail_over` (unblock
+    /// and start `vm`, as an operator failing over to a replica), `template_delete`
     /// or `template_redeploy` (the operator's template actions, through the engine),
     /// `cancel_job` (cancel `job`, or only its VM `vm`), `store_capacity` (the
     /// operator grew or shrank the data store: `bytes`, absent for no limit),
@@ -466,6 +467,7 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
+                | ("fail_over", Some(_), None)
                 | (
                     "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
                     None,
@@ -487,6 +489,12 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
+                ("fail_over", _, _) => {
+                    return Err(err(
+                        line,
+                        format!("action[{i}]: fail_over needs `vm` and takes no `sr`"),
+                    ));
+                }
                 ("template_delete" | "template_redeploy" | "verify_store", _, _) => {
                     return Err(err(
                         line,
@@ -500,7 +508,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
                         ),
                     ));
                 }

@@ -591,6 +591,20 @@ impl Sim {
 
     /// Operator action: moves every disk of the VM named `vm_name` to the SR
     /// named `sr_name` (as a storage migration would), keeping the VM's identity.
+    /// Operator action: unblocks and starts the VM `vm_name` (a fail-over to a replica).
+    pub fn fail_over(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        vm_name: &str,
+    ) -> Result<(), XapiError> {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        let started = ctx.fail_over(vm_name);
+        self.mark_stale(pool);
+        started
+    }
+
     pub fn move_vm_disks(
         &mut self,
         pool: PoolId,

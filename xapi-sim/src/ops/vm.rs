@@ -781,15 +781,31 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Operator action: storage-migrates every disk of a VM to another SR.
-    pub(crate) fn move_vm_disks(&mut self, vm_name: &str, sr_name: &str) -> Result<(), XapiError> {
-        let vm = self
-            .m
+    /// The VM named `vm_name` (operator actions name VMs).
+    fn vm_named(&self, vm_name: &str) -> Result<OpaqueRef, XapiError> {
+        self.m
             .vms
             .iter()
             .find(|(_, v)| v.name_label == vm_name)
             .map(|(r, _)| r.clone())
-            .ok_or_else(|| XapiError::internal(format!("no VM named {vm_name:?}")))?;
+            .ok_or_else(|| XapiError::internal(format!("no VM named {vm_name:?}")))
+    }
+
+    /// Operator action: fails over to a VM (a replica), removing what blocks
+    /// its start and starting it.
+    pub(crate) fn fail_over(&mut self, vm_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        let record = self.vm_mut(&vm)?;
+        record.blocked_operations.remove("start");
+        record.blocked_operations.remove("start_on");
+        self.vm_start(&vm, false)?;
+        self.log(format!("operator failed over to {vm_name:?}"));
+        Ok(())
+    }
+
+    /// Operator action: storage-migrates every disk of a VM to another SR.
+    pub(crate) fn move_vm_disks(&mut self, vm_name: &str, sr_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
         let sr = self
             .m
             .srs
