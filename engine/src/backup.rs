@@ -65,7 +65,7 @@ pub async fn back_up_vm(
         .as_ref()
         .map(|b| b.new_bases.clone())
         .unwrap_or_default();
-    match remove_snapshot_keeping(pool, &snap, &keep).await {
+    match remove_snapshot_keeping(pool, &snap, &|vdi, _| keep.contains(vdi)).await {
         Ok(()) if keep.is_empty() => log.ok("Snapshot removed"),
         Ok(()) => log.ok(format!(
             "Snapshot removed; {} disk(s) kept as CBT metadata for the next backup",
@@ -427,6 +427,8 @@ async fn commit_version(
     let mut vm_record = serde_json::json!({
         "pool": pool.config.name,
         "snapshot_uuid": snapshot_uuid,
+        // An engine restarted after the commit knows the run got this far.
+        "snapshot_name": snap_record.as_ref().map(|r| r.name_label.clone()),
         "disks": disks_meta,
     });
     vm_record[crate::vm_config::MANIFEST_KEY] = config;
@@ -534,20 +536,40 @@ pub(crate) async fn detach(pool: &PoolRuntime, vbds: &[OpaqueRef]) -> Result<(),
     first_error.map_or(Ok(()), Err)
 }
 
-/// Destroys a snapshot this engine took, with its snapshot disks.
+/// Reduces one of our snapshot disks to CBT metadata and tags it as our base.
+pub(crate) async fn reduce_to_cbt_base(
+    pool: &PoolRuntime,
+    vdi: &OpaqueRef,
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let fail = |step: &'static str| move |e| EngineError::xapi(format!("VDI {vdi}"), step, e);
+    x.vdi_data_destroy(vdi)
+        .await
+        .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
+    x.vdi_set_other_config_key(vdi, tags::ROLE, tags::ROLE_CBT_BASE)
+        .await
+        .map_err(fail("tagging a CBT base"))
+}
+
+/// Destroys a snapshot this engine took (a leftover), with its snapshot
+/// disks, except those the newest version of a VM names as its CBT base: a
+/// crash after that version's commit left them, and the next incremental
+/// needs them (reduced to CBT metadata).
 pub(crate) async fn remove_snapshot(
     pool: &PoolRuntime,
     snap: &OpaqueRef,
 ) -> Result<(), EngineError> {
-    remove_snapshot_keeping(pool, snap, &[]).await
+    let bases = crate::reclaim::bases_in_use(pool).unwrap_or_default();
+    remove_snapshot_keeping(pool, snap, &|_, uuid| bases.contains(uuid)).await
 }
 
 /// Destroys a snapshot this engine took; its disks are destroyed too, except
-/// those in `keep`, which are reduced to CBT metadata and tagged as our bases.
+/// those `keep` picks (by ref and uuid), which are reduced to CBT metadata and
+/// tagged as our bases.
 async fn remove_snapshot_keeping(
     pool: &PoolRuntime,
     snap: &OpaqueRef,
-    keep: &[OpaqueRef],
+    keep: &(dyn Fn(&OpaqueRef, &str) -> bool + Sync),
 ) -> Result<(), EngineError> {
     let x = &pool.xapi;
     let record = x
@@ -574,7 +596,7 @@ async fn remove_snapshot_keeping(
             .await
             .map_err(|e| EngineError::xapi(format!("VDI {}", b.vdi), "reading", e))?;
         if vdi.is_a_snapshot {
-            vdis.push(b.vdi);
+            vdis.push((b.vdi, vdi.uuid));
         }
     }
     let object = format!("snapshot {snap}");
@@ -584,7 +606,7 @@ async fn remove_snapshot_keeping(
     };
     let engine_id = pool.engine_config().engine_id.clone();
     // Disks first: once the snapshot VM is gone they are found only by tag.
-    for vdi in &vdis {
+    for (vdi, _) in &vdis {
         for (key, value) in tags::ownership(&engine_id, tags::ROLE_SNAPSHOT_DISK) {
             x.vdi_set_other_config_key(vdi, key, value)
                 .await
@@ -592,14 +614,9 @@ async fn remove_snapshot_keeping(
         }
     }
     x.vm_destroy(snap).await.map_err(fail("destroy"))?;
-    for vdi in vdis {
-        if keep.contains(&vdi) {
-            x.vdi_data_destroy(&vdi)
-                .await
-                .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
-            x.vdi_set_other_config_key(&vdi, tags::ROLE, tags::ROLE_CBT_BASE)
-                .await
-                .map_err(fail("tagging a CBT base"))?;
+    for (vdi, uuid) in vdis {
+        if keep(&vdi, &uuid) {
+            reduce_to_cbt_base(pool, &vdi).await?;
         } else {
             x.vdi_destroy(&vdi)
                 .await

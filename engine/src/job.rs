@@ -132,7 +132,11 @@ pub async fn run_resuming(
     });
     // A resumed run carries the interrupted run's log and results, so that it
     // is whole on its own (and can itself be resumed).
-    let carried = earlier.map(|e| e.done.clone()).unwrap_or_default();
+    let committed = earlier
+        .map(|e| committed_before_restart(&pool, spec, e))
+        .unwrap_or_default();
+    let mut carried = earlier.map(|e| e.done.clone()).unwrap_or_default();
+    carried.extend(committed.iter().map(|(outcome, _)| outcome.clone()));
     let mut carried_log = JobLog::default();
     if let Some(earlier) = earlier {
         for line in &earlier.log.lines {
@@ -182,7 +186,11 @@ pub async fn run_resuming(
             spec.vms.clone()
         }
         Some(earlier) => {
-            let left = earlier.remaining();
+            let left: Vec<String> = earlier
+                .remaining()
+                .into_iter()
+                .filter(|vm| !committed.iter().any(|(o, _)| &o.vm == vm))
+                .collect();
             job_log.warn(format!(
                 "Job {} resumed after an engine restart: run {} was interrupted with {} of {} VMs done; {} to do",
                 spec.name,
@@ -191,6 +199,12 @@ pub async fn run_resuming(
                 spec.vms.len(),
                 left.len()
             ));
+            for (outcome, seq) in &committed {
+                job_log.ok(format!(
+                    "{}: version {seq} was committed before the engine stopped; not backed up again",
+                    outcome.vm
+                ));
+            }
             // What was cancelled before the restart stays cancelled.
             for (vm, reason) in &earlier.cancelled_vms {
                 if let Some(signal) = vm_cancels.get(vm) {
@@ -217,7 +231,10 @@ pub async fn run_resuming(
     };
     // A VM whose turn an engine restart cut short starts over; the snapshots
     // those turns took count as restarts.
-    let interrupted_vms = earlier.map(|e| e.in_progress.clone()).unwrap_or_default();
+    let mut interrupted_vms = earlier.map(|e| e.in_progress.clone()).unwrap_or_default();
+    for (outcome, _) in &committed {
+        interrupted_vms.remove(&outcome.vm);
+    }
     let mut earlier_snapshots: BTreeMap<String, u32> = BTreeMap::new();
     for (vm, _) in earlier.map(|e| e.snapshots.as_slice()).unwrap_or_default() {
         *earlier_snapshots.entry(vm.clone()).or_default() += 1;
@@ -350,6 +367,48 @@ pub async fn run_resuming(
         started_ms: started.as_millis() as u64,
         finished_ms: finished.as_millis() as u64,
     }
+}
+
+/// VMs of an interrupted backup run whose version was committed (its
+/// manifest names a snapshot this run announced) but whose turn the restart
+/// cut short before the journal recorded it: done, with the version's number.
+fn committed_before_restart(
+    pool: &PoolRuntime,
+    spec: &JobSpec,
+    earlier: &InterruptedRun,
+) -> Vec<(VmOutcome, u64)> {
+    let Some(store) = pool.store() else {
+        return Vec::new();
+    };
+    if spec.restore.is_some() || spec.replicate.is_some() {
+        return Vec::new();
+    }
+    let mut done = Vec::new();
+    for vm in &earlier.in_progress {
+        let Ok(Some(latest)) = store.latest(vm) else {
+            continue;
+        };
+        let named = latest.vm_record["snapshot_name"].as_str();
+        let ours = earlier
+            .snapshots
+            .iter()
+            .any(|(v, name)| v == vm && Some(name.as_str()) == named);
+        if ours {
+            let outcome = VmOutcome {
+                vm: vm.clone(),
+                status: VmStatus::Ok,
+                reason: None,
+                delegate: None,
+                bytes_read: 0,
+                bytes_sent: 0,
+                bytes_stored: 0,
+                restarts: 0,
+                cancelled: false,
+            };
+            done.push((outcome, latest.seq));
+        }
+    }
+    done
 }
 
 async fn prepare(

@@ -47,6 +47,13 @@ pub(crate) enum Leftover {
         vdi: OpaqueRef,
         uuid: String,
     },
+    /// A disk of one of our snapshots that the newest version of its VM names
+    /// as its CBT base: a crash came after the commit, before it was reduced
+    /// to CBT metadata. Reduced now, not destroyed.
+    UnfinishedBase {
+        vdi: OpaqueRef,
+        uuid: String,
+    },
     /// A VDI a failed restore created that could not be removed then.
     RestoredDisk {
         vdi: OpaqueRef,
@@ -58,6 +65,7 @@ impl Leftover {
     fn verb(&self) -> &'static str {
         match self {
             Leftover::Delegate { earlier: true, .. } => "reclaimed",
+            Leftover::UnfinishedBase { .. } => "kept",
             _ => "removed",
         }
     }
@@ -74,6 +82,9 @@ impl Leftover {
             Leftover::Snapshot { name, .. } => format!("leftover snapshot {name:?}"),
             Leftover::Disk { name, uuid, .. } => format!("leftover disk {name:?} ({uuid})"),
             Leftover::CbtBase { uuid, .. } => format!("replaced CBT base {uuid}"),
+            Leftover::UnfinishedBase { uuid, .. } => {
+                format!("snapshot disk {uuid} as CBT metadata (the next incremental's base)")
+            }
             Leftover::RestoredDisk { vdi } => format!("disk {vdi} of a failed restore"),
         }
     }
@@ -100,6 +111,20 @@ impl Leftover {
             Leftover::CbtBase { vdi, uuid } => {
                 let what = format!("CBT base {uuid}");
                 destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_cbt_base).await
+            }
+            Leftover::UnfinishedBase { vdi, uuid } => {
+                let record = pool
+                    .xapi
+                    .vdi_get_record(vdi)
+                    .await
+                    .map_err(|e| EngineError::xapi(format!("CBT base {uuid}"), "reading", e))?;
+                if !tags::is_our_orphan_disk(&record, &pool.engine_config().engine_id) {
+                    return Err(EngineError::NotOurs {
+                        action: "reduce to CBT metadata",
+                        object: format!("VDI {vdi} {:?}", record.name_label),
+                    });
+                }
+                crate::backup::reduce_to_cbt_base(pool, vdi).await
             }
         }
     }
@@ -244,8 +269,19 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
         .vdi_get_all_records()
         .await
         .map_err(listing("listing VDIs"))?;
+    let bases = bases_in_use(pool).unwrap_or_default();
     for (vdi, record) in &vdis {
-        if tags::is_our_orphan_disk(record, &engine_id) {
+        let snapshot_disk = record.other_config.get(tags::ROLE).map(String::as_str)
+            == Some(tags::ROLE_SNAPSHOT_DISK);
+        if tags::is_our_orphan_disk(record, &engine_id)
+            && snapshot_disk
+            && bases.contains(&record.uuid)
+        {
+            found.push(Leftover::UnfinishedBase {
+                vdi: vdi.clone(),
+                uuid: record.uuid.clone(),
+            });
+        } else if tags::is_our_orphan_disk(record, &engine_id) {
             found.push(Leftover::Disk {
                 vdi: vdi.clone(),
                 name: record.name_label.clone(),
@@ -270,7 +306,7 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
 /// only ones an incremental can use). None, when no base counts as
 /// replaced: without a readable store, or with one that holds no version at
 /// all (a fresh store, or the wrong one mounted, says nothing about bases).
-fn bases_in_use(pool: &PoolRuntime) -> Option<std::collections::BTreeSet<String>> {
+pub(crate) fn bases_in_use(pool: &PoolRuntime) -> Option<std::collections::BTreeSet<String>> {
     pool.store()?.with_store(|store| {
         let mut named = std::collections::BTreeSet::new();
         let vms = store.vms().ok()?;
