@@ -576,6 +576,25 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 log.fail(format!("Nothing to write: {reason}"));
                 return failed(vm_name, reason, None);
             }
+            // A replica someone failed over to is theirs now: no delegate is
+            // spent on it (`replicate_vm` checks again, with the delegate up).
+            if matches!(write, WriteJob::Replicate { .. })
+                && let Ok(Some((_, record))) = crate::replica_vm::find(pool, vm_name).await
+                && crate::replica_vm::in_use(&record)
+            {
+                log.warn(crate::replica_vm::left_alone(&record));
+                return VmOutcome {
+                    vm: vm_name.to_string(),
+                    status: VmStatus::Warn,
+                    reason: None,
+                    delegate: None,
+                    bytes_read: 0,
+                    bytes_sent: 0,
+                    bytes_stored: 0,
+                    restarts: 0,
+                    cancelled: false,
+                };
+            }
             (None, vec![sr.clone()])
         }
         None => match locate_vm(pool, vm_name).await {

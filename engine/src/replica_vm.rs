@@ -231,6 +231,15 @@ fn minimal_config() -> VmCreate {
     }
 }
 
+/// The warning for a replica VM that [`in_use`] finds running.
+pub fn left_alone(record: &VmRecord) -> String {
+    format!(
+        "The replica VM {:?} is {} (failed over to?): its disks are left as they are",
+        record.name_label,
+        record.power_state.lowercase()
+    )
+}
+
 /// True when the replica VM is not halted (someone failed over to it): its
 /// disks are then the operator's, and replication leaves them alone.
 pub fn in_use(record: &VmRecord) -> bool {

@@ -84,11 +84,7 @@ pub async fn replicate_vm(
         .as_ref()
         .filter(|(_, r)| crate::replica_vm::in_use(r))
     {
-        log.warn(format!(
-            "The replica VM {:?} is {} (failed over to?): its disks are left as they are",
-            record.name_label,
-            record.power_state.lowercase()
-        ));
+        log.warn(crate::replica_vm::left_alone(record));
         return Ok(ReadReport::default());
     }
     let (replica, held) = find_replica(pool, vm_name, &manifest).await?;
