@@ -52,6 +52,23 @@ pub struct VmOutcome {
     pub cancelled: bool,
 }
 
+impl VmOutcome {
+    /// A VM's turn that needed no delegate and moved no bytes.
+    fn without_work(vm: &str, status: VmStatus) -> Self {
+        Self {
+            vm: vm.to_string(),
+            status,
+            reason: None,
+            delegate: None,
+            bytes_read: 0,
+            bytes_sent: 0,
+            bytes_stored: 0,
+            restarts: 0,
+            cancelled: false,
+        }
+    }
+}
+
 /// What a job did.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobReport {
@@ -394,17 +411,7 @@ fn committed_before_restart(
             .iter()
             .any(|(v, name)| v == vm && Some(name.as_str()) == named);
         if ours {
-            let outcome = VmOutcome {
-                vm: vm.clone(),
-                status: VmStatus::Ok,
-                reason: None,
-                delegate: None,
-                bytes_read: 0,
-                bytes_sent: 0,
-                bytes_stored: 0,
-                restarts: 0,
-                cancelled: false,
-            };
+            let outcome = VmOutcome::without_work(vm, VmStatus::Ok);
             done.push((outcome, latest.seq));
         }
     }
@@ -583,17 +590,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 && crate::replica_vm::in_use(&record)
             {
                 log.warn(crate::replica_vm::left_alone(&record));
-                return VmOutcome {
-                    vm: vm_name.to_string(),
-                    status: VmStatus::Warn,
-                    reason: None,
-                    delegate: None,
-                    bytes_read: 0,
-                    bytes_sent: 0,
-                    bytes_stored: 0,
-                    restarts: 0,
-                    cancelled: false,
-                };
+                return VmOutcome::without_work(vm_name, VmStatus::Warn);
             }
             (None, vec![sr.clone()])
         }
