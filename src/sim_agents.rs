@@ -113,12 +113,14 @@ impl SimAgentNet {
         {
             return Some(running.router.clone());
         }
+        let store_wait = StoreWait::default();
         let store = vm_data.get(VM_DATA_STORE_URL).map(|url| {
             Arc::new(SimStoreNet {
                 url: url.clone(),
                 service: Arc::clone(&self.store),
                 sim: Arc::clone(&self.sim),
                 pool: self.pool,
+                waited: Arc::clone(&store_wait),
             }) as Arc<dyn StoreLink>
         });
         let agent = Agent::new(AgentConfig {
@@ -129,6 +131,7 @@ impl SimAgentNet {
                 pool: self.pool,
                 clock: self.clock,
                 ip,
+                store_wait,
             }),
             store,
             execution: Execution::Inline,
@@ -200,15 +203,23 @@ impl AgentLink for SimAgentNet {
 /// The network between a simulated delegate and the engine's data store: a
 /// `network` fault on `delegates_store` loses requests (the agent's call
 /// fails as a timed-out connection would), and while no engine runs the
-/// connection is refused. Delays are not modelled here: the agent's store
-/// calls take no simulated time.
+/// connection is refused. Its latency is added up per request (an agent's
+/// requests go one after another) and taken on the simulated clock with the
+/// transfer's pacing, since the agent's work itself runs off the clock.
 struct SimStoreNet {
     url: String,
     /// Whichever engine serves the store now.
     service: StoreService,
     sim: SharedSim,
     pool: PoolId,
+    /// Latency the store's link added to the requests sent so far.
+    waited: StoreWait,
 }
+
+/// Latency of the store link a delegate's agent met (its requests go one
+/// after another), not yet taken on the simulated clock: the agent's work
+/// runs off the clock, so the next transfer's pacing takes it.
+type StoreWait = Arc<Mutex<Duration>>;
 
 impl StoreLink for SimStoreNet {
     fn url(&self) -> String {
@@ -223,8 +234,11 @@ impl StoreLink for SimStoreNet {
         let now = sim.now();
         let delivery = sim.network_delivery(self.pool, now, link, "the data store");
         drop(sim);
-        if delivery == Delivery::Lost {
-            return Err(format!("connecting to {} timed out", self.url));
+        match delivery {
+            Delivery::Lost => return Err(format!("connecting to {} timed out", self.url)),
+            Delivery::Delivered(delay) => {
+                *self.waited.lock().expect("store wait lock") += delay;
+            }
         }
         let service = self.service.lock().expect("store service lock").clone();
         match service {
@@ -247,6 +261,8 @@ struct SimDevices {
     pool: PoolId,
     clock: SimClock,
     ip: Ipv4Addr,
+    /// Shared with the agent's store link.
+    store_wait: StoreWait,
 }
 
 impl SimDevices {
@@ -290,12 +306,14 @@ impl DeviceSet for SimDevices {
         Ok(Box::new(self.open(device)?))
     }
 
-    /// Takes the simulated time of `bytes` at the SR's bandwidth, in steps,
+    /// Takes the simulated time of `bytes` at the SR's bandwidth, plus the
+    /// latency the store link added to the transfer's requests, in steps,
     /// reporting the position reached on the disk. The disk must stay
     /// plugged throughout: a detach or a dead delegate fails the transfer.
     async fn pace(&self, device: u32, bytes: u64, progress: OnBytes<'_>) -> io::Result<()> {
         let disk = self.plugged(device)?;
-        let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s);
+        let store_wait = std::mem::take(&mut *self.store_wait.lock().expect("store wait lock"));
+        let total = Duration::from_secs_f64(bytes as f64 / disk.bandwidth_bytes_per_s) + store_wait;
         let size = disk.virtual_size as u64;
         for step in 1..=PROGRESS_STEPS {
             tokio::time::sleep(total / PROGRESS_STEPS as u32).await;

@@ -221,3 +221,39 @@ fn replication_writes_whole_disks_once_then_only_what_changed() {
         "the second run keeps the same VMs"
     );
 }
+
+#[test]
+fn latency_between_delegates_and_the_store_lengthens_backups() {
+    let path = format!(
+        "{}/scenarios/fault-network.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The same backups with no faults, then with 2 s added to every request
+    // an agent sends to the store.
+    let calm_text = text[..text.find("[[fault]]").unwrap()].to_string();
+    let slow_text = format!(
+        "{calm_text}\n[[fault]]\nkind = \"network\"\nlink = \"delegates_store\"\npool = \"lab\"\n\
+         rate = 0.0\nlatency_s = 2.0\nfrom_s = 0\nuntil_s = 100000\n"
+    );
+    let run = |text: &str| {
+        let scenario = Scenario::parse("latency.toml", text).unwrap();
+        let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
+        assert!(summary.ok, "{}", summary.text());
+        out
+    };
+    let (calm, slow) = (run(&calm_text), run(&slow_text));
+    let took = |out: &abd::runner::RunOutput| {
+        let r = &out.jobs[0].report;
+        r.finished_ms - r.started_ms
+    };
+    // Each VM's backup asks the store at least twice per batch of segments:
+    // six VMs, one 64 MiB batch each, over two delegates at a time.
+    assert!(
+        took(&slow) >= took(&calm) + 3 * 2 * 2_000,
+        "calm {} ms, slow {} ms",
+        took(&calm),
+        took(&slow)
+    );
+    assert_eq!(slow.data.unwrap().versions, calm.data.unwrap().versions);
+}
