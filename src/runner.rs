@@ -69,6 +69,8 @@ pub struct ReplicaVmEnd {
     pub start_blocked: Option<String>,
     /// Uuids of its disks, by userdevice.
     pub disks: Vec<String>,
+    /// Their userdevices.
+    pub userdevices: Vec<String>,
     /// Names of the networks of its interfaces, by device.
     pub networks: Vec<String>,
     pub vcpus: i64,
@@ -605,12 +607,12 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
                 tracing::warn!("action move_vm_disks failed: {e}");
             }
         }
-        "fail_over" => {
+        kind @ ("fail_over" | "clone_vm" | "shutdown_vm") => {
             let mut s = sim.lock().expect("simulator lock");
             let id = s.pool_id(pool).expect("checked pool");
             let vm = action.vm.as_deref().unwrap_or_default();
-            if let Err(e) = s.fail_over(id, clock.now(), vm) {
-                tracing::warn!("action fail_over failed: {e}");
+            if let Err(e) = s.operate_vm(id, clock.now(), kind, vm) {
+                tracing::warn!("action {kind} failed: {e}");
             }
         }
         "template_delete" => {
@@ -813,6 +815,7 @@ fn replica_vm_end(
         name: vm.name_label.clone(),
         halted: vm.power_state == xapi_proto::records::PowerState::Halted,
         start_blocked: vm.blocked_operations.get("start").cloned(),
+        userdevices: disks.iter().map(|d| d.0.clone()).collect(),
         disks: disks.into_iter().map(|d| d.1).collect(),
         networks: networks.into_iter().map(|n| n.1).collect(),
         vcpus: vm.vcpus_max,

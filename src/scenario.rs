@@ -115,7 +115,8 @@ pub struct Action {
     pub at_s: f64,
     pub pool: Spanned<String>,
     /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `fail_over` (unblock
-    /// and start `vm`, as an operator failing over to a replica), `template_delete`
+    /// and start `vm`, as an operator failing over to a replica), `clone_vm` (clone
+    /// `vm` as `<vm> clone`), `shutdown_vm`, `template_delete`
     /// or `template_redeploy` (the operator's template actions, through the engine),
     /// `cancel_job` (cancel `job`, or only its VM `vm`), `store_capacity` (the
     /// operator grew or shrank the data store: `bytes`, absent for no limit),
@@ -467,7 +468,7 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("fail_over", Some(_), None)
+                | ("fail_over" | "clone_vm" | "shutdown_vm", Some(_), None)
                 | (
                     "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
                     None,
@@ -489,10 +490,10 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
-                ("fail_over", _, _) => {
+                ("fail_over" | "clone_vm" | "shutdown_vm", _, _) => {
                     return Err(err(
                         line,
-                        format!("action[{i}]: fail_over needs `vm` and takes no `sr`"),
+                        format!("action[{i}]: {kind} needs `vm` and takes no `sr`"),
                     ));
                 }
                 ("template_delete" | "template_redeploy" | "verify_store", _, _) => {
@@ -508,7 +509,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, clone_vm, shutdown_vm, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
                         ),
                     ));
                 }

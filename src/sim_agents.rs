@@ -287,6 +287,8 @@ impl SimDevices {
 impl SimDevices {
     fn open(&self, device: u32) -> io::Result<SimDisk> {
         let disk = self.plugged(device)?;
+        // A transfer starts: latency left over from one that failed is not its.
+        *self.store_wait.lock().expect("store wait lock") = Duration::ZERO;
         Ok(SimDisk {
             sim: Arc::clone(&self.sim),
             pool: self.pool,

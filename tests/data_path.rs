@@ -196,6 +196,11 @@ fn replication_writes_whole_disks_once_then_only_what_changed() {
         assert!(replica.halted, "{replica:?}");
         assert!(replica.start_blocked.is_some(), "{replica:?}");
         assert_eq!(replica.disks.len(), 1, "{replica:?}");
+        assert_eq!(
+            replica.userdevices,
+            ["0"],
+            "where the source has it: {replica:?}"
+        );
         assert!(dr.restored_vdis.contains(&replica.disks[0]), "{replica:?}");
         assert_eq!(replica.networks, ["dr-net"], "mapped from net: {replica:?}");
         // The simulator gives protected VMs 2 vCPUs (a replica without a
@@ -256,4 +261,34 @@ fn latency_between_delegates_and_the_store_lengthens_backups() {
         took(&slow)
     );
     assert_eq!(slow.data.unwrap().versions, calm.data.unwrap().versions);
+}
+
+#[test]
+fn replicas_failed_over_to_or_cloned_by_the_operator_are_theirs() {
+    let path = format!(
+        "{}/scenarios/replication-failover.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
+    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let dr = &out.pools["dr"];
+    // app-01's replica: started, then shut down by the operator; still theirs.
+    let failed_over = dr
+        .replica_vms
+        .iter()
+        .find(|r| r.name == "app-01 (replica)")
+        .unwrap();
+    assert!(failed_over.halted && failed_over.start_blocked.is_none());
+    // The clone of app-02's replica is not a replica of ours, and its disk
+    // was not taken for part of one (nothing was rewritten whole).
+    assert!(dr.vm_names.iter().any(|n| n == "app-02 (replica) clone"));
+    assert!(!dr.replica_vms.iter().any(|r| r.name.ends_with("clone")));
+    let second = &out.jobs[3].report.log.lines;
+    assert!(!second.iter().any(|l| l.text.contains("rewriting it whole")));
+    let updated = second
+        .iter()
+        .filter(|l| l.text.starts_with("Updating the replica"))
+        .count();
+    assert_eq!(updated, 2, "app-02 and app-03, in place");
 }

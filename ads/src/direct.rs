@@ -91,10 +91,10 @@ impl AppendFile {
         Ok(self.file)
     }
 
-    /// Truncates the file to `len` bytes (after [`AppendFile::finish`]'s
-    /// buffer is dropped unwritten), as a crash mid-write would leave it.
+    /// Cuts the file to `len` bytes, or to what reached it if that is less
+    /// (the buffer is dropped unwritten), as a crash mid-write would leave it.
     pub fn tear(self, len: u64) {
-        let _ = self.file.set_len(len);
+        let _ = self.file.set_len(len.min(self.written));
     }
 
     /// Writes the buffer's whole blocks directly; the remainder moves to the front.
@@ -120,8 +120,11 @@ impl AppendFile {
         Ok(())
     }
 
-    /// Turns direct I/O off and writes out the buffer.
+    /// Turns direct I/O off and writes out the buffer (once).
     fn stop_direct(&mut self) -> io::Result<()> {
+        if !self.direct {
+            return Ok(());
+        }
         let flags = fcntl_getfl(&self.file)?;
         fcntl_setfl(&self.file, flags - OFlags::DIRECT)?;
         self.direct = false;
@@ -130,6 +133,7 @@ impl AppendFile {
         self.written += self.filled as u64;
         self.filled = 0;
         self.buffer = Vec::new();
+        self.start = 0;
         Ok(())
     }
 }

@@ -148,16 +148,21 @@ async fn attach_and_read(
         .await
         .map_err(|e| EngineError::xapi(format!("snapshot {snap}"), "reading", e))?;
     let mut disks = Vec::new();
+    let mut bootable = std::collections::BTreeMap::new();
     for vbd in &record.vbds {
         let b = x
             .vbd_get_record(vbd)
             .await
             .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "reading", e))?;
         if !b.empty && b.vbd_type == VbdType::Disk {
-            disks.push((b.userdevice.parse::<u32>().unwrap_or(u32::MAX), b.vdi));
+            let device = b.userdevice.parse::<u32>().unwrap_or(u32::MAX);
+            bootable.insert(b.vdi.clone(), (b.userdevice.clone(), b.bootable));
+            disks.push((device, b.vdi));
         }
     }
     disks.sort();
+    // Where each disk sits in the VM (for a replica): userdevice, bootable.
+    let devices: Vec<(String, bool)> = disks.iter().map(|(_, vdi)| bootable[vdi].clone()).collect();
     let previous = match pool.store() {
         Some(store) => store
             .latest(vm_name)
@@ -208,7 +213,8 @@ async fn attach_and_read(
         old_bases: Vec::new(),
     };
     if let (Some(store), Some(cbt)) = (pool.store(), cbt) {
-        commit_version(pool, store, snap, vm_name, &backed.report, &cbt, log).await?;
+        let read = (&backed.report, devices.as_slice());
+        commit_version(pool, store, snap, vm_name, read, &cbt, log).await?;
         backed.new_bases = cbt.new_bases;
         backed.old_bases = cbt.old_bases;
     }
@@ -373,7 +379,7 @@ async fn commit_version(
     store: &crate::datastore::DataStore,
     snap: &OpaqueRef,
     vm_name: &str,
-    report: &ReadReport,
+    (report, devices): (&ReadReport, &[(String, bool)]),
     cbt: &CbtPlan,
     log: &VmLog,
 ) -> Result<(), EngineError> {
@@ -416,9 +422,13 @@ async fn commit_version(
         .written
         .iter()
         .zip(cbt.base_uuids.iter().zip(&cbt.vdi_uuids))
-        .map(|(d, (base, vdi_uuid))| {
+        .enumerate()
+        .map(|(i, (d, (base, vdi_uuid)))| {
+            let (vm_userdevice, bootable) = devices.get(i).cloned().unwrap_or_default();
             serde_json::json!({
                 "userdevice": d.userdevice,
+                "vm_userdevice": vm_userdevice,
+                "bootable": bootable,
                 "snapshot_vdi_uuid": vdi_uuid,
                 "cbt_base_vdi_uuid": base,
             })

@@ -82,20 +82,42 @@ pub async fn ensure(
     let failed = |what: &'static str| {
         move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
     };
+    let engine_id = &pool.engine_config().engine_id;
     let (vm, attached) = match existing {
-        Some((vm, record)) => {
+        Some((vm, _)) => {
+            // Read again: rewriting the disks whole took their VBDs with them.
+            let record = x.vm_get_record(&vm).await.map_err(failed("reading"))?;
             let mut attached = Vec::new();
             for vbd in &record.vbds {
                 let r = x
                     .vbd_get_record(vbd)
                     .await
                     .map_err(failed("reading a VBD"))?;
-                if !r.empty && vdis.contains(&r.vdi) && !attached.contains(&r.vdi) {
+                if r.empty {
+                    continue;
+                }
+                if vdis.contains(&r.vdi) {
                     attached.push(r.vdi);
-                } else {
-                    // Not one of the replica's disks (any more): ours to remove.
+                    continue;
+                }
+                // A disk of ours that is no longer the replica's goes; any
+                // other disk (the operator's) stays.
+                let stale = x
+                    .vdi_get_record(&r.vdi)
+                    .await
+                    .is_ok_and(|d| tags::is_our_restored_vdi(&d, engine_id));
+                if stale {
                     x.vbd_destroy(vbd).await.map_err(failed("removing a VBD"))?;
                 }
+            }
+            // An engine that died right after creating it left it unblocked
+            // and without interfaces (`in_use` knows such a VM by its
+            // having no disks yet).
+            if !record.blocked_operations.contains_key("start") {
+                block_start(pool, &vm).await?;
+            }
+            if record.vifs.is_empty() {
+                add_vifs(pool, &vm, manifest, networks, log).await?;
             }
             x.vm_set_name_description(&vm, &description)
                 .await
@@ -114,14 +136,18 @@ pub async fn ensure(
         if attached.contains(vdi) {
             continue;
         }
-        let userdevice = manifest.vm_record["disks"][i]["userdevice"]
+        // Where the disk sat in the source VM (versions that did not record
+        // it: in disk order from 0, the first bootable).
+        let recorded = &manifest.vm_record["disks"][i];
+        let userdevice = recorded["vm_userdevice"]
             .as_str()
+            .filter(|d| !d.is_empty())
             .map_or_else(|| i.to_string(), str::to_string);
         let spec = VbdCreate {
             vm: vm.clone(),
             vdi: vdi.clone(),
             userdevice,
-            bootable: i == 0,
+            bootable: recorded["bootable"].as_bool().unwrap_or(i == 0),
             mode: VbdMode::RW,
             vbd_type: VbdType::Disk,
             unpluggable: true,
@@ -148,15 +174,15 @@ async fn create(
     let failed = |what: &'static str| {
         move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
     };
-    let (mut record, vifs) = match VmConfig::of_manifest(manifest) {
-        Some(config) => (config.record, config.vifs),
+    let mut record = match VmConfig::of_manifest(manifest) {
+        Some(config) => config.record,
         None => {
             log.warn(format!(
                 "Version {} records no VM configuration (an older engine wrote it): \
                  the replica VM gets 1 vCPU and 1 GiB and no network interface",
                 manifest.seq
             ));
-            (minimal_config(), Vec::new())
+            minimal_config()
         }
     };
     record.name_label = format!("{} (replica)", manifest.vm);
@@ -175,12 +201,44 @@ async fn create(
             .insert(key.to_string(), value.to_string());
     }
     let vm = x.vm_create(&record).await.map_err(failed("creating"))?;
+    // Ours only once it carries its own uuid (see OWN_UUID).
+    let uuid = x.vm_get_record(&vm).await.map_err(failed("reading"))?.uuid;
+    x.vm_set_other_config_key(&vm, tags::OWN_UUID, &uuid)
+        .await
+        .map_err(failed("stamping"))?;
+    block_start(pool, &vm).await?;
+    add_vifs(pool, &vm, manifest, networks, log).await?;
+    log.ok(format!(
+        "Replica VM {:?} created (halted, start blocked)",
+        record.name_label
+    ));
+    Ok(vm)
+}
+
+/// Blocks the replica's start: it is a copy, not to be run by accident.
+async fn block_start(pool: &PoolRuntime, vm: &OpaqueRef) -> Result<(), EngineError> {
     // VM.create ignores blocked_operations: they are set on the new VM.
     for operation in ["start", "start_on"] {
-        x.vm_add_to_blocked_operations(&vm, operation, START_BLOCKED)
+        pool.xapi
+            .vm_add_to_blocked_operations(vm, operation, START_BLOCKED)
             .await
-            .map_err(failed("blocking its start"))?;
+            .map_err(|e| EngineError::xapi(format!("replica VM {vm}"), "blocking its start", e))?;
     }
+    Ok(())
+}
+
+/// Gives the replica the recorded VM's interfaces, each on the network of the
+/// same name (or the job's); one with nowhere to go is left out, and said so.
+async fn add_vifs(
+    pool: &PoolRuntime,
+    vm: &OpaqueRef,
+    manifest: &ads::Manifest,
+    networks: &ReplicaNetworks,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let vifs = VmConfig::of_manifest(manifest)
+        .map(|c| c.vifs)
+        .unwrap_or_default();
     for vif in &vifs {
         let Some(network) = networks.for_vif(vif) else {
             log.ok(format!(
@@ -201,15 +259,11 @@ async fn create(
             mtu: vif.mtu,
             ..Default::default()
         };
-        x.vif_create(&spec)
-            .await
-            .map_err(failed("adding a network interface"))?;
+        pool.xapi.vif_create(&spec).await.map_err(|e| {
+            EngineError::xapi(format!("replica VM {vm}"), "adding a network interface", e)
+        })?;
     }
-    log.ok(format!(
-        "Replica VM {:?} created (halted, start blocked)",
-        record.name_label
-    ));
-    Ok(vm)
+    Ok(())
 }
 
 /// A configuration for a version that recorded none: small and bootable.
@@ -233,15 +287,21 @@ fn minimal_config() -> VmCreate {
 
 /// The warning for a replica VM that [`in_use`] finds running.
 pub fn left_alone(record: &VmRecord) -> String {
+    let state = match record.power_state {
+        PowerState::Halted => "no longer start-blocked".to_string(),
+        other => other.lowercase().to_string(),
+    };
     format!(
-        "The replica VM {:?} is {} (failed over to?): its disks are left as they are",
-        record.name_label,
-        record.power_state.lowercase()
+        "The replica VM {:?} is {state} (failed over to?): its disks are left as they are",
+        record.name_label
     )
 }
 
-/// True when the replica VM is not halted (someone failed over to it): its
-/// disks are then the operator's, and replication leaves them alone.
+/// True when someone failed over to the replica VM: it runs, or its start
+/// is no longer blocked although it has its disks (an operator removed the
+/// block; it may have run and been shut down since). Its disks are then the
+/// operator's, and replication leaves them alone for good.
 pub fn in_use(record: &VmRecord) -> bool {
     record.power_state != PowerState::Halted
+        || (!record.blocked_operations.contains_key("start") && !record.vbds.is_empty())
 }

@@ -176,8 +176,7 @@ async fn find_replica(
     let mut found: Vec<(usize, String, OpaqueRef, i64)> = Vec::new();
     for (vdi, record) in all {
         let role = record.other_config.get(tags::ROLE).map(String::as_str);
-        if !tags::has_engine_id(&record.other_config, engine_id) || role != Some(tags::ROLE_REPLICA)
-        {
+        if !tags::is_our_restored_vdi(&record, engine_id) || role != Some(tags::ROLE_REPLICA) {
             continue;
         }
         let held = record
@@ -261,10 +260,31 @@ async fn create_vdi(
         .collect(),
         ..Default::default()
     };
-    pool.xapi
+    let vdi = pool
+        .xapi
         .vdi_create(&spec)
         .await
-        .map_err(|e| EngineError::xapi(format!("SR {sr}"), "creating a VDI", e))
+        .map_err(|e| EngineError::xapi(format!("SR {sr}"), "creating a VDI", e))?;
+    if role == tags::ROLE_REPLICA {
+        // A replica VDI is ours only with its own uuid on it (see OWN_UUID);
+        // one that cannot be stamped goes at once (we just made it).
+        let stamped = async {
+            let uuid = pool.xapi.vdi_get_record(&vdi).await?.uuid;
+            pool.xapi
+                .vdi_set_other_config_key(&vdi, tags::OWN_UUID, &uuid)
+                .await
+        }
+        .await;
+        if let Err(e) = stamped {
+            let _ = pool.xapi.vdi_destroy(&vdi).await;
+            return Err(EngineError::xapi(
+                format!("VDI {vdi}"),
+                "stamping a replica",
+                e,
+            ));
+        }
+    }
+    Ok(vdi)
 }
 
 /// Plugs `targets` read-write into the delegate (devices 1..n), has its agent

@@ -28,6 +28,10 @@ pub const ROLE_REPLICA: &str = "replica";
 pub const ROLE_REPLICA_VM: &str = "replica-vm";
 /// On a replica VM: the name of the VM it is a replica of.
 pub const REPLICA_OF: &str = "abd:replica-of";
+/// On a replica VM or VDI: its own uuid. Clones and snapshots an operator
+/// takes of a replica inherit every key, with another uuid: they are never
+/// taken for ours.
+pub const OWN_UUID: &str = "abd:own-uuid";
 /// Role value of a delegate's own disk (cloned from the template's).
 pub const ROLE_DELEGATE_DISK: &str = "delegate-disk";
 /// Role value of a disk of one of our snapshots, tagged before the snapshot
@@ -56,13 +60,15 @@ pub fn is_our_disposable_vm(vm: &VmRecord, engine_id: &str) -> bool {
     has_engine_id(&vm.other_config, engine_id)
         && !vm.is_control_domain
         && vm.other_config.get(TEMPLATE_UUID) != Some(&vm.uuid)
-        && !is_our_replica_vm(vm, engine_id)
+        && vm.other_config.get(ROLE).map(String::as_str) != Some(ROLE_REPLICA_VM)
 }
 
-/// True when the VM is a replica this engine keeps (never reclaimed).
+/// True when the VM is a replica this engine keeps (never reclaimed; nor is
+/// a clone of one, which is the operator's).
 pub fn is_our_replica_vm(vm: &VmRecord, engine_id: &str) -> bool {
     has_engine_id(&vm.other_config, engine_id)
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_REPLICA_VM)
+        && vm.other_config.get(OWN_UUID) == Some(&vm.uuid)
         && !vm.is_a_snapshot
         && !vm.is_a_template
 }
@@ -88,10 +94,14 @@ pub const RESTORED_FROM: &str = "abd:restored-from";
 /// (it holds a version and is kept).
 pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
     has_engine_id(&vdi.other_config, engine_id)
-        && matches!(
-            vdi.other_config.get(ROLE).map(String::as_str),
-            Some(ROLE_RESTORED | ROLE_REPLICA)
-        )
+        && !vdi.is_a_snapshot
+        && match vdi.other_config.get(ROLE).map(String::as_str) {
+            Some(ROLE_RESTORED) => true,
+            // Replicas are cloned and snapshotted by operators (fail-over
+            // tests): only the VDI itself is ours.
+            Some(ROLE_REPLICA) => vdi.other_config.get(OWN_UUID) == Some(&vdi.uuid),
+            _ => false,
+        }
 }
 
 /// True when the VDI is a disk of a delegate or snapshot of ours whose VM is
@@ -172,10 +182,17 @@ mod tests {
         let look_alike = vm("x", &[(ROLE, ROLE_DELEGATE)], false);
         assert!(!is_our_delegate(&look_alike, "e1"));
         assert!(!is_our_disposable_vm(&look_alike, "e1"));
-        let replica = vm("r", &[(ENGINE_ID, "e1"), (ROLE, ROLE_REPLICA_VM)], false);
+        let tags = [(ENGINE_ID, "e1"), (ROLE, ROLE_REPLICA_VM), (OWN_UUID, "r")];
+        let replica = vm("r", &tags, false);
         assert!(is_our_replica_vm(&replica, "e1"));
         assert!(!is_our_disposable_vm(&replica, "e1"), "a replica is kept");
         assert!(!is_our_replica_vm(&replica, "e2"));
+        let clone = vm("c", &tags, false);
+        assert!(!is_our_replica_vm(&clone, "e1"), "an operator's clone");
+        assert!(
+            !is_our_disposable_vm(&clone, "e1"),
+            "never reclaimed either"
+        );
         let delegate = vm("d", &[(ENGINE_ID, "e1"), (ROLE, ROLE_DELEGATE)], false);
         assert!(is_our_delegate(&delegate, "e1"));
         assert!(!is_our_delegate(&delegate, "e2"));

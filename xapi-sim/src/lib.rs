@@ -589,22 +589,31 @@ impl Sim {
         ops::appliance_disks(&self.pools[pool.0], ip)
     }
 
-    /// Operator action: moves every disk of the VM named `vm_name` to the SR
-    /// named `sr_name` (as a storage migration would), keeping the VM's identity.
-    /// Operator action: unblocks and starts the VM `vm_name` (a fail-over to a replica).
-    pub fn fail_over(
+    /// Operator action on the VM `vm_name`: `fail_over` (unblock and start
+    /// it), `clone_vm` (clone it as `<name> clone`) or `shutdown_vm`.
+    pub fn operate_vm(
         &mut self,
         pool: PoolId,
         now: SimTime,
+        action: &str,
         vm_name: &str,
     ) -> Result<(), XapiError> {
         self.advance_to(now);
         let mut ctx = self.ctx(pool, now);
-        let started = ctx.fail_over(vm_name);
+        let done = match action {
+            "fail_over" => ctx.fail_over(vm_name),
+            "clone_vm" => ctx.operator_clone(vm_name),
+            "shutdown_vm" => ctx.operator_shutdown(vm_name),
+            other => Err(XapiError::internal(format!(
+                "unknown operator action {other:?}"
+            ))),
+        };
         self.mark_stale(pool);
-        started
+        done
     }
 
+    /// Operator action: moves every disk of the VM named `vm_name` to the SR
+    /// named `sr_name` (as a storage migration would), keeping the VM's identity.
     pub fn move_vm_disks(
         &mut self,
         pool: PoolId,

@@ -336,6 +336,10 @@ impl Ctx<'_> {
             }
             self.m.vdi_content.insert(vdi_ref.clone(), copy);
         }
+        // Bytes written into the disk (an import, a restore) come along too.
+        if let Some(blocks) = self.m.written.get(vdi).cloned() {
+            self.m.written.insert(vdi_ref.clone(), blocks);
+        }
         vdi_ref
     }
 
@@ -603,10 +607,12 @@ impl Ctx<'_> {
             record.memory_dynamic_max,
             record.memory_static_max,
         ];
-        if m[0] > m[3] || m[1] > m[2] {
-            return Err(XapiError::new::<String>(
+        if m.windows(2).any(|w| w[0] > w[1]) {
+            return Err(XapiError::new(
                 codes::MEMORY_CONSTRAINT_VIOLATION,
-                [],
+                [
+                    "memory_static_min <= memory_dynamic_min <= memory_dynamic_max <= memory_static_max",
+                ],
             ));
         }
         Ok(())
@@ -800,6 +806,24 @@ impl Ctx<'_> {
         record.blocked_operations.remove("start_on");
         self.vm_start(&vm, false)?;
         self.log(format!("operator failed over to {vm_name:?}"));
+        Ok(())
+    }
+
+    /// Operator action: clones a VM (as `VM.clone` does: every key of its
+    /// `other_config` comes along) under the name `<vm_name> clone`.
+    pub(crate) fn operator_clone(&mut self, vm_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        let name = format!("{vm_name} clone");
+        self.duplicate_vm(&vm, &name, DiskCopy::CowClone, None)?;
+        self.log(format!("operator cloned {vm_name:?} as {name:?}"));
+        Ok(())
+    }
+
+    /// Operator action: shuts a VM down.
+    pub(crate) fn operator_shutdown(&mut self, vm_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        self.vm_shutdown(&vm, true)?;
+        self.log(format!("operator shut {vm_name:?} down"));
         Ok(())
     }
 
