@@ -76,6 +76,7 @@ pub async fn back_up_vm(
             let leftover = crate::reclaim::Leftover::Snapshot {
                 vm: snap.clone(),
                 name: snapshot_name.clone(),
+                claim_for_job: Some(job.to_string()),
             };
             crate::reclaim::retry_later(pool, leftover, log);
         }

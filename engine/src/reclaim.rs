@@ -35,6 +35,10 @@ pub(crate) enum Leftover {
     Snapshot {
         vm: OpaqueRef,
         name: String,
+        /// Set when this engine took the snapshot itself (by this ref, under
+        /// this run-unique name) and tagging it may have failed: it is tagged
+        /// for that job before it is removed.
+        claim_for_job: Option<String>,
     },
     Disk {
         vdi: OpaqueRef,
@@ -43,21 +47,13 @@ pub(crate) enum Leftover {
     },
     /// A CBT base no VM's newest version names: a crash came between the
     /// commit that replaced it and its removal.
-    CbtBase {
-        vdi: OpaqueRef,
-        uuid: String,
-    },
+    CbtBase { vdi: OpaqueRef, uuid: String },
     /// A disk of one of our snapshots that the newest version of its VM names
     /// as its CBT base: a crash came after the commit, before it was reduced
     /// to CBT metadata. Reduced now, not destroyed.
-    UnfinishedBase {
-        vdi: OpaqueRef,
-        uuid: String,
-    },
+    UnfinishedBase { vdi: OpaqueRef, uuid: String },
     /// A VDI a failed restore created that could not be removed then.
-    RestoredDisk {
-        vdi: OpaqueRef,
-    },
+    RestoredDisk { vdi: OpaqueRef },
 }
 
 impl Leftover {
@@ -99,7 +95,26 @@ impl Leftover {
                 }
                 Ok(())
             }
-            Leftover::Snapshot { vm, .. } => remove_snapshot(pool, vm).await,
+            Leftover::Snapshot {
+                vm,
+                name,
+                claim_for_job,
+            } => {
+                if let Some(job) = claim_for_job {
+                    let record =
+                        pool.xapi.vm_get_record(vm).await.map_err(|e| {
+                            EngineError::xapi(format!("snapshot {vm}"), "reading", e)
+                        })?;
+                    let engine_id = &pool.engine_config().engine_id;
+                    let untagged_ours = record.is_a_snapshot
+                        && &record.name_label == name
+                        && !tags::is_our_snapshot(&record, engine_id);
+                    if untagged_ours {
+                        crate::backup::tag_snapshot(pool, vm, job).await?;
+                    }
+                }
+                remove_snapshot(pool, vm).await
+            }
             Leftover::Disk { vdi, name, .. } => {
                 let what = format!("VDI {vdi} {name:?}");
                 destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_orphan_disk).await
@@ -261,6 +276,7 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
             found.push(Leftover::Snapshot {
                 vm: vm.clone(),
                 name: record.name_label.clone(),
+                claim_for_job: None,
             });
         }
     }
