@@ -446,19 +446,13 @@ async fn prepare(
             sr: sr_named(&r.sr)?,
         }),
         (None, Some(r)) => {
-            let fallback = match &r.network {
-                None => None,
-                Some(name) => {
-                    let found = topo
-                        .networks
-                        .iter()
-                        .find(|(_, rec)| &rec.name_label == name);
-                    Some(named(found.map(|(n, _)| n), "network", name)?)
-                }
-            };
+            let mut networks = crate::replica_vm::ReplicaNetworks::new(&topo.networks);
+            if let Some(name) = &r.network {
+                networks.fallback = Some(named(networks.by_name.get(name), "network", name)?);
+            }
             Some(WriteJob::Replicate {
                 sr: sr_named(&r.sr)?,
-                networks: crate::replica_vm::ReplicaNetworks::new(&topo.networks, fallback),
+                networks,
             })
         }
         (None, None) => None,
@@ -563,6 +557,8 @@ async fn process_all(ctx: Arc<JobContext>, spec: &JobSpec, batch: Batch<'_>) -> 
 async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let started = Instant::now();
     let pool = &ctx.pool;
+    // The replica VM found before the delegate was spent (replication).
+    let mut known_replica = None;
     // A restore or replication needs no VM in the pool (it may be gone, or in
     // another pool), only the target SR and a version to write.
     let (vm, required_srs) = match &ctx.write {
@@ -586,11 +582,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             // A replica someone failed over to is theirs now: no delegate is
             // spent on it (`replicate_vm` checks again, with the delegate up).
             if matches!(write, WriteJob::Replicate { .. })
-                && let Ok(Some((_, record))) = crate::replica_vm::find(pool, vm_name).await
-                && crate::replica_vm::in_use(&record)
+                && let Ok(Some((replica, record))) = crate::replica_vm::find(pool, vm_name).await
             {
-                log.warn(crate::replica_vm::left_alone(&record));
-                return VmOutcome::without_work(vm_name, VmStatus::Warn);
+                if crate::replica_vm::in_use(&record) {
+                    log.warn(crate::replica_vm::left_alone(&record));
+                    return VmOutcome::without_work(vm_name, VmStatus::Warn);
+                }
+                known_replica = Some(replica);
             }
             (None, vec![sr.clone()])
         }
@@ -621,7 +619,11 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                     .await
             }
             (Some(WriteJob::Replicate { sr, networks }), _) => {
-                let target = (sr, networks);
+                let target = crate::restore::ReplicaTarget {
+                    sr,
+                    networks,
+                    known_vm: known_replica.as_ref(),
+                };
                 crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log).await
             }
             (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,

@@ -29,15 +29,18 @@ pub struct ReplicaNetworks {
 }
 
 impl ReplicaNetworks {
-    /// The networks of a pool, with an optional fallback.
-    pub fn new(networks: &BTreeMap<OpaqueRef, NetworkRecord>, fallback: Option<OpaqueRef>) -> Self {
+    /// The networks of a pool, without a fallback.
+    pub fn new(networks: &BTreeMap<OpaqueRef, NetworkRecord>) -> Self {
         let mut by_name = BTreeMap::new();
         for (network, record) in networks {
             by_name
                 .entry(record.name_label.clone())
                 .or_insert_with(|| network.clone());
         }
-        Self { by_name, fallback }
+        Self {
+            by_name,
+            fallback: None,
+        }
     }
 
     fn for_vif(&self, vif: &VifConfig) -> Option<&OpaqueRef> {
@@ -50,16 +53,39 @@ pub async fn find(
     pool: &PoolRuntime,
     vm_name: &str,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
-    let engine_id = &pool.engine_config().engine_id;
     let all = pool
         .xapi
         .vm_get_all_records()
         .await
         .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
-    Ok(all.into_iter().find(|(_, r)| {
-        tags::is_our_replica_vm(r, engine_id)
-            && r.other_config.get(tags::REPLICA_OF).map(String::as_str) == Some(vm_name)
-    }))
+    Ok(all
+        .into_iter()
+        .find(|(_, r)| is_replica_of(r, pool, vm_name)))
+}
+
+/// [`find`], reading only `known`'s record when it was found before (and is
+/// still ours), without listing every VM of the pool again.
+pub async fn find_again(
+    pool: &PoolRuntime,
+    vm_name: &str,
+    known: Option<&OpaqueRef>,
+) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
+    if let Some(vm) = known
+        && let Ok(record) = pool.xapi.vm_get_record(vm).await
+        && is_replica_of(&record, pool, vm_name)
+    {
+        return Ok(Some((vm.clone(), record)));
+    }
+    find(pool, vm_name).await
+}
+
+fn is_replica_of(record: &VmRecord, pool: &PoolRuntime, vm_name: &str) -> bool {
+    tags::is_our_replica_vm(record, &pool.engine_config().engine_id)
+        && record
+            .other_config
+            .get(tags::REPLICA_OF)
+            .map(String::as_str)
+            == Some(vm_name)
 }
 
 /// Makes the replica VM of `manifest` hold `vdis` (in disk order): creates it
@@ -79,9 +105,7 @@ pub async fn ensure(
         "Replica of {} at version {} (taken {}), kept by abd job {job}",
         manifest.vm, manifest.seq, manifest.taken_at
     );
-    let failed = |what: &'static str| {
-        move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
-    };
+    let failed = |what| failed_on(manifest, what);
     let engine_id = &pool.engine_config().engine_id;
     let (vm, attached) = match existing {
         Some((vm, _)) => {
@@ -171,9 +195,7 @@ async fn create(
     log: &VmLog,
 ) -> Result<OpaqueRef, EngineError> {
     let x = &pool.xapi;
-    let failed = |what: &'static str| {
-        move |e| EngineError::xapi(format!("replica VM of {}", manifest.vm), what, e)
-    };
+    let failed = |what| failed_on(manifest, what);
     let mut record = match VmConfig::of_manifest(manifest) {
         Some(config) => config.record,
         None => {
@@ -213,6 +235,15 @@ async fn create(
         record.name_label
     ));
     Ok(vm)
+}
+
+/// The error of `what` failing on the replica VM of `manifest`'s VM.
+fn failed_on(
+    manifest: &ads::Manifest,
+    what: &'static str,
+) -> impl FnOnce(crate::xapi::CallError) -> EngineError {
+    let object = format!("replica VM of {}", manifest.vm);
+    move |e| EngineError::xapi(object, what, e)
 }
 
 /// Blocks the replica's start: it is a copy, not to be run by accident.

@@ -68,18 +68,30 @@ pub async fn restore_vm(
     outcome
 }
 
-/// Brings `vm_name`'s replica on `sr` to its newest version: its disks, then
-/// the halted replica VM around them (interfaces on `networks`).
+/// Where a replication writes.
+pub struct ReplicaTarget<'a> {
+    /// SR of the replica VDIs.
+    pub sr: &'a OpaqueRef,
+    /// Networks for the replica VM's interfaces.
+    pub networks: &'a ReplicaNetworks,
+    /// The replica VM, when it was found before the delegate was spent.
+    pub known_vm: Option<&'a OpaqueRef>,
+}
+
+/// Brings `vm_name`'s replica on `target.sr` to its newest version: its
+/// disks, then the halted replica VM around them.
 pub async fn replicate_vm(
     pool: &PoolRuntime,
     d: &Delegate,
     vm_name: &str,
-    (sr, networks): (&OpaqueRef, &ReplicaNetworks),
+    target: ReplicaTarget<'_>,
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
+    let ReplicaTarget { sr, networks, .. } = target;
     let (store, manifest) = version_of(pool, vm_name, None)?;
-    let replica_vm = crate::replica_vm::find(pool, vm_name).await?;
+    // Looked at again now the delegate is up: someone may have failed over.
+    let replica_vm = crate::replica_vm::find_again(pool, vm_name, target.known_vm).await?;
     if let Some((_, record)) = replica_vm
         .as_ref()
         .filter(|(_, r)| crate::replica_vm::in_use(r))
