@@ -612,6 +612,22 @@ impl Sim {
         done
     }
 
+    /// Operator action: adds a network interface on the network named
+    /// `network_name` to the VM named `vm_name`.
+    pub fn add_vif(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        vm_name: &str,
+        network_name: &str,
+    ) -> Result<(), XapiError> {
+        self.advance_to(now);
+        let mut ctx = self.ctx(pool, now);
+        let added = ctx.operator_add_vif(vm_name, network_name);
+        self.mark_stale(pool);
+        added
+    }
+
     /// Operator action: moves every disk of the VM named `vm_name` to the SR
     /// named `sr_name` (as a storage migration would), keeping the VM's identity.
     pub fn move_vm_disks(

@@ -376,6 +376,51 @@ fn snapshot_disks_plug_read_only_and_block_destroy_while_attached() {
 }
 
 #[test]
+fn a_disk_another_vm_writes_cannot_be_attached_read_write() {
+    let mut w = World::new();
+    let owner = w.vm("vm-01");
+    let vbds = w.ok("VM.get_VBDs", &[owner.clone()]);
+    let vdi = w.ok("VBD.get_VDI", &[vbds[0].clone()]);
+    let vbd_on = |w: &mut World, vm: &Value, mode: &str| {
+        w.ok(
+            "VBD.create",
+            &[json!({"VM": vm, "VDI": vdi, "userdevice": "1", "bootable": false, "mode": mode, "type": "Disk",
+                      "unpluggable": true, "empty": false, "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})],
+        )
+    };
+
+    // A halted VM with the running owner's disk does not start.
+    let other = w.appliance_clone("other");
+    w.ok("VM.provision", &[other.clone()]);
+    let rw = vbd_on(&mut w, &other, "RW");
+    assert_eq!(
+        w.err("VM.start", &[other.clone(), json!(false), json!(false)]),
+        ["VDI_IN_USE", vdi.as_str().unwrap()]
+    );
+    assert_eq!(w.ok("VM.get_power_state", &[other.clone()]), "Halted");
+
+    // Once the owner is halted it does, and then the owner cannot.
+    w.ok("VM.hard_shutdown", &[owner.clone()]);
+    w.ok("VM.start", &[other.clone(), json!(false), json!(false)]);
+    assert_eq!(
+        w.err("VM.start", &[owner.clone(), json!(false), json!(false)]),
+        ["VDI_IN_USE", vdi.as_str().unwrap()]
+    );
+
+    // Nor can a third VM plug it, even read-only, while it is written.
+    let reader = w.appliance_clone("reader");
+    w.ok("VM.provision", &[reader.clone()]);
+    w.ok("VM.start", &[reader.clone(), json!(false), json!(false)]);
+    let ro = vbd_on(&mut w, &reader, "RO");
+    assert_eq!(
+        w.err("VBD.plug", &[ro.clone()]),
+        ["VDI_IN_USE", vdi.as_str().unwrap()]
+    );
+    w.ok("VBD.unplug", &[rw]);
+    w.ok("VBD.plug", &[ro]);
+}
+
+#[test]
 fn sr_full_refuses_a_clone_and_creates_nothing() {
     let mut w = World::new();
     let vm = w.vm("vm-02");

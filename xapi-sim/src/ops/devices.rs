@@ -161,6 +161,36 @@ impl Ctx<'_> {
             .ok_or_else(|| XapiError::handle_invalid("VBD", vbd.as_str()))
     }
 
+    /// XAPI's check before a VBD is attached (plugged, or at VM start):
+    /// `VDI_IN_USE [vdi]` when another VM has the VDI attached and either
+    /// side writes, unless the VDI is sharable. The control domain shares
+    /// disks safely; a suspended VM's VBDs are really offline.
+    pub(crate) fn attach_conflict(&self, vbd: &OpaqueRef, record: &VbdRecord) -> Option<XapiError> {
+        let vdi = self.m.vdis.get(&record.vdi)?;
+        let is_system_domain =
+            |vm: &OpaqueRef| self.m.vms.get(vm).is_some_and(|v| v.is_control_domain);
+        if vdi.sharable || is_system_domain(&record.vm) {
+            return None;
+        }
+        let mut others = vdi
+            .vbds
+            .iter()
+            .filter(|b| *b != vbd)
+            .filter_map(|b| self.m.vbds.get(b))
+            .filter(|b| b.currently_attached && !is_system_domain(&b.vm))
+            .filter(|b| {
+                self.m
+                    .vms
+                    .get(&b.vm)
+                    .is_none_or(|v| v.power_state != PowerState::Suspended)
+            });
+        let conflict = match record.mode {
+            VbdMode::RW => others.next().is_some(),
+            VbdMode::RO => others.any(|b| b.mode == VbdMode::RW),
+        };
+        conflict.then(|| XapiError::new(codes::VDI_IN_USE, [record.vdi.as_str()]))
+    }
+
     /// `VBD.plug(vbd)`: hot-plugs a disk into a running VM.
     pub(crate) fn vbd_plug(&mut self, vbd: &OpaqueRef) -> Result<(), XapiError> {
         let record = self.vbd(vbd)?.clone();
@@ -178,27 +208,16 @@ impl Ctx<'_> {
                 vm.power_state.lowercase(),
             ));
         }
-        if let Some(vdi) = self.m.vdis.get(&record.vdi) {
-            if !self.m.host_sees_sr(&vm.resident_on, &vdi.sr) {
-                return Err(XapiError::new(
-                    codes::VM_REQUIRES_SR,
-                    [record.vm.as_str(), vdi.sr.as_str()],
-                ));
-            }
-            let writer_elsewhere = vdi
-                .vbds
-                .iter()
-                .filter(|b| *b != vbd)
-                .filter_map(|b| self.m.vbds.get(b))
-                .any(|b| {
-                    b.currently_attached && (b.mode == VbdMode::RW || record.mode == VbdMode::RW)
-                });
-            if writer_elsewhere && !vdi.sharable {
-                return Err(XapiError::new(
-                    codes::VDI_IN_USE,
-                    [record.vdi.as_str(), "plug"],
-                ));
-            }
+        if let Some(vdi) = self.m.vdis.get(&record.vdi)
+            && !self.m.host_sees_sr(&vm.resident_on, &vdi.sr)
+        {
+            return Err(XapiError::new(
+                codes::VM_REQUIRES_SR,
+                [record.vm.as_str(), vdi.sr.as_str()],
+            ));
+        }
+        if let Some(refusal) = self.attach_conflict(vbd, &record) {
+            return Err(refusal);
         }
         let b = self.m.vbds.get_mut(vbd).expect("checked");
         b.currently_attached = true;

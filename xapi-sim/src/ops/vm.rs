@@ -615,6 +615,13 @@ impl Ctx<'_> {
                 ],
             ));
         }
+        for vbd in &record.vbds {
+            if let Some(b) = self.m.vbds.get(vbd).filter(|b| !b.empty)
+                && let Some(refusal) = self.attach_conflict(vbd, b)
+            {
+                return Err(refusal);
+            }
+        }
         Ok(())
     }
 
@@ -816,6 +823,44 @@ impl Ctx<'_> {
         let name = format!("{vm_name} clone");
         self.duplicate_vm(&vm, &name, DiskCopy::CowClone, None)?;
         self.log(format!("operator cloned {vm_name:?} as {name:?}"));
+        Ok(())
+    }
+
+    /// Operator action: gives a VM one more network interface (the next free
+    /// device) on the network named `network_name`.
+    pub(crate) fn operator_add_vif(
+        &mut self,
+        vm_name: &str,
+        network_name: &str,
+    ) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        let network = self
+            .m
+            .networks
+            .iter()
+            .find(|(_, n)| n.name_label == network_name)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| XapiError::internal(format!("no network named {network_name:?}")))?;
+        let used: Vec<String> = self.m.vms[&vm]
+            .vifs
+            .iter()
+            .filter_map(|v| self.m.vifs.get(v))
+            .map(|v| v.device.clone())
+            .collect();
+        let device = (0..)
+            .map(|n: u32| n.to_string())
+            .find(|d| !used.contains(d))
+            .expect("a free device");
+        self.vif_create(xapi_proto::records::VifCreate {
+            device: device.clone(),
+            network,
+            vm,
+            mtu: 1500,
+            ..Default::default()
+        })?;
+        self.log(format!(
+            "operator gave {vm_name:?} interface {device} on {network_name:?}"
+        ));
         Ok(())
     }
 
