@@ -615,6 +615,17 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
                 tracing::warn!("action {kind} failed: {e}");
             }
         }
+        "add_vif" => {
+            let mut s = sim.lock().expect("simulator lock");
+            let id = s.pool_id(pool).expect("checked pool");
+            let (vm, network) = (
+                action.vm.as_deref().unwrap_or_default(),
+                action.network.as_deref().unwrap_or_default(),
+            );
+            if let Err(e) = s.add_vif(id, clock.now(), vm, network) {
+                tracing::warn!("action add_vif failed: {e}");
+            }
+        }
         "template_delete" => {
             let _ = engine.template_delete(pool).await;
         }

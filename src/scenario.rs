@@ -116,7 +116,8 @@ pub struct Action {
     pub pool: Spanned<String>,
     /// `move_vm_disks` (storage-migrate `vm`'s disks to `sr`), `fail_over` (unblock
     /// and start `vm`, as an operator failing over to a replica), `clone_vm` (clone
-    /// `vm` as `<vm> clone`), `shutdown_vm`, `template_delete`
+    /// `vm` as `<vm> clone`), `shutdown_vm`, `add_vif` (give `vm` an interface on
+    /// `network`), `template_delete`
     /// or `template_redeploy` (the operator's template actions, through the engine),
     /// `cancel_job` (cancel `job`, or only its VM `vm`), `store_capacity` (the
     /// operator grew or shrank the data store: `bytes`, absent for no limit),
@@ -132,6 +133,9 @@ pub struct Action {
     /// `store_capacity`: the data store's new capacity (absent: unlimited).
     #[serde(default)]
     pub bytes: Option<u64>,
+    /// `add_vif`: the network, by name.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// The engine dies at `at_s` (no cleanup of any kind) and a new engine with
@@ -453,6 +457,16 @@ impl Scenario {
             if action.bytes.is_some() && kind != "store_capacity" {
                 return Err(err(line, format!("action[{i}]: {kind} takes no `bytes`")));
             }
+            match (kind, &action.network) {
+                ("add_vif", None) => {
+                    return Err(err(line, format!("action[{i}]: add_vif needs `network`")));
+                }
+                ("add_vif", Some(_)) => {}
+                (_, Some(_)) => {
+                    return Err(err(line, format!("action[{i}]: {kind} takes no `network`")));
+                }
+                _ => {}
+            }
             match (kind, &action.job) {
                 ("cancel_job", None) => {
                     return Err(err(line, format!("action[{i}]: cancel_job needs `job`")));
@@ -468,7 +482,7 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("fail_over" | "clone_vm" | "shutdown_vm", Some(_), None)
+                | ("fail_over" | "clone_vm" | "shutdown_vm" | "add_vif", Some(_), None)
                 | (
                     "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
                     None,
@@ -490,7 +504,7 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
-                ("fail_over" | "clone_vm" | "shutdown_vm", _, _) => {
+                ("fail_over" | "clone_vm" | "shutdown_vm" | "add_vif", _, _) => {
                     return Err(err(
                         line,
                         format!("action[{i}]: {kind} needs `vm` and takes no `sr`"),
@@ -509,7 +523,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, clone_vm, shutdown_vm, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, clone_vm, shutdown_vm, add_vif, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
                         ),
                     ));
                 }

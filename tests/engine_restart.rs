@@ -105,7 +105,14 @@ fn vms_done_before_the_crash_are_not_processed_again() {
 /// Runs the scenario with the engine dying 1 ms after the first event that
 /// `matches` in a calm run: in the middle of whatever the engine does next.
 fn crash_just_after(matches: impl Fn(&str) -> bool) -> (abd::runner::RunOutput, Vec<String>) {
-    let mut s = scenario();
+    crash_in_just_after(scenario(), matches)
+}
+
+/// [`crash_just_after`] in another scenario.
+fn crash_in_just_after(
+    mut s: Scenario,
+    matches: impl Fn(&str) -> bool,
+) -> (abd::runner::RunOutput, Vec<String>) {
     s.engine_crashes.clear();
     s.expect = Default::default();
     let (calm, _) = abd::run_and_check(&s, s.seed);
@@ -242,4 +249,39 @@ fn a_vm_committed_just_before_the_crash_is_not_backed_up_again() {
         !next_night.iter().any(|l| l.contains("full read")),
         "{next_night:#?}"
     );
+}
+
+#[test]
+fn a_replica_vm_created_just_before_the_crash_is_adopted_not_made_twice() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/replication.toml");
+    let s = Scenario::load(&path).unwrap();
+    let (out, _) = crash_in_just_after(s, |e| {
+        e.starts_with("VM.create") && e.ends_with("\"app-01 (replica)\"")
+    });
+    let log: Vec<&str> = out
+        .jobs
+        .iter()
+        .flat_map(|j| &j.report.log.lines)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Adopting replica VM \"app-01 (replica)\"")),
+        "{log:#?}"
+    );
+    let dr = &out.pools["dr"];
+    let mut names: Vec<&str> = dr.replica_vms.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["app-01 (replica)", "app-02 (replica)", "app-03 (replica)"],
+        "one replica VM per VM"
+    );
+    let adopted = &dr
+        .replica_vms
+        .iter()
+        .find(|r| r.name.starts_with("app-01"))
+        .unwrap();
+    assert!(adopted.start_blocked.is_some(), "{adopted:?}");
+    assert_eq!(adopted.disks.len(), 1, "{adopted:?}");
 }

@@ -582,7 +582,8 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             // A replica someone failed over to is theirs now: no delegate is
             // spent on it (`replicate_vm` checks again, with the delegate up).
             if matches!(write, WriteJob::Replicate { .. })
-                && let Ok(Some((replica, record))) = crate::replica_vm::find(pool, vm_name).await
+                && let Ok(Some((replica, record))) =
+                    crate::replica_vm::find(pool, vm_name, log).await
             {
                 if crate::replica_vm::in_use(&record) {
                     log.warn(crate::replica_vm::left_alone(&record));

@@ -48,19 +48,41 @@ impl ReplicaNetworks {
     }
 }
 
-/// Our replica VM of `vm_name` in this pool, if there is one.
+/// Our replica VM of `vm_name` in this pool, if there is one. A replica VM
+/// an engine created but died before stamping with its uuid is adopted here:
+/// stamped, then fixed up by [`ensure`] like any other.
 pub async fn find(
     pool: &PoolRuntime,
     vm_name: &str,
+    log: &VmLog,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
     let all = pool
         .xapi
         .vm_get_all_records()
         .await
         .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
-    Ok(all
-        .into_iter()
-        .find(|(_, r)| is_replica_of(r, pool, vm_name)))
+    if let Some((vm, record)) = all.iter().find(|(_, r)| is_replica_of(r, pool, vm_name)) {
+        return Ok(Some((vm.clone(), record.clone())));
+    }
+    let engine_id = &pool.engine_config().engine_id;
+    let Some((vm, mut record)) = all.into_iter().find(|(_, r)| {
+        tags::is_our_unstamped_replica_vm(r, engine_id)
+            && r.other_config.get(tags::REPLICA_OF).map(String::as_str) == Some(vm_name)
+    }) else {
+        return Ok(None);
+    };
+    pool.xapi
+        .vm_set_other_config_key(&vm, tags::OWN_UUID, &record.uuid)
+        .await
+        .map_err(|e| EngineError::xapi(format!("replica VM of {vm_name}"), "stamping", e))?;
+    record
+        .other_config
+        .insert(tags::OWN_UUID.to_string(), record.uuid.clone());
+    log.ok(format!(
+        "Adopting replica VM {:?}, which an interrupted run created but never finished",
+        record.name_label
+    ));
+    Ok(Some((vm, record)))
 }
 
 /// [`find`], reading only `known`'s record when it was found before (and is
@@ -69,6 +91,7 @@ pub async fn find_again(
     pool: &PoolRuntime,
     vm_name: &str,
     known: Option<&OpaqueRef>,
+    log: &VmLog,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
     if let Some(vm) = known
         && let Ok(record) = pool.xapi.vm_get_record(vm).await
@@ -76,7 +99,7 @@ pub async fn find_again(
     {
         return Ok(Some((vm.clone(), record)));
     }
-    find(pool, vm_name).await
+    find(pool, vm_name, log).await
 }
 
 fn is_replica_of(record: &VmRecord, pool: &PoolRuntime, vm_name: &str) -> bool {
@@ -140,9 +163,7 @@ pub async fn ensure(
             if !record.blocked_operations.contains_key("start") {
                 block_start(pool, &vm).await?;
             }
-            if record.vifs.is_empty() {
-                add_vifs(pool, &vm, manifest, networks, log).await?;
-            }
+            sync_vifs(pool, &vm, &record.vifs, manifest, networks, log).await?;
             x.vm_set_name_description(&vm, &description)
                 .await
                 .map_err(failed("labelling"))?;
@@ -258,8 +279,7 @@ async fn block_start(pool: &PoolRuntime, vm: &OpaqueRef) -> Result<(), EngineErr
     Ok(())
 }
 
-/// Gives the replica the recorded VM's interfaces, each on the network of the
-/// same name (or the job's); one with nowhere to go is left out, and said so.
+/// Gives a new replica the recorded VM's interfaces.
 async fn add_vifs(
     pool: &PoolRuntime,
     vm: &OpaqueRef,
@@ -267,11 +287,57 @@ async fn add_vifs(
     networks: &ReplicaNetworks,
     log: &VmLog,
 ) -> Result<(), EngineError> {
-    let vifs = VmConfig::of_manifest(manifest)
+    sync_vifs(pool, vm, &[], manifest, networks, log).await
+}
+
+/// Makes the replica's interfaces those of the recorded VM, each on the
+/// network of the same name (or the job's); one with nowhere to go is left
+/// out, and said so. Interfaces of ours the source no longer has, or whose
+/// network changed, go; an interface someone else added stays.
+async fn sync_vifs(
+    pool: &PoolRuntime,
+    vm: &OpaqueRef,
+    existing: &[OpaqueRef],
+    manifest: &ads::Manifest,
+    networks: &ReplicaNetworks,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let failed = |what| move |e| EngineError::xapi(format!("replica VM {vm}"), what, e);
+    let engine_id = &pool.engine_config().engine_id;
+    let recorded = VmConfig::of_manifest(manifest)
         .map(|c| c.vifs)
         .unwrap_or_default();
-    for vif in &vifs {
-        let Some(network) = networks.for_vif(vif) else {
+    let wanted: Vec<(&VifConfig, Option<&OpaqueRef>)> = recorded
+        .iter()
+        .map(|vif| (vif, networks.for_vif(vif)))
+        .collect();
+    let mut devices_in_use = Vec::new();
+    for vif in existing {
+        let r = x
+            .vif_get_record(vif)
+            .await
+            .map_err(failed("reading an interface"))?;
+        let still_wanted = wanted
+            .iter()
+            .any(|(w, net)| w.device == r.device && *net == Some(&r.network) && w.mac == r.mac);
+        if still_wanted || !tags::has_engine_id(&r.other_config, engine_id) {
+            devices_in_use.push(r.device);
+            continue;
+        }
+        x.vif_destroy(vif)
+            .await
+            .map_err(failed("removing a network interface"))?;
+        log.ok(format!(
+            "Interface {} of the replica no longer matches the source's: removed",
+            r.device
+        ));
+    }
+    for (vif, network) in wanted {
+        if devices_in_use.contains(&vif.device) {
+            continue;
+        }
+        let Some(network) = network else {
             log.ok(format!(
                 "Interface {} was on network {:?}, which pool {} lacks: the replica has no \
                  interface {} (name a network for the job to map it to)",
@@ -288,11 +354,15 @@ async fn add_vifs(
             vm: vm.clone(),
             mac: vif.mac.clone(),
             mtu: vif.mtu,
+            other_config: tags::ownership(engine_id, tags::ROLE_REPLICA_VIF)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         };
-        pool.xapi.vif_create(&spec).await.map_err(|e| {
-            EngineError::xapi(format!("replica VM {vm}"), "adding a network interface", e)
-        })?;
+        x.vif_create(&spec)
+            .await
+            .map_err(failed("adding a network interface"))?;
     }
     Ok(())
 }

@@ -91,7 +91,7 @@ pub async fn replicate_vm(
     let ReplicaTarget { sr, networks, .. } = target;
     let (store, manifest) = version_of(pool, vm_name, None)?;
     // Looked at again now the delegate is up: someone may have failed over.
-    let replica_vm = crate::replica_vm::find_again(pool, vm_name, target.known_vm).await?;
+    let replica_vm = crate::replica_vm::find_again(pool, vm_name, target.known_vm, log).await?;
     if let Some((_, record)) = replica_vm
         .as_ref()
         .filter(|(_, r)| crate::replica_vm::in_use(r))

@@ -26,6 +26,8 @@ pub const ROLE_RESTORED: &str = "restored";
 pub const ROLE_REPLICA: &str = "replica";
 /// Role value of a replica VM: halted, start blocked, its disks the replica VDIs.
 pub const ROLE_REPLICA_VM: &str = "replica-vm";
+/// Role value of a network interface of a replica VM.
+pub const ROLE_REPLICA_VIF: &str = "replica-vif";
 /// On a replica VM: the name of the VM it is a replica of.
 pub const REPLICA_OF: &str = "abd:replica-of";
 /// On a replica VM or VDI: its own uuid. Clones and snapshots an operator
@@ -69,6 +71,19 @@ pub fn is_our_replica_vm(vm: &VmRecord, engine_id: &str) -> bool {
     has_engine_id(&vm.other_config, engine_id)
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_REPLICA_VM)
         && vm.other_config.get(OWN_UUID) == Some(&vm.uuid)
+        && !vm.is_a_snapshot
+        && !vm.is_a_template
+}
+
+/// True when the VM is a replica VM this engine created but never stamped
+/// with its uuid (it died in between): no `OWN_UUID` at all, and no disks
+/// yet. A clone of a stamped replica carries a (wrong) `OWN_UUID`, so it is
+/// never taken for one.
+pub fn is_our_unstamped_replica_vm(vm: &VmRecord, engine_id: &str) -> bool {
+    has_engine_id(&vm.other_config, engine_id)
+        && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_REPLICA_VM)
+        && !vm.other_config.contains_key(OWN_UUID)
+        && vm.vbds.is_empty()
         && !vm.is_a_snapshot
         && !vm.is_a_template
 }
