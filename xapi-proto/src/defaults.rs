@@ -3,7 +3,9 @@
 //! they see, so served records carry all of them.
 //!
 //! `record_fields.json` lists, per class, field names and default values as
-//! XAPI's public datamodel (`doc/data/xenapi.json`) declares them.
+//! XAPI's public datamodel declares them: `doc/data/xenapi.json` (last
+//! generated May 2024), plus the fields the datamodel's OCaml source
+//! (`ocaml/idl/`) added since, up to xen-api of August 2026.
 
 use crate::Value;
 use std::collections::BTreeMap;
