@@ -71,12 +71,16 @@ pub async fn back_up_vm(
             "Snapshot removed; {} disk(s) kept as CBT metadata for the next backup",
             keep.len()
         )),
-        Err(e) => {
-            log.fail(format!("Snapshot {snap} could not be removed: {e}"));
+        Err(failed) => {
+            log.fail(format!(
+                "Snapshot {snap} could not be removed: {}",
+                failed.error
+            ));
             let leftover = crate::reclaim::Leftover::Snapshot {
                 vm: snap.clone(),
                 name: snapshot_name.clone(),
                 claim_for_job: Some(job.to_string()),
+                disks: failed.disks,
             };
             crate::reclaim::retry_later(pool, leftover, log);
         }
@@ -569,9 +573,27 @@ pub(crate) async fn reduce_to_cbt_base(
 pub(crate) async fn remove_snapshot(
     pool: &PoolRuntime,
     snap: &OpaqueRef,
-) -> Result<(), EngineError> {
+) -> Result<(), SnapshotRemovalFailed> {
     let bases = crate::reclaim::bases_in_use(pool).unwrap_or_default();
     remove_snapshot_keeping(pool, snap, &|_, uuid| bases.contains(uuid)).await
+}
+
+/// A snapshot removal that failed, with the snapshot's disks as far as they
+/// were read (by ref and uuid): what a retry must still remove once the
+/// snapshot VM itself is gone.
+#[derive(Debug)]
+pub(crate) struct SnapshotRemovalFailed {
+    pub error: EngineError,
+    pub disks: Vec<(OpaqueRef, String)>,
+}
+
+impl From<EngineError> for SnapshotRemovalFailed {
+    fn from(error: EngineError) -> Self {
+        SnapshotRemovalFailed {
+            error,
+            disks: Vec::new(),
+        }
+    }
 }
 
 /// Destroys a snapshot this engine took; its disks are destroyed too, except
@@ -581,7 +603,7 @@ async fn remove_snapshot_keeping(
     pool: &PoolRuntime,
     snap: &OpaqueRef,
     keep: &(dyn Fn(&OpaqueRef, &str) -> bool + Sync),
-) -> Result<(), EngineError> {
+) -> Result<(), SnapshotRemovalFailed> {
     let x = &pool.xapi;
     let record = x
         .vm_get_record(snap)
@@ -591,7 +613,8 @@ async fn remove_snapshot_keeping(
         return Err(EngineError::NotOurs {
             action: "destroy",
             object: format!("VM {snap} {:?}", record.name_label),
-        });
+        }
+        .into());
     }
     let mut vdis = Vec::new();
     for vbd in &record.vbds {
@@ -616,22 +639,77 @@ async fn remove_snapshot_keeping(
         move |e| EngineError::xapi(object, step, e)
     };
     let engine_id = pool.engine_config().engine_id.clone();
+    let with_disks = |error: EngineError| SnapshotRemovalFailed {
+        error,
+        disks: vdis.clone(),
+    };
     // Disks first: once the snapshot VM is gone they are found only by tag.
     for (vdi, _) in &vdis {
         for (key, value) in tags::ownership(&engine_id, tags::ROLE_SNAPSHOT_DISK) {
             x.vdi_set_other_config_key(vdi, key, value)
                 .await
-                .map_err(fail("tagging a snapshot disk"))?;
+                .map_err(fail("tagging a snapshot disk"))
+                .map_err(with_disks)?;
         }
     }
-    x.vm_destroy(snap).await.map_err(fail("destroy"))?;
-    for (vdi, uuid) in vdis {
-        if keep(&vdi, &uuid) {
-            reduce_to_cbt_base(pool, &vdi).await?;
+    x.vm_destroy(snap)
+        .await
+        .map_err(fail("destroy"))
+        .map_err(with_disks)?;
+    for (vdi, uuid) in &vdis {
+        if keep(vdi, uuid) {
+            reduce_to_cbt_base(pool, vdi).await.map_err(with_disks)?;
         } else {
-            x.vdi_destroy(&vdi)
+            x.vdi_destroy(vdi)
                 .await
-                .map_err(fail("destroying a snapshot disk"))?;
+                .map_err(fail("destroying a snapshot disk"))
+                .map_err(with_disks)?;
+        }
+    }
+    Ok(())
+}
+
+/// Finishes a snapshot removal that failed after its VM was destroyed: each
+/// disk still there and ours is destroyed (or, when the newest version of its
+/// VM names it as CBT base, reduced to metadata). A disk still attached
+/// (its delegate not torn down yet) waits for the next try.
+pub(crate) async fn remove_snapshot_disks_left(
+    pool: &PoolRuntime,
+    disks: &[(OpaqueRef, String)],
+) -> Result<(), EngineError> {
+    let x = &pool.xapi;
+    let engine_id = &pool.engine_config().engine_id;
+    let bases = crate::reclaim::bases_in_use(pool).unwrap_or_default();
+    for (vdi, uuid) in disks {
+        let object = format!("snapshot disk {uuid}");
+        let record = match x.vdi_get_record(vdi).await {
+            Ok(record) => record,
+            Err(e) if e.code() == Some(xapi_proto::codes::HANDLE_INVALID) => continue,
+            Err(e) => return Err(EngineError::xapi(object, "reading", e)),
+        };
+        if tags::is_our_cbt_base(&record, engine_id) {
+            continue;
+        }
+        if !tags::is_our_orphan_disk(&record, engine_id) {
+            let attached =
+                tags::has_engine_id(&record.other_config, engine_id) && !record.vbds.is_empty();
+            if attached {
+                return Err(EngineError::Teardown(format!(
+                    "{object} still has {} VBD(s)",
+                    record.vbds.len()
+                )));
+            }
+            return Err(EngineError::NotOurs {
+                action: "destroy",
+                object,
+            });
+        }
+        if bases.contains(uuid) {
+            reduce_to_cbt_base(pool, vdi).await?;
+        } else {
+            x.vdi_destroy(vdi)
+                .await
+                .map_err(|e| EngineError::xapi(object, "destroy", e))?;
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ use crate::tags;
 use std::sync::Arc;
 use std::time::Duration;
 use xapi_proto::OpaqueRef;
+use xapi_proto::codes;
 
 /// One thing an earlier engine left, or a teardown of this one could not finish.
 #[derive(Clone, Debug)]
@@ -39,6 +40,9 @@ pub(crate) enum Leftover {
         /// this run-unique name) and tagging it may have failed: it is tagged
         /// for that job before it is removed.
         claim_for_job: Option<String>,
+        /// Its disks (ref, uuid), when a removal that failed read them: once
+        /// the snapshot VM is gone, these are what is left to remove.
+        disks: Vec<(OpaqueRef, String)>,
     },
     Disk {
         vdi: OpaqueRef,
@@ -85,7 +89,7 @@ impl Leftover {
         }
     }
 
-    async fn remove(&self, pool: &PoolRuntime) -> Result<(), EngineError> {
+    async fn remove(&mut self, pool: &PoolRuntime) -> Result<(), EngineError> {
         match self {
             Leftover::Delegate { vm, earlier, .. } => {
                 destroy_delegate_vm(pool, vm, &[]).await?;
@@ -99,12 +103,19 @@ impl Leftover {
                 vm,
                 name,
                 claim_for_job,
+                disks,
             } => {
+                let record = match pool.xapi.vm_get_record(vm).await {
+                    // The VM went, its disks maybe not (a removal that
+                    // failed after destroying it).
+                    Err(e) if e.code() == Some(codes::HANDLE_INVALID) && !disks.is_empty() => {
+                        return crate::backup::remove_snapshot_disks_left(pool, disks).await;
+                    }
+                    read => {
+                        read.map_err(|e| EngineError::xapi(format!("snapshot {vm}"), "reading", e))?
+                    }
+                };
                 if let Some(job) = claim_for_job {
-                    let record =
-                        pool.xapi.vm_get_record(vm).await.map_err(|e| {
-                            EngineError::xapi(format!("snapshot {vm}"), "reading", e)
-                        })?;
                     let engine_id = &pool.engine_config().engine_id;
                     let untagged_ours = record.is_a_snapshot
                         && &record.name_label == name
@@ -113,7 +124,12 @@ impl Leftover {
                         crate::backup::tag_snapshot(pool, vm, job).await?;
                     }
                 }
-                remove_snapshot(pool, vm).await
+                remove_snapshot(pool, vm).await.map_err(|failed| {
+                    if !failed.disks.is_empty() {
+                        *disks = failed.disks;
+                    }
+                    failed.error
+                })
             }
             Leftover::Disk { vdi, name, .. } => {
                 let what = format!("VDI {vdi} {name:?}");
@@ -277,6 +293,7 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
                 vm: vm.clone(),
                 name: record.name_label.clone(),
                 claim_for_job: None,
+                disks: Vec::new(),
             });
         }
     }
@@ -356,7 +373,7 @@ async fn pass(
     retry: Option<(u32, bool)>,
 ) -> Vec<Leftover> {
     let mut resisting = Vec::new();
-    for leftover in leftovers {
+    for mut leftover in leftovers {
         let (what, verb) = (leftover.describe(), leftover.verb());
         let result = leftover.remove(pool).await;
         let gone = matches!(&result, Err(EngineError::Xapi { cause, .. })
@@ -439,10 +456,20 @@ pub(crate) async fn close_interrupted(pool: &PoolRuntime, run: &InterruptedRun, 
                                 "Pool {}: removed snapshot {snapshot_name:?} of the interrupted run",
                                 pool.name()
                             )),
-                            Err(e) => log.fail(format!(
-                                "Pool {}: snapshot {snapshot_name:?} of the interrupted run could not be removed: {e}",
-                                pool.name()
-                            )),
+                            Err(failed) => {
+                                log.fail(format!(
+                                    "Pool {}: snapshot {snapshot_name:?} of the interrupted run could not be removed: {}",
+                                    pool.name(),
+                                    failed.error
+                                ));
+                                let leftover = Leftover::Snapshot {
+                                    vm: snap.clone(),
+                                    name: snapshot_name.clone(),
+                                    claim_for_job: None,
+                                    disks: failed.disks,
+                                };
+                                retry_later(pool, leftover, log);
+                            }
                         }
                     }
                 }
