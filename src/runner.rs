@@ -200,6 +200,9 @@ pub struct ServedPools {
     time_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Where each pool's configured master answers.
     urls: BTreeMap<String, String>,
+    /// Per pool: each host's model address, and the loopback address it is
+    /// served at.
+    served_addresses: BTreeMap<String, Arc<BTreeMap<String, String>>>,
     options: engine::xapi::HttpOptions,
 }
 
@@ -226,6 +229,7 @@ impl ServedPools {
             .expect("an I/O runtime");
         let time_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut urls = BTreeMap::new();
+        let mut served_addresses = BTreeMap::new();
         for p in &scenario.pools {
             let pool = sim
                 .lock()
@@ -241,6 +245,14 @@ impl ServedPools {
                 ))
                 .expect("loopback ports for the pool's hosts");
             urls.insert(p.name.clone(), endpoints[0].url.clone());
+            let served: BTreeMap<String, String> = endpoints
+                .iter()
+                .filter_map(|e| {
+                    let (served, _port) = e.url.strip_prefix("http://")?.rsplit_once(':')?;
+                    Some((e.address.clone(), served.to_string()))
+                })
+                .collect();
+            served_addresses.insert(p.name.clone(), Arc::new(served));
             for endpoint in endpoints {
                 let (listener, app) = (endpoint.listener, endpoint.app);
                 io.spawn(async move { axum::serve(listener, app).await });
@@ -250,6 +262,7 @@ impl ServedPools {
             io,
             time_ms,
             urls,
+            served_addresses,
             options: engine::xapi::HttpOptions {
                 protocol,
                 ..Default::default()
@@ -298,6 +311,7 @@ impl Links<'_> {
                         clock,
                         served_time_ms: Arc::clone(&served.time_ms),
                         http: served.transport(&p.name),
+                        served: Arc::clone(&served.served_addresses[&p.name]),
                         io: served.io.handle().clone(),
                         activity: Arc::clone(&self.activity),
                     }),

@@ -57,15 +57,20 @@ const REFUSED_AFTER: Duration = Duration::from_millis(200);
 /// HTTP transports' connect timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `Err(Unreachable)` when an `xapi_unreachable` fault refuses the
-/// connection now, or a `network` fault on the engine's path to the master
-/// loses it (the connect times out); a delay the network adds is taken first.
-async fn refused(sim: &SharedSim, pool: PoolId, clock: SimClock) -> Result<(), CallError> {
-    if lock(sim).master_unreachable(pool, clock.now()) {
+/// `Err(Unreachable)` when the host at `addressed` refuses the connection
+/// now (it is down, or an `xapi_unreachable` fault), or a `network` fault on
+/// the engine's path to the master loses it (the connect times out); a delay
+/// the network adds is taken first.
+async fn refused(
+    sim: &SharedSim,
+    pool: PoolId,
+    addressed: &str,
+    clock: SimClock,
+) -> Result<(), CallError> {
+    let refusal = lock(sim).refusal(pool, addressed, clock.now());
+    if let Some(why) = refusal {
         tokio::time::sleep(REFUSED_AFTER).await;
-        return Err(CallError::Unreachable(
-            "connection refused by the pool master".into(),
-        ));
+        return Err(CallError::Unreachable(why));
     }
     let link = xapi_sim::faults::NetworkLink::EngineMaster;
     let delivery = lock(sim).network_delivery(pool, clock.now(), link, "the pool master");
@@ -152,15 +157,22 @@ impl SimTransport {
         }
     }
 
-    fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, CallError> {
-        let now = self.clock.now();
-        let addressed = self
-            .addressed
+    fn addressed(&self) -> String {
+        self.addressed
             .lock()
             .expect("address lock poisoned")
-            .clone();
+            .clone()
+    }
+
+    fn dispatch(
+        &self,
+        addressed: &str,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Value, CallError> {
+        let now = self.clock.now();
         lock(&self.sim)
-            .dispatch_to(self.pool, &addressed, now, method, params)
+            .dispatch_to(self.pool, addressed, now, method, params)
             .map_err(CallError::Xapi)
     }
 }
@@ -168,15 +180,26 @@ impl SimTransport {
 #[async_trait]
 impl Transport for SimTransport {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        refused(&self.sim, self.pool, self.clock).await?;
+        let addressed = self.addressed();
+        self.call_to(&addressed, method, params).await
+    }
+
+    async fn call_to(
+        &self,
+        addressed: &str,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, CallError> {
+        refused(&self.sim, self.pool, addressed, self.clock).await?;
         // The call takes its time first; its effect lands when it completes.
         let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
         if method == "event.from" {
-            let ask = |params: Vec<Value>| std::future::ready(self.dispatch(method, &params));
+            let ask =
+                |params: Vec<Value>| std::future::ready(self.dispatch(addressed, method, &params));
             return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
         }
-        let result = self.dispatch(method, &params);
+        let result = self.dispatch(addressed, method, &params);
         if !xapi_sim::is_read_only(method) {
             self.activity.notify_waiters();
         }
@@ -188,6 +211,10 @@ impl Transport for SimTransport {
         let moved = *addressed != address;
         *addressed = address.to_string();
         Ok(moved)
+    }
+
+    fn address(&self) -> Option<String> {
+        Some(self.addressed())
     }
 }
 
@@ -205,6 +232,9 @@ pub struct HttpLink {
     /// The served pools' simulated time, in milliseconds.
     pub served_time_ms: Arc<std::sync::atomic::AtomicU64>,
     pub http: Arc<engine::xapi::HttpTransport>,
+    /// Each host's model address, and the loopback address it is served at:
+    /// the engine sees model addresses (as in-process), the wire served ones.
+    pub served: Arc<std::collections::BTreeMap<String, String>>,
     /// The real-time runtime the HTTP client and the servers run on.
     pub io: tokio::runtime::Handle,
     pub activity: Activity,
@@ -213,14 +243,41 @@ pub struct HttpLink {
 #[async_trait]
 impl Transport for HttpLink {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        refused(&self.sim, self.pool, self.clock).await?;
+        let addressed = self.address().unwrap_or_default();
+        self.call_to(&addressed, method, params).await
+    }
+
+    async fn call_to(
+        &self,
+        addressed: &str,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, CallError> {
+        refused(&self.sim, self.pool, addressed, self.clock).await?;
         let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
         tokio::time::sleep(duration).await;
+        let served = self
+            .served
+            .get(addressed)
+            .map_or(addressed, String::as_str)
+            .to_string();
         if method == "event.from" {
-            let ask = |params: Vec<Value>| std::future::ready(self.send(method, params));
+            let ask = |params: Vec<Value>| std::future::ready(self.send(&served, method, params));
             return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
         }
-        let result = self.send(method, params);
+        // The engine sees model addresses, as in-process: a member's
+        // HOST_IS_SLAVE names where the master is served.
+        let result = self.send(&served, method, params).map_err(|e| match e {
+            CallError::Xapi(mut e) if e.is(xapi_proto::codes::HOST_IS_SLAVE) => {
+                if let Some(named) = e.params.first_mut()
+                    && let Some((model, _)) = self.served.iter().find(|(_, s)| *s == named)
+                {
+                    *named = model.clone();
+                }
+                CallError::Xapi(e)
+            }
+            other => other,
+        });
         if !xapi_sim::is_read_only(method) {
             self.activity.notify_waiters();
         }
@@ -228,21 +285,34 @@ impl Transport for HttpLink {
     }
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
-        self.http.redirect(address)
+        let served = self.served.get(address).map_or(address, String::as_str);
+        self.http.redirect(served)
+    }
+
+    /// The model address of the host the HTTP transport calls.
+    fn address(&self) -> Option<String> {
+        let served = self.http.address()?;
+        let model = self.served.iter().find(|(_, s)| **s == served);
+        Some(model.map_or(served, |(model, _)| model.clone()))
     }
 }
 
 impl HttpLink {
-    /// Sends one call at the current simulated time and blocks until its reply.
-    fn send(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+    /// Sends one call to the host served at `served` at the current simulated
+    /// time and blocks until its reply.
+    fn send(&self, served: &str, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
         self.served_time_ms.store(
             self.clock.now().as_ms(),
             std::sync::atomic::Ordering::SeqCst,
         );
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-        let (http, method) = (Arc::clone(&self.http), method.to_string());
+        let (http, method, served) = (
+            Arc::clone(&self.http),
+            method.to_string(),
+            served.to_string(),
+        );
         self.io.spawn(async move {
-            let _ = reply_tx.send(http.call(&method, params).await);
+            let _ = reply_tx.send(http.call_to(&served, &method, params).await);
         });
         reply_rx
             .recv()

@@ -47,6 +47,22 @@ fn fault_host_crash_log() {
 }
 
 #[test]
+fn fault_master_crash_log() {
+    insta::assert_snapshot!(
+        "fault_master_crash",
+        engine_and_job_log("fault-master-crash")
+    );
+}
+
+#[test]
+fn fault_master_crash_ha_log() {
+    insta::assert_snapshot!(
+        "fault_master_crash_ha",
+        engine_and_job_log("fault-master-crash-ha")
+    );
+}
+
+#[test]
 fn fault_boot_failure_log() {
     insta::assert_snapshot!("fault_boot_failure", job_log("fault-boot-failure"));
 }

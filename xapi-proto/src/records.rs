@@ -103,6 +103,8 @@ pub struct PoolRecord {
     pub crash_dump_sr: OpaqueRef,
     pub other_config: StringMap,
     pub tags: Vec<String>,
+    /// XAPI's high availability: a failed master is replaced by a member.
+    pub ha_enabled: bool,
 }
 
 /// `host` record.

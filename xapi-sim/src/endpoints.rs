@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 pub struct HostEndpoint {
     /// The host's name_label.
     pub host: String,
+    /// The host's address in the model (`host.address`).
+    pub address: String,
     /// Where it answers (`http://ADDR`).
     pub url: String,
     pub listener: TcpListener,
@@ -38,6 +40,10 @@ pub async fn bind_pool(server: PoolServer, addr: SocketAddr) -> io::Result<Vec<H
             host: hosts
                 .first()
                 .map(|(name, _)| name.clone())
+                .unwrap_or_default(),
+            address: hosts
+                .first()
+                .map(|(_, address)| address.clone())
                 .unwrap_or_default(),
             url,
             listener,
@@ -79,6 +85,7 @@ async fn bind_all(
         };
         endpoints.push(HostEndpoint {
             host: name.clone(),
+            address: address.clone(),
             url: format!("http://{}", listener.local_addr()?),
             listener,
             app: router(server.clone().answering_as(endpoint)),

@@ -306,15 +306,28 @@ impl Sim {
         self.call_duration(method) + self.faults.call_latency(pool.0, now, method)
     }
 
-    /// True when a client connecting to `pool`'s master now is refused (an
-    /// `xapi_unreachable` fault): the call never arrives.
-    pub fn master_unreachable(&mut self, pool: PoolId, now: SimTime) -> bool {
-        self.fault_fired(
+    /// Why a client connecting now to the host of `pool` at `addressed` is
+    /// refused, if it is: the host is down (crashed, or no host has that
+    /// address), or an `xapi_unreachable` fault refuses the master. The call
+    /// never arrives.
+    pub fn refusal(&mut self, pool: PoolId, addressed: &str, now: SimTime) -> Option<String> {
+        self.advance_to(now);
+        let m = &self.pools[pool.0];
+        let host = m.hosts.values().find(|h| h.address == addressed);
+        let Some(host) = host else {
+            return Some(format!("no host at {addressed}"));
+        };
+        let live = m.host_metrics.get(&host.metrics).is_some_and(|h| h.live);
+        if !live {
+            return Some(format!("host {} ({addressed}) is down", host.name_label));
+        }
+        let refused = self.fault_fired(
             pool,
             now,
             |f, p| f.unreachable(p, now),
             || "fault: connection to the pool master refused".into(),
-        )
+        );
+        refused.then(|| "connection refused by the pool master".to_string())
     }
 
     /// What the network on `link` of `pool` does to a request sent now (to

@@ -37,6 +37,8 @@ pub(crate) enum Scheduled {
     HostEnable { host: OpaqueRef },
     /// The pool master role moves to `host` (a fault, or moving back).
     MasterMove { host: OpaqueRef },
+    /// HA's election after the master host `failed`: a live member takes over.
+    HaTakeover { failed: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

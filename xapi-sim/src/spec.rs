@@ -113,6 +113,9 @@ pub struct TimingSpec {
     pub vdi_destroy_s: SecondsRange,
     /// One request to an appliance over the network (identity, progress).
     pub agent_s: SecondsRange,
+    /// With HA on: from the master host's failure until a member is master
+    /// (HA's host-failure timeout, then the election).
+    pub ha_takeover_s: SecondsRange,
 }
 
 impl Default for TimingSpec {
@@ -138,6 +141,7 @@ impl Default for TimingSpec {
             vbd_unplug_s: SecondsRange(0.5, 1.5),
             vdi_destroy_s: SecondsRange(0.3, 1.0),
             agent_s: SecondsRange(0.005, 0.020),
+            ha_takeover_s: SecondsRange(60.0, 90.0),
         }
     }
 }
@@ -165,6 +169,7 @@ impl TimingSpec {
             ("vbd_unplug_s", self.vbd_unplug_s),
             ("vdi_destroy_s", self.vdi_destroy_s),
             ("agent_s", self.agent_s),
+            ("ha_takeover_s", self.ha_takeover_s),
         ];
         all.iter().try_for_each(|(name, r)| r.check(name))
     }
@@ -194,6 +199,11 @@ pub struct PoolSpec {
     pub networks: Vec<NetworkSpec>,
     #[serde(default, rename = "vms")]
     pub vm_groups: Vec<VmGroupSpec>,
+    /// XAPI high availability is on: when the master host fails, a live
+    /// member takes the master role over after `timing.ha_takeover_s`.
+    /// Without it, the pool's XAPI is gone until the master is back.
+    #[serde(default)]
+    pub ha: bool,
 }
 
 fn default_hosts() -> u32 {

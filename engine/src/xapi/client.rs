@@ -47,6 +47,9 @@ pub struct XapiClient {
     unreachable_since: Mutex<Option<(tokio::time::Instant, bool)>>,
     /// Told when the pool stops answering and when it answers again.
     on_reachability: Option<ReachabilityHook>,
+    /// The addresses of the pool's hosts, from the last host records read:
+    /// where to look for the master when it cannot be reached.
+    members: Mutex<Vec<String>>,
 }
 
 /// A change in whether the pool can be reached.
@@ -93,6 +96,7 @@ impl XapiClient {
             unreachable_limit,
             unreachable_since: Mutex::new(None),
             on_reachability: None,
+            members: Mutex::new(Vec::new()),
         })
     }
 
@@ -166,12 +170,18 @@ impl XapiClient {
     }
 
     /// Performs a call with the session; logs in again once if the session
-    /// expired, and waits out a pool that cannot be reached (bounded).
+    /// expired, and waits out a pool that cannot be reached (bounded),
+    /// looking for the master among the pool's other hosts meanwhile.
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
         patiently(self.unreachable_limit, method, |started| {
             let args = args.clone();
             async move {
-                let result = self.call_once(method, args).await;
+                let mut result = self.call_once(method, args.clone()).await;
+                if matches!(result, Err(CallError::Unreachable(_)))
+                    && let Some(elsewhere) = self.through_members(method, &args).await
+                {
+                    result = elsewhere;
+                }
                 match &result {
                     Err(CallError::Unreachable(why)) => self.note_reachable(Err(why), started),
                     // An answer, even an error, proves the pool is there.
@@ -185,23 +195,91 @@ impl XapiClient {
     }
 
     async fn call_once(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
+        let hook = self.on_reachability.as_ref();
         let session = self.session();
-        let result = self.call_with(&session, method, args.clone()).await;
+        let result = self.call_with(&session, method, args.clone(), hook).await;
         match result {
             Err(CallError::Xapi(e)) if e.is(codes::SESSION_INVALID) => {
                 tracing::info!(method, "session expired; logging in again");
-                let fresh = Self::open_session(
-                    self.transport.as_ref(),
-                    &self.credentials,
-                    self.on_reachability.as_ref(),
-                )
-                .await?;
+                let fresh =
+                    Self::open_session(self.transport.as_ref(), &self.credentials, hook).await?;
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 *self.session.lock().expect("session lock poisoned") = fresh.clone();
-                self.call_with(&fresh, method, args).await
+                self.call_with(&fresh, method, args, hook).await
             }
             other => other,
         }
+    }
+
+    /// The master cannot be reached: tries the call on the pool's other
+    /// hosts in turn, without moving other calls. A member answers
+    /// HOST_IS_SLAVE naming the master: still the lost one (next member), or
+    /// another (calls follow it there); a member that answers anything else
+    /// is master now (HA took over) and calls go to it. `None` when the link
+    /// cannot call other hosts or none got through.
+    async fn through_members(
+        &self,
+        method: &str,
+        args: &[Value],
+    ) -> Option<Result<Value, CallError>> {
+        let home = self.transport.address()?;
+        let members: Vec<String> = self
+            .members
+            .lock()
+            .expect("members lock poisoned")
+            .iter()
+            .filter(|m| **m != home)
+            .cloned()
+            .collect();
+        for member in members {
+            let mut params = vec![Value::from(self.session().as_str())];
+            params.extend_from_slice(args);
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            match self.transport.call_to(&member, method, params).await {
+                Err(CallError::Unreachable(_)) => continue,
+                Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
+                    let master = e.params.first().cloned().unwrap_or_default();
+                    if master.is_empty() || master == home {
+                        continue;
+                    }
+                    self.master_moved_to(&master);
+                    return Some(self.call_once(method, args.to_vec()).await);
+                }
+                Err(CallError::Xapi(e)) if e.is(codes::SESSION_INVALID) => {
+                    // A new master: sessions did not survive the move.
+                    self.master_moved_to(&member);
+                    return Some(self.call_once(method, args.to_vec()).await);
+                }
+                answered => {
+                    self.master_moved_to(&member);
+                    return Some(answered);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends later calls to the master at `address`, and says so once.
+    fn master_moved_to(&self, address: &str) {
+        if let Ok(true) = self.transport.redirect(address) {
+            tracing::info!(master = %address, "the master was out of reach; found it among the pool's hosts");
+            if let Some(hook) = &self.on_reachability {
+                hook(Reachability::MasterMoved {
+                    address: address.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Remembers the pool's host addresses (where to look for a master that
+    /// cannot be reached).
+    fn learn_members(&self, hosts: &BTreeMap<OpaqueRef, HostRecord>) {
+        let addresses = hosts
+            .values()
+            .map(|h| h.address.clone())
+            .filter(|a| !a.is_empty())
+            .collect();
+        *self.members.lock().expect("members lock poisoned") = addresses;
     }
 
     async fn call_with(
@@ -209,18 +287,13 @@ impl XapiClient {
         session: &OpaqueRef,
         method: &str,
         args: Vec<Value>,
+        hook: Option<&ReachabilityHook>,
     ) -> Result<Value, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut params = Vec::with_capacity(args.len() + 1);
         params.push(Value::from(session.as_str()));
         params.extend(args);
-        let result = send(
-            self.transport.as_ref(),
-            self.on_reachability.as_ref(),
-            method,
-            params,
-        )
-        .await;
+        let result = send(self.transport.as_ref(), hook, method, params).await;
         if let Err(e) = &result {
             tracing::debug!(method, error = %e, "XAPI call failed");
         }
@@ -253,7 +326,9 @@ impl XapiClient {
 
     /// `host.get_all_records`.
     pub async fn host_get_all_records(&self) -> Result<BTreeMap<OpaqueRef, HostRecord>, CallError> {
-        self.typed("host.get_all_records", vec![]).await
+        let hosts = self.typed("host.get_all_records", vec![]).await?;
+        self.learn_members(&hosts);
+        Ok(hosts)
     }
 
     /// `host_metrics.get_record`.

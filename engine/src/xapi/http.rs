@@ -110,10 +110,15 @@ impl HttpTransport {
 
     async fn post_once(
         &self,
+        host: Option<&str>,
         method: &str,
         params: &[Value],
     ) -> Result<Result<Value, XapiError>, CallError> {
-        let base = self.base.lock().expect("url lock poisoned").clone();
+        let mut base = self.base.lock().expect("url lock poisoned").clone();
+        if let Some(host) = host {
+            base.set_host(Some(host))
+                .map_err(|e| CallError::Transport(format!("bad host address {host:?}: {e}")))?;
+        }
         let (url, content_type, body) = match self.protocol {
             Protocol::XmlRpc => (base, "text/xml", xmlrpc::render_call(method, params)),
             Protocol::JsonRpc => {
@@ -220,13 +225,29 @@ fn describe(e: reqwest::Error) -> String {
 #[async_trait]
 impl Transport for HttpTransport {
     async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        self.post_once(method, &params)
+        self.post_once(None, method, &params)
+            .await?
+            .map_err(CallError::Xapi)
+    }
+
+    async fn call_to(
+        &self,
+        address: &str,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, CallError> {
+        self.post_once(Some(address), method, &params)
             .await?
             .map_err(CallError::Xapi)
     }
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
         self.redirect_to_master(address)
+    }
+
+    fn address(&self) -> Option<String> {
+        let base = self.base.lock().expect("url lock poisoned");
+        base.host_str().map(str::to_string)
     }
 }
 

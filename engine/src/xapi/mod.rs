@@ -31,6 +31,26 @@ pub trait Transport: Send + Sync {
             "the pool master moved to {address}, and this link cannot follow it"
         )))
     }
+
+    /// Performs one call on the host at `address`, leaving where other calls
+    /// go alone (for looking for a master that cannot be reached).
+    async fn call_to(
+        &self,
+        address: &str,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, CallError> {
+        let _ = (method, params);
+        Err(CallError::Unreachable(format!(
+            "this link cannot call the host at {address}"
+        )))
+    }
+
+    /// The address of the host calls go to now, for links that can
+    /// [`redirect`](Transport::redirect).
+    fn address(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a call did not produce a result.

@@ -62,6 +62,7 @@ pub(crate) fn build_pool(spec: &PoolSpec, rng: &mut SimRng) -> PoolModel {
     };
     let hosts = build_hosts(&mut m, spec, rng);
     m.pool.master = hosts[0].clone();
+    m.pool.ha_enabled = spec.ha;
     m.configured_address = m.hosts[&hosts[0]].address.clone();
     let networks = build_networks(&mut m, spec, &hosts, rng);
     let srs = build_srs(&mut m, spec, &hosts, rng);

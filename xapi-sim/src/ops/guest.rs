@@ -35,6 +35,7 @@ impl Ctx<'_> {
                 self.log("fault: the toolstack restarted; every session is invalid".into());
             }
             Scheduled::MasterMove { host } => self.move_master(&host),
+            Scheduled::HaTakeover { failed } => self.ha_takeover(&failed),
             // The VM was stopped, restarted or destroyed since: the event is stale.
             _ => {}
         }
@@ -50,6 +51,9 @@ impl Ctx<'_> {
         }
         self.faults.injected += 1;
         self.log(format!("fault: host {} crashed", record.name_label));
+        if self.m.pool.master == *host {
+            self.master_lost(host, &record.name_label);
+        }
         for vm in record.resident_vms {
             let control = self.m.vms.get(&vm).is_some_and(|v| v.is_control_domain);
             if !control {
@@ -166,7 +170,68 @@ impl Ctx<'_> {
         if let Some(metrics) = self.m.host_metrics.get_mut(&record.metrics) {
             metrics.live = true;
         }
-        self.log(format!("host {} is back", record.name_label));
+        if self.m.pool.master == *host {
+            // Its XAPI starts afresh: the sessions it held are gone.
+            self.m.sessions.clear();
+            self.log(format!(
+                "host {} is back, and master again; every session is invalid",
+                record.name_label
+            ));
+        } else {
+            self.log(format!("host {} is back", record.name_label));
+        }
+    }
+
+    /// The master host failed: its XAPI is gone with it (members answer
+    /// HOST_IS_SLAVE naming it still). With HA on, a member takes over once
+    /// HA has declared the master dead.
+    fn master_lost(&mut self, host: &OpaqueRef, name: &str) {
+        if !self.m.pool.ha_enabled {
+            self.log(format!(
+                "the pool has no master until {name} is back (HA is off)"
+            ));
+            return;
+        }
+        let after = self.rng.duration(self.spec.timing.ha_takeover_s);
+        self.schedule.at(
+            self.now.after(after),
+            self.pool,
+            Scheduled::HaTakeover {
+                failed: host.clone(),
+            },
+        );
+        self.log(format!(
+            "HA: {name} is down; a member takes over in {:.0} s",
+            after.as_secs_f64()
+        ));
+    }
+
+    /// HA's election: the first live member (by name) becomes master, unless
+    /// the failed master came back first.
+    fn ha_takeover(&mut self, failed: &OpaqueRef) {
+        if self.m.pool.master != *failed || self.host_live(failed) {
+            return;
+        }
+        let mut live: Vec<(String, OpaqueRef)> = self
+            .m
+            .hosts
+            .iter()
+            .filter(|(h, _)| self.host_live(h))
+            .map(|(h, r)| (r.name_label.clone(), h.clone()))
+            .collect();
+        live.sort();
+        match live.into_iter().next() {
+            Some((_, host)) => self.move_master(&host),
+            None => self.log("HA: no live host to take over as master".into()),
+        }
+    }
+
+    fn host_live(&self, host: &OpaqueRef) -> bool {
+        self.m
+            .hosts
+            .get(host)
+            .and_then(|h| self.m.host_metrics.get(&h.metrics))
+            .is_some_and(|m| m.live)
     }
 
     fn guest_current(&self, vm: &OpaqueRef, epoch: u64) -> bool {
