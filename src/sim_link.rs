@@ -133,6 +133,32 @@ where
     }
 }
 
+/// One call on the simulated clock, whichever link carries it: refused when
+/// the host at `addressed` is, takes the call's simulated time, then `send`s
+/// it (`event.from` blocks as XAPI's does); a call that may change records
+/// wakes waiting `event.from`s.
+async fn simulated_call(
+    (sim, pool, clock, activity): (&SharedSim, PoolId, SimClock, &Activity),
+    addressed: &str,
+    method: &str,
+    params: Vec<Value>,
+    send: impl Fn(Vec<Value>) -> Result<Value, CallError>,
+) -> Result<Value, CallError> {
+    refused(sim, pool, addressed, clock).await?;
+    // The call takes its time first; its effect lands when it completes.
+    let duration = lock(sim).call_delay(pool, clock.now(), method);
+    tokio::time::sleep(duration).await;
+    if method == "event.from" {
+        let ask = |params: Vec<Value>| std::future::ready(send(params));
+        return wait_for_events(sim, clock, activity, params, ask).await;
+    }
+    let result = send(params);
+    if !xapi_sim::is_read_only(method) {
+        activity.notify_waiters();
+    }
+    result
+}
+
 /// XAPI calls to one host of a simulated pool: the master, until the master
 /// role moves and the engine follows it.
 pub struct SimTransport {
@@ -190,20 +216,9 @@ impl Transport for SimTransport {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Value, CallError> {
-        refused(&self.sim, self.pool, addressed, self.clock).await?;
-        // The call takes its time first; its effect lands when it completes.
-        let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
-        tokio::time::sleep(duration).await;
-        if method == "event.from" {
-            let ask =
-                |params: Vec<Value>| std::future::ready(self.dispatch(addressed, method, &params));
-            return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
-        }
-        let result = self.dispatch(addressed, method, &params);
-        if !xapi_sim::is_read_only(method) {
-            self.activity.notify_waiters();
-        }
-        result
+        let send = |params: Vec<Value>| self.dispatch(addressed, method, &params);
+        let link = (&self.sim, self.pool, self.clock, &self.activity);
+        simulated_call(link, addressed, method, params, send).await
     }
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
@@ -253,35 +268,28 @@ impl Transport for HttpLink {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Value, CallError> {
-        refused(&self.sim, self.pool, addressed, self.clock).await?;
-        let duration = lock(&self.sim).call_delay(self.pool, self.clock.now(), method);
-        tokio::time::sleep(duration).await;
         let served = self
             .served
             .get(addressed)
             .map_or(addressed, String::as_str)
             .to_string();
-        if method == "event.from" {
-            let ask = |params: Vec<Value>| std::future::ready(self.send(&served, method, params));
-            return wait_for_events(&self.sim, self.clock, &self.activity, params, ask).await;
-        }
         // The engine sees model addresses, as in-process: a member's
         // HOST_IS_SLAVE names where the master is served.
-        let result = self.send(&served, method, params).map_err(|e| match e {
-            CallError::Xapi(mut e) if e.is(xapi_proto::codes::HOST_IS_SLAVE) => {
-                if let Some(named) = e.params.first_mut()
-                    && let Some((model, _)) = self.served.iter().find(|(_, s)| *s == named)
-                {
-                    *named = model.clone();
+        let send = |params: Vec<Value>| {
+            self.send(&served, method, params).map_err(|e| match e {
+                CallError::Xapi(mut e) if e.is(xapi_proto::codes::HOST_IS_SLAVE) => {
+                    if let Some(named) = e.params.first_mut()
+                        && let Some((model, _)) = self.served.iter().find(|(_, s)| *s == named)
+                    {
+                        *named = model.clone();
+                    }
+                    CallError::Xapi(e)
                 }
-                CallError::Xapi(e)
-            }
-            other => other,
-        });
-        if !xapi_sim::is_read_only(method) {
-            self.activity.notify_waiters();
-        }
-        result
+                other => other,
+            })
+        };
+        let link = (&self.sim, self.pool, self.clock, &self.activity);
+        simulated_call(link, addressed, method, params, send).await
     }
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
