@@ -83,6 +83,31 @@ enum Command {
         #[command(flatten)]
         store: abd::real_pool::StoreArgs,
     },
+    /// Restores VMs' versions from the data store onto new VDIs of a real
+    /// pool (one job), verified against each backup's digest.
+    Restore {
+        #[command(flatten)]
+        pool: abd::real_pool::PoolArgs,
+        /// A VM whose version to restore, by name (repeat for more).
+        #[arg(long = "vm", required = true)]
+        vms: Vec<String>,
+        /// The version to restore (default: each VM's newest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// The SR (by name) for the new VDIs (default: the pool's default SR).
+        #[arg(long)]
+        sr: Option<String>,
+        /// `delegate`: a delegate writes each disk, reading the store itself;
+        /// `import`: this engine uploads each disk to the pool master (no
+        /// delegate; every byte crosses this machine's link to the pool).
+        #[arg(long, value_enum, default_value_t = RestoreVia::Delegate)]
+        via: RestoreVia,
+        /// VMs processed at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[command(flatten)]
+        store: abd::real_pool::StoreArgs,
+    },
     /// The delegate template of a real pool.
     Template {
         #[command(subcommand)]
@@ -98,6 +123,13 @@ enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+}
+
+/// How `abd restore` writes the new VDIs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RestoreVia {
+    Delegate,
+    Import,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +239,22 @@ fn main() -> ExitCode {
             time_limit_s,
             store,
         } => real_pool(backup(pool, vms, concurrency, time_limit_s, store)),
+        Command::Restore {
+            pool,
+            vms,
+            version,
+            sr,
+            via,
+            concurrency,
+            store,
+        } => {
+            let via = match via {
+                RestoreVia::Delegate => engine::config::RestoreVia::Delegate,
+                RestoreVia::Import => engine::config::RestoreVia::Import,
+            };
+            let restore = engine::config::RestoreSpec { version, sr, via };
+            real_pool(restore_vms(pool, vms, concurrency, restore, store))
+        }
         Command::Sim {
             command:
                 SimCommand::Serve {
@@ -401,17 +449,6 @@ async fn backup(
     store: abd::real_pool::StoreArgs,
 ) -> anyhow::Result<bool> {
     let (engine, name) = abd::real_pool::start(&args, Some(&store)).await?;
-    // A run a crash interrupted (with `journal_file` set): its leftovers are
-    // gone; this command backs up the VMs it is given, not that run's.
-    for run in engine.take_interrupted_runs() {
-        eprintln!(
-            "job {} (run {}) was interrupted with {} VM(s) not done; closing it",
-            run.spec.name,
-            run.run,
-            run.remaining().len()
-        );
-        engine.abandon(&run)?;
-    }
     let spec = engine::JobSpec {
         name: "backup".into(),
         pool: name,
@@ -421,10 +458,56 @@ async fn backup(
         replicate: None,
         time_limit_s,
     };
+    run_job(engine, spec).await
+}
+
+async fn restore_vms(
+    args: abd::real_pool::PoolArgs,
+    vms: Vec<String>,
+    concurrency: usize,
+    restore: engine::config::RestoreSpec,
+    store: abd::real_pool::StoreArgs,
+) -> anyhow::Result<bool> {
+    let Some(dir) = &store.store else {
+        anyhow::bail!("restore needs --store: the data store the versions are in");
+    };
+    let (engine, name) = match restore.via {
+        engine::config::RestoreVia::Import => {
+            abd::real_pool::start_without_delegates(&args, dir).await?
+        }
+        engine::config::RestoreVia::Delegate => abd::real_pool::start(&args, Some(&store)).await?,
+    };
+    let spec = engine::JobSpec {
+        name: "restore".into(),
+        pool: name,
+        vms,
+        concurrency,
+        restore: Some(restore),
+        replicate: None,
+        time_limit_s: None,
+    };
+    run_job(engine, spec).await
+}
+
+/// Runs one job on a started engine, printing its log; Ctrl-C cancels it
+/// with cleanup. True when it succeeded (with warnings or not).
+async fn run_job(engine: engine::Engine, spec: engine::JobSpec) -> anyhow::Result<bool> {
+    // A run a crash interrupted (with `journal_file` set): its leftovers are
+    // gone; this command runs the VMs it is given, not that run's.
+    for run in engine.take_interrupted_runs() {
+        eprintln!(
+            "job {} (run {}) was interrupted with {} VM(s) not done; closing it",
+            run.spec.name,
+            run.run,
+            run.remaining().len()
+        );
+        engine.abandon(&run)?;
+    }
     let run = engine.run_job(&spec);
     tokio::pin!(run);
     // Ctrl-C cancels the job: its VMs stop at their next wait and clean up
-    // (detach, remove snapshots, destroy delegates) before the command ends.
+    // (detach, remove snapshots and half-written VDIs, destroy delegates)
+    // before the command ends.
     let report = tokio::select! {
         biased;
         report = &mut run => report,

@@ -1,6 +1,7 @@
 //! Real-pool mode: the engine against any XAPI endpoint over HTTP(S) — a real
-//! pool master, or `abd sim serve`. Commands that need no delegate agent:
-//! `validate` (read-only) and the template operations.
+//! pool master, or `abd sim serve`: connecting, and starting the engine for
+//! work with the data store served to delegates (or, for restores by
+//! upload, only opened).
 
 use engine::agent::{AgentClient, HttpAgentLink, TokenRegistry};
 use engine::xapi::{Credentials, HttpOptions, HttpTransport, Protocol, TlsPolicy};
@@ -77,6 +78,19 @@ pub async fn start(args: &PoolArgs, store: Option<&StoreArgs>) -> anyhow::Result
     open(args, store, true).await
 }
 
+/// Starts the engine on the pool for work that no delegate does (restores
+/// by upload): the data store is opened, not served.
+pub async fn start_without_delegates(
+    args: &PoolArgs,
+    store: &Path,
+) -> anyhow::Result<(Engine, String)> {
+    let store = StoreArgs {
+        store: Some(store.to_path_buf()),
+        ..Default::default()
+    };
+    open(args, Some(&store), true).await
+}
+
 async fn open(
     args: &PoolArgs,
     store: Option<&StoreArgs>,
@@ -123,8 +137,13 @@ async fn open(
     };
     let mut engine_config = config.engine;
     let store = store.filter(|s| s.store.is_some());
+    // Without a listen address the store is the engine's own (no delegate
+    // reaches it).
+    let served = store.filter(|s| !s.store_listen.is_empty());
     if let Some(store) = store {
         engine_config.store_dir = store.store.clone();
+    }
+    if let Some(store) = served {
         engine_config.store_url = Some(store.store_url.clone().ok_or_else(|| {
             anyhow::anyhow!("--store needs --store-url: the address delegates reach this engine at")
         })?);
@@ -134,7 +153,7 @@ async fn open(
         true => Engine::start(engine_config, vec![connection]).await?,
         false => Engine::connect(engine_config, vec![connection]).await?,
     };
-    if let (Some(args), Some(data)) = (store, engine.data_store()) {
+    if let (Some(args), Some(data)) = (served, engine.data_store()) {
         let listener = tokio::net::TcpListener::bind(&args.store_listen)
             .await
             .map_err(|e| anyhow::anyhow!("serving the data store on {}: {e}", args.store_listen))?;

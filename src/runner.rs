@@ -348,6 +348,7 @@ fn job_spec(scenario: &Scenario, job: &crate::scenario::ScenarioJob) -> JobSpec 
         restore: (job.kind == JobKind::Restore).then(|| engine::config::RestoreSpec {
             version: job.version,
             sr: job.sr.clone(),
+            via: job.via.unwrap_or_default(),
         }),
         replicate: (job.kind == JobKind::Replicate).then(|| engine::config::ReplicateSpec {
             sr: job.sr.clone(),

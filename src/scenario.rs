@@ -98,6 +98,10 @@ pub struct ScenarioJob {
     /// has no namesake in the job's pool.
     #[serde(default)]
     pub network: Option<String>,
+    /// Restore jobs: `delegate` (the default) or `import` (the engine uploads
+    /// each disk to the pool master, no delegate).
+    #[serde(default)]
+    pub via: Option<engine::config::RestoreVia>,
     /// The job is cancelled once it has run this long (seconds).
     #[serde(default)]
     pub time_limit_s: Option<u64>,
@@ -421,6 +425,12 @@ impl Scenario {
                 return Err(err(
                     line,
                     format!("job[{i}].concurrency: must be at least 1"),
+                ));
+            }
+            if job.via.is_some() && job.kind != JobKind::Restore {
+                return Err(err(
+                    line,
+                    format!("job[{i}].via: only a restore job takes `via`"),
                 ));
             }
             if !(job.start_s >= 0.0 && job.start_s.is_finite()) {

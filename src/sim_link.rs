@@ -3,7 +3,7 @@
 //! on tokio's (paused) clock. Delegate agents are in `sim_agents`.
 
 use async_trait::async_trait;
-use engine::xapi::{CallError, Transport};
+use engine::xapi::{CallError, RawImage, Transport};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -159,6 +159,60 @@ async fn simulated_call(
     result
 }
 
+/// An upload (`/import_raw_vdi`) on the simulated clock, whichever link
+/// carries it: refused as a call is; then, like a call, it takes its time
+/// first (the image's bytes at the VDI's SR bandwidth) and lands when that
+/// is over: checked then (the host still there, the session live, the VDI
+/// unplugged, the image fits) and `send` then.
+async fn simulated_upload(
+    (sim, pool, clock): (&SharedSim, PoolId, SimClock),
+    addressed: &str,
+    session: &str,
+    vdi: &str,
+    image: RawImage,
+    send: impl FnOnce(&str, RawImage) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    refused(sim, pool, addressed, clock).await?;
+    let bandwidth = lock(sim).import_bandwidth(pool, vdi);
+    tokio::time::sleep(Duration::from_secs_f64(image.size as f64 / bandwidth)).await;
+    if let Some(why) = lock(sim).refusal(pool, addressed, clock.now()) {
+        return Err(CallError::Transport(format!(
+            "uploading VDI {vdi}: the connection broke ({why})"
+        )));
+    }
+    let target = lock(sim)
+        .import_target(pool, clock.now(), session, vdi)
+        .map_err(|refusal| match refusal {
+            xapi_sim::ImportRefusal::Unauthorized => CallError::Xapi(xapi_proto::XapiError::new(
+                xapi_proto::codes::SESSION_INVALID,
+                [session],
+            )),
+            other => CallError::Transport(format!("uploading VDI {vdi}: {other}")),
+        })?;
+    if image.size > target.virtual_size {
+        return Err(CallError::Transport(format!(
+            "uploading VDI {vdi}: {} bytes do not fit its {} bytes",
+            image.size, target.virtual_size
+        )));
+    }
+    send(&target.vdi_uuid, image)
+}
+
+/// An upload's bytes landing in a simulated VDI, in order.
+struct SimUpload<'a> {
+    sim: &'a SharedSim,
+    pool: PoolId,
+    vdi_uuid: &'a str,
+}
+
+impl ads::DiskTarget for SimUpload<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        lock(self.sim)
+            .import_vdi(self.pool, self.vdi_uuid, offset, data)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// XAPI calls to one host of a simulated pool: the master, until the master
 /// role moves and the engine follows it.
 pub struct SimTransport {
@@ -219,6 +273,26 @@ impl Transport for SimTransport {
         let send = |params: Vec<Value>| self.dispatch(addressed, method, &params);
         let link = (&self.sim, self.pool, self.clock, &self.activity);
         simulated_call(link, addressed, method, params, send).await
+    }
+
+    async fn import_raw_vdi(
+        &self,
+        session: &str,
+        vdi: &str,
+        image: RawImage,
+    ) -> Result<(), CallError> {
+        let addressed = self.addressed();
+        let send = |vdi_uuid: &str, image: RawImage| {
+            let mut target = SimUpload {
+                sim: &self.sim,
+                pool: self.pool,
+                vdi_uuid,
+            };
+            (image.write)(&mut target)
+                .map_err(|e| CallError::Transport(format!("uploading VDI {vdi_uuid}: {e}")))
+        };
+        let link = (&self.sim, self.pool, self.clock);
+        simulated_upload(link, &addressed, session, vdi, image, send).await
     }
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
@@ -292,6 +366,22 @@ impl Transport for HttpLink {
         simulated_call(link, addressed, method, params, send).await
     }
 
+    async fn import_raw_vdi(
+        &self,
+        session: &str,
+        vdi: &str,
+        image: RawImage,
+    ) -> Result<(), CallError> {
+        let addressed = self.address().unwrap_or_default();
+        let send = |_: &str, image: RawImage| {
+            let (http, session, vdi) =
+                (Arc::clone(&self.http), session.to_string(), vdi.to_string());
+            self.blocking(async move { http.import_raw_vdi(&session, &vdi, image).await })
+        };
+        let link = (&self.sim, self.pool, self.clock);
+        simulated_upload(link, &addressed, session, vdi, image, send).await
+    }
+
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
         let served = self.served.get(address).map_or(address, String::as_str);
         self.http.redirect(served)
@@ -309,18 +399,27 @@ impl HttpLink {
     /// Sends one call to the host served at `served` at the current simulated
     /// time and blocks until its reply.
     fn send(&self, served: &str, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
-        self.served_time_ms.store(
-            self.clock.now().as_ms(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
         let (http, method, served) = (
             Arc::clone(&self.http),
             method.to_string(),
             served.to_string(),
         );
+        self.blocking(async move { http.call_to(&served, &method, params).await })
+    }
+
+    /// Runs `request` on the HTTP runtime at the current simulated time (the
+    /// served pools' clock set to it) and blocks until it is done.
+    fn blocking<T: Send + 'static>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, CallError>> + Send + 'static,
+    ) -> Result<T, CallError> {
+        self.served_time_ms.store(
+            self.clock.now().as_ms(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
         self.io.spawn(async move {
-            let _ = reply_tx.send(http.call_to(&served, &method, params).await);
+            let _ = reply_tx.send(request.await);
         });
         reply_rx
             .recv()

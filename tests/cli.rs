@@ -108,8 +108,14 @@ impl Drop for Served {
     }
 }
 
-/// How many VMs the served pool has with this name (over XML-RPC).
-fn vms_named(url: &str, name: &str) -> usize {
+/// A session on the served pool (over XML-RPC), and a runtime to call it on.
+fn login(
+    url: &str,
+) -> (
+    tokio::runtime::Runtime,
+    engine::xapi::HttpTransport,
+    serde_json::Value,
+) {
     use engine::xapi::{HttpOptions, HttpTransport, Transport};
     use serde_json::json;
     let http = HttpTransport::new(url, &HttpOptions::default()).unwrap();
@@ -117,20 +123,26 @@ fn vms_named(url: &str, name: &str) -> usize {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let session = http
-            .call(
-                "session.login_with_password",
-                vec![json!("root"), json!("password")],
-            )
-            .await
-            .unwrap();
-        let vms = http
-            .call("VM.get_by_name_label", vec![session, json!(name)])
-            .await
-            .unwrap();
-        vms.as_array().unwrap().len()
-    })
+    let session = rt
+        .block_on(http.call(
+            "session.login_with_password",
+            vec![json!("root"), json!("password")],
+        ))
+        .unwrap();
+    (rt, http, session)
+}
+
+/// How many VMs the served pool has with this name.
+fn vms_named(url: &str, name: &str) -> usize {
+    use engine::xapi::Transport;
+    let (rt, http, session) = login(url);
+    let vms = rt
+        .block_on(http.call(
+            "VM.get_by_name_label",
+            vec![session, serde_json::json!(name)],
+        ))
+        .unwrap();
+    vms.as_array().unwrap().len()
 }
 
 fn password_file(name: &str, password: &str) -> String {
@@ -237,4 +249,73 @@ fn real_pool_diag_runs_the_lifecycle_over_http_and_cleans_up() {
     for name in ["ABD 1", "ABD 2"] {
         assert_eq!(vms_named(&served.url, name), 1, "{name}");
     }
+}
+
+#[test]
+fn real_pool_restore_by_upload_writes_the_version_byte_for_byte() {
+    let dir = std::env::temp_dir().join(format!("abd-cli-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (image, store) = (dir.join("app.img"), dir.join("store"));
+    let (image, store) = (image.to_str().unwrap(), store.to_str().unwrap());
+    for args in [
+        vec!["sim", "image", image, "--size", "6MiB"],
+        vec!["ads", "init", store],
+        vec!["ads", "backup", store, image, "--vm", "app"],
+    ] {
+        let (code, stdout, stderr) = abd(&args);
+        assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
+    }
+    let served = Served::start("quickstart.toml");
+    let pw = password_file("restore", "password");
+    let restore = |vm: &str| {
+        abd(&[
+            "restore",
+            "--pool",
+            &served.url,
+            "--password-file",
+            &pw,
+            "--store",
+            store,
+            "--vm",
+            vm,
+            "--via",
+            "import",
+        ])
+    };
+    let (code, stdout, stderr) = restore("app");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("by upload to the pool master") && stdout.contains("Restored into VDI"),
+        "{stdout}"
+    );
+    // What the pool holds now is the image, byte for byte.
+    let expected = std::fs::read(image).unwrap();
+    assert_eq!(exported(&served.url, "app restored v1 disk 1"), expected);
+    // A VM the store has no version of: a clear reason, and no VDI made.
+    let (code, stdout, _) = restore("nope");
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("Nothing to write"), "{stdout}");
+}
+
+/// The bytes of the served pool's VDI named `name` (`/export_raw_vdi`).
+fn exported(url: &str, name: &str) -> Vec<u8> {
+    use engine::xapi::Transport;
+    let (rt, http, session) = login(url);
+    rt.block_on(async {
+        let vdis = http
+            .call(
+                "VDI.get_by_name_label",
+                vec![session.clone(), serde_json::json!(name)],
+            )
+            .await
+            .unwrap();
+        let vdis = vdis.as_array().unwrap();
+        assert_eq!(vdis.len(), 1, "one VDI named {name:?}");
+        let (vdi, session) = (vdis[0].as_str().unwrap(), session.as_str().unwrap());
+        let export = format!("{url}/export_raw_vdi?vdi={vdi}&session_id={session}&format=raw");
+        let reply = reqwest::get(export).await.unwrap();
+        assert!(reply.status().is_success(), "{}", reply.status());
+        reply.bytes().await.unwrap().to_vec()
+    })
 }

@@ -5,15 +5,18 @@
 
 use abd::scenario::Scenario;
 
-#[test]
-fn nightly_backups_dedup_across_clones_and_days_and_restore_byte_identical() {
-    let path = format!(
-        "{}/scenarios/nightly-dedup.toml",
-        env!("CARGO_MANIFEST_DIR")
-    );
+/// Runs a shipped scenario at its own seed; its checks and expectations hold.
+fn run_shipped(name: &str) -> (String, abd::runner::RunOutput) {
+    let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
     let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
     let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
     assert!(summary.ok, "{}", summary.text());
+    (path, out)
+}
+
+#[test]
+fn nightly_backups_dedup_across_clones_and_days_and_restore_byte_identical() {
+    let (_, out) = run_shipped("nightly-dedup");
     let data = out.data.clone().expect("the scenario has a data store");
     assert_eq!(data.versions, 36);
     assert_eq!(data.disks_restored, 36, "{:?}", data.problems);
@@ -108,10 +111,7 @@ fn summary_lines(out: &abd::runner::RunOutput, needle: &str) -> usize {
 
 #[test]
 fn restores_write_each_version_back_byte_identical_and_a_bad_request_leaves_nothing() {
-    let path = format!("{}/scenarios/restore.toml", env!("CARGO_MANIFEST_DIR"));
-    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
-    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
-    assert!(summary.ok, "{}", summary.text());
+    let (path, out) = run_shipped("restore");
     let data = out.data.clone().unwrap();
     assert_eq!(data.restored_vdis_checked, 6, "{:?}", data.problems);
     assert_eq!(out.pools["lab"].restored_vdis.len(), 6);
@@ -144,6 +144,66 @@ fn restores_write_each_version_back_byte_identical_and_a_bad_request_leaves_noth
         abd::checks::check(&bad, &out).is_empty(),
         "{:?}",
         abd::checks::check(&bad, &out)
+    );
+}
+
+#[test]
+fn restores_by_upload_need_no_delegate_and_a_damaged_version_leaves_nothing() {
+    let path = format!(
+        "{}/scenarios/restore-upload.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
+    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let data = out.data.clone().unwrap();
+    assert_eq!(data.restored_vdis_checked, 6, "{:?}", data.problems);
+    assert_eq!(out.pools["lab"].restored_vdis.len(), 6);
+    // No VM was cloned or started for the restore: it is the engine's upload.
+    let restore_start_ms = 7_200_000;
+    let spent: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.at.as_ms() >= restore_start_ms)
+        .filter(|e| e.text.starts_with("VM.clone") || e.text.starts_with("VM.start"))
+        .map(|e| e.text.clone())
+        .collect();
+    assert!(spent.is_empty(), "{spent:?}");
+    for vm in &out.jobs[1].report.vms {
+        assert_eq!(vm.delegate, None, "{vm:?}");
+    }
+
+    // A chunk damaged at rest before the restore: the versions that use it
+    // fail to restore, naming it, and leave no VDI; the others restore.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[[job]]\nname = \"restore-upload\"",
+        "[[fault]]\nkind = \"chunk_corrupt\"\npool = \"lab\"\nfrom_s = 7150\n\n\
+         [[job]]\nname = \"restore-upload\"",
+    );
+    let damaged = Scenario::parse("restore-upload-damaged.toml", &text).unwrap();
+    let (out, _) = abd::run_and_check(&damaged, damaged.seed);
+    let restore = &out.jobs[1].report;
+    let failed: Vec<_> = restore
+        .vms
+        .iter()
+        .filter(|vm| vm.status == engine::job::VmStatus::Failed)
+        .collect();
+    assert!(!failed.is_empty(), "{restore:?}");
+    for vm in &failed {
+        let reason = vm.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("chunk"), "{reason}");
+    }
+    let restored = restore.vms.len() - failed.len();
+    assert_eq!(out.pools["lab"].restored_vdis.len(), 2 * restored);
+    assert!(
+        out.pools["lab"].orphan_vdis.is_empty(),
+        "{:?}",
+        out.pools["lab"].orphan_vdis
+    );
+    assert!(
+        abd::checks::check(&damaged, &out).is_empty(),
+        "{:?}",
+        abd::checks::check(&damaged, &out)
     );
 }
 

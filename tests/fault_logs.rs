@@ -153,3 +153,8 @@ fn cancel_unreachable_log() {
 fn retention_log() {
     insta::assert_snapshot!("retention", engine_and_job_log("retention"));
 }
+
+#[test]
+fn restore_upload_log() {
+    insta::assert_snapshot!("restore_upload", job_log("restore-upload"));
+}

@@ -201,4 +201,22 @@ pub struct RestoreSpec {
     pub version: Option<u64>,
     /// SR (by name) for the new VDIs (default: the pool's default SR).
     pub sr: Option<String>,
+    /// How the bytes get onto the new VDIs.
+    #[serde(default)]
+    pub via: RestoreVia,
+}
+
+/// How a restore writes its VDIs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreVia {
+    /// A delegate writes each disk through a read-write VBD, fetching chunks
+    /// from the store itself (the default: the engine's link to the pool
+    /// carries nothing).
+    #[default]
+    Delegate,
+    /// The engine uploads each disk whole to the pool master
+    /// (`PUT /import_raw_vdi`): no delegate, no template needed, but every
+    /// byte (zeros too) crosses the engine's link to the pool.
+    Import,
 }

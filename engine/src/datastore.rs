@@ -118,3 +118,9 @@ impl DataStore {
         read(&self.lock())
     }
 }
+
+impl ads::ChunkSource for DataStore {
+    fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>, AdsError> {
+        DataStore::read_chunks(self, ids)
+    }
+}

@@ -4,7 +4,7 @@
 use crate::accounting::Change;
 use crate::backup::back_up_vm;
 use crate::cancel::Cancel;
-use crate::config::JobSpec;
+use crate::config::{JobSpec, RestoreVia};
 use crate::delegate::{self, Delegate};
 use crate::error::EngineError;
 use crate::joblog::{JobLog, JobStatus, LineStatus, format_bytes, format_duration};
@@ -85,12 +85,18 @@ pub struct JobReport {
 /// Everything one VM's task needs.
 struct JobContext {
     pool: Arc<PoolRuntime>,
-    template: TemplateInfo,
+    /// What delegates are made from and attached to (None: the job needs none).
+    delegates: Option<DelegateSetup>,
     topo: Topology,
-    network: OpaqueRef,
     job: String,
     /// Set for restore and replication jobs.
     write: Option<WriteJob>,
+}
+
+/// The template delegates are cloned from and the network they get.
+struct DelegateSetup {
+    template: TemplateInfo,
+    network: OpaqueRef,
 }
 
 /// What a restore or replication job writes, and onto which SR.
@@ -99,6 +105,7 @@ enum WriteJob {
     Restore {
         version: Option<u64>,
         sr: OpaqueRef,
+        via: RestoreVia,
     },
     Replicate {
         sr: OpaqueRef,
@@ -424,8 +431,18 @@ async fn prepare(
     log: &VmLog,
 ) -> Result<JobContext, EngineError> {
     let topo = pool.topology().await?;
-    let network = pool.delegate_network(&topo)?;
-    let (template, _) = template::ensure(pool, &topo, log).await?;
+    // An upload restore needs no delegate: a broken template does not stop it.
+    let uploads = spec
+        .restore
+        .as_ref()
+        .is_some_and(|r| r.via == RestoreVia::Import);
+    let delegates = match uploads {
+        true => None,
+        false => Some(DelegateSetup {
+            network: pool.delegate_network(&topo)?,
+            template: template::ensure(pool, &topo, log).await?.0,
+        }),
+    };
     // An object of the pool by name, or a clear error naming what is missing.
     let named = |found: Option<&OpaqueRef>, what: &str, name: &str| {
         found.cloned().ok_or_else(|| EngineError::Config {
@@ -444,6 +461,7 @@ async fn prepare(
         (Some(r), _) => Some(WriteJob::Restore {
             version: r.version,
             sr: sr_named(&r.sr)?,
+            via: r.via,
         }),
         (None, Some(r)) => {
             let mut networks = crate::replica_vm::ReplicaNetworks::new(&topo.networks);
@@ -459,9 +477,8 @@ async fn prepare(
     };
     Ok(JobContext {
         pool: Arc::clone(pool),
-        template,
+        delegates,
         topo,
-        network,
         job: spec.name.clone(),
         write,
     })
@@ -564,7 +581,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let (vm, required_srs) = match &ctx.write {
         Some(write) => {
             let (version, sr) = match write {
-                WriteJob::Restore { version, sr } => (*version, sr),
+                WriteJob::Restore { version, sr, .. } => (*version, sr),
                 WriteJob::Replicate { sr, .. } => (None, sr),
             };
             // Check the version before spending a delegate on it.
@@ -602,74 +619,91 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         },
     };
     let mut attempt = 1;
-    let (work, delegate_name) = loop {
-        let delegate = match acquire_delegate(ctx, &required_srs, log).await {
-            Ok(d) => d,
-            Err(e) => {
-                log.fail(format!("VM not processed: {e}"));
-                return VmOutcome {
-                    restarts: attempt - 1,
-                    ..failed_by(vm_name, &e, None)
-                };
-            }
-        };
-        pool.account(Change::DelegateBusy);
-        let work = match (&ctx.write, &vm) {
-            (Some(WriteJob::Restore { version, sr }), _) => {
-                crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log)
-                    .await
-            }
-            (Some(WriteJob::Replicate { sr, networks }), _) => {
-                let target = crate::restore::ReplicaTarget {
-                    sr,
-                    networks,
-                    known_vm: known_replica.as_ref(),
-                };
-                crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log).await
-            }
-            (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
-            (None, None) => unreachable!("a backup job located its VM"),
-        };
-        pool.account(Change::DelegateIdle);
-        let delegate_name = delegate.name.clone();
-        let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
-        let task_lost = matches!(
-            work,
-            Err(EngineError::Agent(
-                crate::agent::AgentError::TaskLost { .. }
-            ))
-        );
-        let store_unreachable = matches!(
-            work,
-            Err(EngineError::Agent(
-                crate::agent::AgentError::StoreUnreachable { .. }
-            ))
-        );
-        let lost = work.is_err()
-            && !cancelled
-            && (task_lost || store_unreachable || delegate_lost(pool, &delegate).await);
-        release(pool, delegate, work.is_ok(), log).await;
-        if lost && attempt < VM_ATTEMPTS {
-            let cause = work
-                .as_ref()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            let why = if task_lost {
-                "its agent restarted and lost the work"
-            } else if store_unreachable {
-                "its agent could not reach the data store"
-            } else {
-                "its VM stopped running"
+    let upload = match &ctx.write {
+        Some(WriteJob::Restore {
+            version,
+            sr,
+            via: RestoreVia::Import,
+        }) => Some((*version, sr)),
+        _ => None,
+    };
+    let (work, delegate_name) = if let Some((version, sr)) = upload {
+        let work =
+            crate::restore::restore_vm_by_upload(pool, vm_name, version, sr, &ctx.job, log).await;
+        (work, None)
+    } else {
+        loop {
+            let delegate = match acquire_delegate(ctx, &required_srs, log).await {
+                Ok(d) => d,
+                Err(e) => {
+                    log.fail(format!("VM not processed: {e}"));
+                    return VmOutcome {
+                        restarts: attempt - 1,
+                        ..failed_by(vm_name, &e, None)
+                    };
+                }
             };
-            log.warn(format!(
-                "{delegate_name} was lost during the work ({why}; {cause}); \
+            pool.account(Change::DelegateBusy);
+            let work = match (&ctx.write, &vm) {
+                (Some(WriteJob::Restore { version, sr, .. }), _) => {
+                    crate::restore::restore_vm(
+                        pool, &delegate, vm_name, *version, sr, &ctx.job, log,
+                    )
+                    .await
+                }
+                (Some(WriteJob::Replicate { sr, networks }), _) => {
+                    let target = crate::restore::ReplicaTarget {
+                        sr,
+                        networks,
+                        known_vm: known_replica.as_ref(),
+                    };
+                    crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log)
+                        .await
+                }
+                (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
+                (None, None) => unreachable!("a backup job located its VM"),
+            };
+            pool.account(Change::DelegateIdle);
+            let delegate_name = delegate.name.clone();
+            let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
+            let task_lost = matches!(
+                work,
+                Err(EngineError::Agent(
+                    crate::agent::AgentError::TaskLost { .. }
+                ))
+            );
+            let store_unreachable = matches!(
+                work,
+                Err(EngineError::Agent(
+                    crate::agent::AgentError::StoreUnreachable { .. }
+                ))
+            );
+            let lost = work.is_err()
+                && !cancelled
+                && (task_lost || store_unreachable || delegate_lost(pool, &delegate).await);
+            release(pool, delegate, work.is_ok(), log).await;
+            if lost && attempt < VM_ATTEMPTS {
+                let cause = work
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                let why = if task_lost {
+                    "its agent restarted and lost the work"
+                } else if store_unreachable {
+                    "its agent could not reach the data store"
+                } else {
+                    "its VM stopped running"
+                };
+                log.warn(format!(
+                    "{delegate_name} was lost during the work ({why}; {cause}); \
                  starting over with a new delegate"
-            ));
-            attempt += 1;
-            continue;
+                ));
+                attempt += 1;
+                continue;
+            }
+            break (work, Some(delegate_name));
         }
-        break (work, delegate_name);
     };
     match work {
         Ok(report) => {
@@ -689,7 +723,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 vm: vm_name.to_string(),
                 status: if warned { VmStatus::Warn } else { VmStatus::Ok },
                 reason: None,
-                delegate: Some(delegate_name),
+                delegate: delegate_name,
                 bytes_read: report.bytes_read,
                 bytes_sent: report.written.iter().map(|w| w.read.bytes_sent).sum(),
                 bytes_stored: report.stored.bytes_stored,
@@ -701,7 +735,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             log.fail(format!("VM not processed: {e}"));
             VmOutcome {
                 restarts: attempt - 1,
-                ..failed_by(vm_name, &e, Some(delegate_name))
+                ..failed_by(vm_name, &e, delegate_name)
             }
         }
     }
@@ -732,12 +766,18 @@ async fn acquire_delegate(
         }
         return Ok(d);
     }
+    let Some(setup) = &ctx.delegates else {
+        return Err(EngineError::Config {
+            pool: pool.name().to_string(),
+            message: format!("job {} was set up without delegates", ctx.job),
+        });
+    };
     log.progress("Provisioning a delegate");
     delegate::provision(
         pool,
-        &ctx.template,
+        &setup.template,
         &ctx.topo,
-        &ctx.network,
+        &setup.network,
         required_srs,
         &ctx.job,
         log,

@@ -362,6 +362,11 @@ impl PoolRuntime {
         self.shared.store.as_deref()
     }
 
+    /// The engine's data store, to hand to work that outlives a borrow.
+    pub(crate) fn shared_store(&self) -> Option<Arc<crate::datastore::DataStore>> {
+        self.shared.store.clone()
+    }
+
     /// Records an accounting change for this pool.
     pub(crate) fn account(&self, change: Change) {
         self.shared.account(&self.config.name, change)

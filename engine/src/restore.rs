@@ -3,7 +3,9 @@
 //! digest taken at backup time.
 //!
 //! - A restore writes a version onto new VDIs, tagged as restored by us and
-//!   left for the operator; a failed restore removes the VDIs it created.
+//!   left for the operator; a failed restore removes the VDIs it created. It
+//!   goes through a delegate, or (`via = import`) the engine uploads each
+//!   disk to the pool master itself.
 //! - A replication keeps the newest version as replica VDIs: written whole the
 //!   first time, then only the segments that changed since the version they
 //!   hold. While they are written they are marked `updating`, so an
@@ -13,12 +15,15 @@
 
 use crate::agent::{DiskProgress, ReadReport, RestoreSource};
 use crate::backup::{attach_all, detach};
+use crate::datastore::DataStore;
 use crate::delegate::Delegate;
 use crate::error::EngineError;
 use crate::joblog::format_bytes;
 use crate::pool::{PoolRuntime, VmLog};
 use crate::replica_vm::ReplicaNetworks;
 use crate::tags;
+use crate::xapi::RawImage;
+use std::sync::Arc;
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdMode, VdiCreate, VdiType};
 
@@ -32,13 +37,7 @@ pub async fn restore_vm(
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
-    let (_, manifest) = version_of(pool, vm_name, version)?;
-    log.ok(format!(
-        "Restoring version {} ({} disk(s), taken {})",
-        manifest.seq,
-        manifest.disks.len(),
-        manifest.taken_at
-    ));
+    let manifest = begin_restore(pool, vm_name, version, "", log)?;
     let mut created = Vec::new();
     let outcome = async {
         for i in 0..manifest.disks.len() {
@@ -48,9 +47,100 @@ pub async fn restore_vm(
         write_version(pool, d, &manifest, None, &created, log).await
     }
     .await;
+    finish_restore(pool, outcome, &created, log).await
+}
+
+/// Writes `vm_name`'s version (`version`, else its newest) onto new VDIs on
+/// `sr` without a delegate: the engine restores each disk from the store as
+/// it uploads it to the pool master (`PUT /import_raw_vdi`), checked against
+/// the backup's digest on the way. Every byte, zeros too, crosses the
+/// engine's link to the pool.
+pub async fn restore_vm_by_upload(
+    pool: &PoolRuntime,
+    vm_name: &str,
+    version: Option<u64>,
+    sr: &OpaqueRef,
+    job: &str,
+    log: &VmLog,
+) -> Result<ReadReport, EngineError> {
+    let manifest = begin_restore(pool, vm_name, version, " by upload to the pool master", log)?;
+    let store = pool
+        .shared_store()
+        .ok_or_else(|| EngineError::Store("this engine has no data store".into()))?;
+    let mut created = Vec::new();
+    let count = manifest.disks.len();
+    let outcome = async {
+        let mut report = ReadReport::default();
+        for i in 0..count {
+            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job).await?;
+            created.push(vdi.clone());
+            let size_bytes = manifest.disks[i].size_bytes;
+            let progress = |percent| DiskProgress {
+                disk_index: i + 1,
+                disk_count: count,
+                size_bytes,
+                percent,
+            };
+            log.disk_progress("Uploading", progress(0));
+            let image = disk_image(Arc::clone(&store), manifest.clone(), i);
+            // Dropping the upload on cancellation breaks its connection.
+            log.cancel()
+                .wait(pool.xapi.vdi_import_raw(&vdi, &image))
+                .await?
+                .map_err(|e| EngineError::xapi(format!("VDI {vdi}"), "uploading a disk", e))?;
+            log.disk_progress("Uploading", progress(100));
+            report.disks += 1;
+            report.bytes_read += size_bytes;
+        }
+        Ok(report)
+    }
+    .await;
+    finish_restore(pool, outcome, &created, log).await
+}
+
+/// The version a restore writes, announced in the log (`how` it is written).
+fn begin_restore(
+    pool: &PoolRuntime,
+    vm_name: &str,
+    version: Option<u64>,
+    how: &str,
+    log: &VmLog,
+) -> Result<ads::Manifest, EngineError> {
+    let (_, manifest) = version_of(pool, vm_name, version)?;
+    log.ok(format!(
+        "Restoring version {} ({} disk(s), taken {}){how}",
+        manifest.seq,
+        manifest.disks.len(),
+        manifest.taken_at
+    ));
+    Ok(manifest)
+}
+
+/// Disk `disk` of `manifest` as an upload: restored from `store` in order,
+/// every chunk checked against its address and the whole against the disk's
+/// digest (a mismatch fails the upload).
+fn disk_image(store: Arc<DataStore>, manifest: ads::Manifest, disk: usize) -> RawImage {
+    RawImage {
+        size: manifest.disks[disk].size_bytes,
+        write: Arc::new(move |target| {
+            ads::restore_disk(store.as_ref(), &manifest, disk, target, &mut |_, _| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+    }
+}
+
+/// Names the VDIs a restore wrote, or, when it failed, removes them: no
+/// half-restored disks.
+async fn finish_restore(
+    pool: &PoolRuntime,
+    outcome: Result<ReadReport, EngineError>,
+    created: &[OpaqueRef],
+    log: &VmLog,
+) -> Result<ReadReport, EngineError> {
     match &outcome {
         Ok(_) => {
-            for vdi in &created {
+            for vdi in created {
                 let uuid = pool
                     .xapi
                     .vdi_get_record(vdi)
@@ -62,8 +152,7 @@ pub async fn restore_vm(
                 ));
             }
         }
-        // No half-restored disks: remove what this restore created.
-        Err(_) => destroy_vdis(pool, &created, log).await,
+        Err(_) => destroy_vdis(pool, created, log).await,
     }
     outcome
 }

@@ -65,6 +65,31 @@ pub struct AttachedDisk {
     pub bandwidth_bytes_per_s: f64,
 }
 
+/// A VDI an upload (`/import_raw_vdi`) may write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportTarget {
+    /// The VDI's uuid.
+    pub vdi_uuid: String,
+    /// Bytes it holds.
+    pub virtual_size: u64,
+    /// Write bandwidth of its SR (taken as its sequential read bandwidth).
+    pub bandwidth_bytes_per_s: f64,
+}
+
+/// Why `/import_raw_vdi` refuses an upload, as its HTTP status says.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ImportRefusal {
+    /// 401: the session is not a live session of the pool.
+    #[error("invalid session_id")]
+    Unauthorized,
+    /// 404: no VDI with that ref or uuid.
+    #[error("no VDI {0:?}")]
+    NoSuchVdi(String),
+    /// 409: a VM has the VDI plugged, or it is read-only.
+    #[error("VDI {0} is in use or read-only")]
+    InUse(String),
+}
+
 /// The VDI with `uuid` in pool `m`.
 fn find_vdi<'a>(
     m: &'a PoolModel,
@@ -209,6 +234,49 @@ impl Sim {
             .iter()
             .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
             .map(|(_, rec)| (rec.uuid.clone(), rec.virtual_size as u64))
+    }
+
+    /// Checks an upload into `vdi` (a ref or a uuid) with `session` at `now`.
+    pub fn import_target(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        session: &str,
+        vdi: &str,
+    ) -> Result<ImportTarget, ImportRefusal> {
+        self.advance_to(now);
+        if !self.session_is_valid(pool, session) {
+            return Err(ImportRefusal::Unauthorized);
+        }
+        let m = &self.pools[pool.0];
+        let (_, record) = m
+            .vdis
+            .iter()
+            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
+            .ok_or_else(|| ImportRefusal::NoSuchVdi(vdi.to_string()))?;
+        let (modes, read_only) = self
+            .plugged_modes(pool, &record.uuid)
+            .map_err(|_| ImportRefusal::NoSuchVdi(vdi.to_string()))?;
+        if !modes.is_empty() || read_only {
+            return Err(ImportRefusal::InUse(record.uuid.clone()));
+        }
+        Ok(ImportTarget {
+            vdi_uuid: record.uuid.clone(),
+            virtual_size: record.virtual_size as u64,
+            bandwidth_bytes_per_s: self.import_bandwidth(pool, vdi),
+        })
+    }
+
+    /// Write bandwidth of the SR of `vdi` (a ref or a uuid) for uploads
+    /// (taken as its sequential read bandwidth; the default for an unknown VDI).
+    pub fn import_bandwidth(&self, pool: PoolId, vdi: &str) -> f64 {
+        let m = &self.pools[pool.0];
+        m.vdis
+            .iter()
+            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
+            .and_then(|(_, rec)| m.sr_bandwidth_bytes_per_s.get(&rec.sr))
+            .copied()
+            .unwrap_or(ops::DEFAULT_SR_BANDWIDTH)
     }
 
     /// True when `session` is a live session of `pool`.

@@ -20,8 +20,6 @@ use xapi_proto::{Value, XapiError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Largest disk image `/import_raw_vdi` takes in one request.
-pub const MAX_IMPORT_BYTES: usize = 1 << 30;
 /// Bytes per piece of an `/export_raw_vdi` stream.
 const EXPORT_PIECE_BYTES: u64 = 4 << 20;
 
@@ -221,13 +219,14 @@ pub fn router(server: PoolServer) -> Router {
         .route("/", post(xml_rpc))
         .route("/export_raw_vdi", get(export_raw_vdi))
         .route("/export_raw_vdi/", get(export_raw_vdi))
+        // Uploads are as long as their VDI, checked as they arrive.
         .route(
             "/import_raw_vdi",
-            put(import_raw_vdi).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+            put(import_raw_vdi).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/import_raw_vdi/",
-            put(import_raw_vdi).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+            put(import_raw_vdi).layer(DefaultBodyLimit::disable()),
         )
         .fallback(post(xml_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -445,30 +444,86 @@ async fn export_raw_vdi(
         .into_response()
 }
 
-/// PUT `/import_raw_vdi`: writes the body at the start of an unplugged VDI.
+/// Most of a refused upload's body read (and dropped) before the refusal:
+/// a client still sending then reads the answer instead of a reset connection.
+const REFUSED_BODY_DRAINED: usize = 16 << 20;
+
+/// Answers a refused upload after draining up to [`REFUSED_BODY_DRAINED`] of
+/// its body; nothing of it is written.
+async fn refuse_upload(
+    mut pieces: axum::body::BodyDataStream,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    use futures_util::StreamExt;
+    let mut drained = 0;
+    while drained < REFUSED_BODY_DRAINED {
+        match pieces.next().await {
+            Some(Ok(piece)) => drained += piece.len(),
+            _ => break,
+        }
+    }
+    http_error(status, message)
+}
+
+/// PUT `/import_raw_vdi`: writes the body, as it arrives, from the start of
+/// an unplugged VDI. A body longer than the VDI is refused: before anything
+/// is written when its Content-Length says so, else when it gets there.
 async fn import_raw_vdi(
     State(server): State<PoolServer>,
     axum::extract::Query(q): axum::extract::Query<RawVdiQuery>,
-    body: Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
-    let (uuid, size) = match raw_vdi_target(&server, &q) {
-        Ok(target) => target,
-        Err((status, message)) => return http_error(status, message),
-    };
+    use futures_util::StreamExt;
+    let mut pieces = body.into_data_stream();
     if q.format != "raw" || q.base.is_some() {
-        return http_error(
+        let message = format!("import takes format=raw without base, not {:?}", q.format);
+        return refuse_upload(pieces, StatusCode::BAD_REQUEST, message).await;
+    }
+    let target = {
+        let mut sim = server.lock();
+        let now = server.clock.now().max(sim.now());
+        sim.import_target(server.pool, now, &q.session_id, &q.vdi)
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(refusal) => {
+            let status = match refusal {
+                crate::ImportRefusal::Unauthorized => StatusCode::UNAUTHORIZED,
+                crate::ImportRefusal::NoSuchVdi(_) => StatusCode::NOT_FOUND,
+                crate::ImportRefusal::InUse(_) => StatusCode::CONFLICT,
+            };
+            return refuse_upload(pieces, status, refusal.to_string()).await;
+        }
+    };
+    let (uuid, size) = (target.vdi_uuid, target.virtual_size);
+    let too_big = |len: u64| {
+        http_error(
             StatusCode::BAD_REQUEST,
-            format!("import takes format=raw without base, not {:?}", q.format),
-        );
+            format!("{len} bytes do not fit VDI {uuid} of {size} bytes"),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = announced.filter(|len| *len > size) {
+        let message = format!("{len} bytes do not fit VDI {uuid} of {size} bytes");
+        return refuse_upload(pieces, StatusCode::BAD_REQUEST, message).await;
     }
-    if body.len() as u64 > size {
-        return http_error(
-            StatusCode::BAD_REQUEST,
-            format!("{} bytes do not fit VDI {uuid} of {size} bytes", body.len()),
-        );
+    let mut offset = 0u64;
+    while let Some(piece) = pieces.next().await {
+        let piece = match piece {
+            Ok(piece) => piece,
+            Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        };
+        if offset + piece.len() as u64 > size {
+            return too_big(offset + piece.len() as u64);
+        }
+        if let Err(e) = server.lock().import_vdi(server.pool, &uuid, offset, &piece) {
+            return http_error(StatusCode::CONFLICT, e);
+        }
+        offset += piece.len() as u64;
     }
-    match server.lock().import_vdi(server.pool, &uuid, 0, &body) {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => http_error(StatusCode::CONFLICT, e),
-    }
+    StatusCode::OK.into_response()
 }

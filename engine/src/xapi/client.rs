@@ -1,6 +1,6 @@
 //! A typed XAPI client: one session, one method per XAPI call the engine makes.
 
-use super::{CallError, Transport};
+use super::{CallError, RawImage, Transport};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -633,6 +633,40 @@ impl XapiClient {
     /// `VDI.destroy`.
     pub async fn vdi_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
         self.void("VDI.destroy", vec![refv(vdi)]).await
+    }
+
+    /// Uploads `image` into `vdi` (`PUT /import_raw_vdi`): the VDI must be
+    /// plugged nowhere. A call on the VDI first proves the session (and finds
+    /// the master): a server that refuses an upload may close the connection
+    /// before its answer can be read. An upload refused for its session all
+    /// the same logs in again once; an unreachable pool is waited out as for
+    /// any call.
+    pub async fn vdi_import_raw(&self, vdi: &OpaqueRef, image: &RawImage) -> Result<(), CallError> {
+        self.call("VDI.get_uuid", vec![refv(vdi)]).await?;
+        let upload = |session: OpaqueRef| {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let image = image.clone();
+            async move {
+                self.transport
+                    .import_raw_vdi(session.as_str(), vdi.as_str(), image)
+                    .await
+            }
+        };
+        patiently(self.unreachable_limit, "import_raw_vdi", |_| async {
+            match upload(self.session()).await {
+                Err(CallError::Xapi(e)) if e.is(codes::SESSION_INVALID) => {
+                    let hook = self.on_reachability.as_ref();
+                    let fresh =
+                        Self::open_session(self.transport.as_ref(), &self.credentials, hook)
+                            .await?;
+                    self.calls.fetch_add(1, Ordering::Relaxed);
+                    *self.session.lock().expect("session lock poisoned") = fresh.clone();
+                    upload(fresh).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// `VDI.get_all_records`.

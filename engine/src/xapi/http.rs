@@ -2,7 +2,7 @@
 //! keep-alive, timeouts, certificate verification by default, and a base URL
 //! the client moves to the master when a pool member answers HOST_IS_SLAVE.
 
-use super::{CallError, Transport};
+use super::{CallError, RawImage, Transport};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -60,6 +60,7 @@ const QUOTE_BYTES: usize = 200;
 /// Carries XAPI calls to a pool master over HTTP(S).
 pub struct HttpTransport {
     client: reqwest::Client,
+    uploads: reqwest::Client,
     base: Mutex<reqwest::Url>,
     protocol: Protocol,
     next_id: AtomicU64,
@@ -75,28 +76,14 @@ impl HttpTransport {
                 "pool URL {url:?} is neither http nor https"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .timeout(options.call_timeout)
-            .connect_timeout(options.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90));
-        match &options.tls {
-            TlsPolicy::Verify => {}
-            TlsPolicy::Trust(pem) => {
-                let bytes = std::fs::read(pem).map_err(|e| {
-                    CallError::Transport(format!("cannot read certificate {}: {e}", pem.display()))
-                })?;
-                let cert = reqwest::Certificate::from_pem(&bytes).map_err(|e| {
-                    CallError::Transport(format!("bad certificate {}: {e}", pem.display()))
-                })?;
-                builder = builder.add_root_certificate(cert);
-            }
-            TlsPolicy::SkipVerification => builder = builder.danger_accept_invalid_certs(true),
-        }
-        let client = builder
-            .build()
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let client = build_client(options, true)?;
+        // Uploads go on connections of their own, opened for each: a
+        // streamed body cannot be sent again when a kept-alive connection
+        // turns out to have been closed by the server.
+        let uploads = build_client(options, false)?;
         Ok(HttpTransport {
             client,
+            uploads,
             base: Mutex::new(base),
             protocol: options.protocol,
             next_id: AtomicU64::new(1),
@@ -170,6 +157,93 @@ impl HttpTransport {
         })
     }
 
+    /// `PUT /import_raw_vdi?format=raw`: the image streamed as it is
+    /// written (by a blocking task), with its length announced, since XAPI
+    /// reads a raw upload by its Content-Length.
+    async fn put_image(&self, session: &str, vdi: &str, image: RawImage) -> Result<(), CallError> {
+        let mut url = self
+            .base
+            .lock()
+            .expect("url lock poisoned")
+            .join("/import_raw_vdi")
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("session_id", session)
+            .append_pair("vdi", vdi)
+            .append_pair("format", "raw");
+        let (pieces, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let size = image.size;
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut sink = ImageStream {
+                pieces,
+                next: 0,
+                size,
+                cut_off: false,
+            };
+            let written = (image.write)(&mut sink);
+            match written {
+                Ok(()) if sink.next == size => Ok(()),
+                Ok(()) => Err((
+                    format!("the image stopped at {} of {size} bytes", sink.next),
+                    false,
+                )),
+                Err(e) => {
+                    // The server must not take a short body for a whole one.
+                    let _ = sink
+                        .pieces
+                        .blocking_send(Err(std::io::Error::other(e.clone())));
+                    Err((e, sink.cut_off))
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(body, |mut body| async move {
+            body.recv().await.map(|piece| (piece, body))
+        });
+        let sent = self
+            .uploads
+            .put(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream))
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await;
+        let written = writer
+            .await
+            .map_err(|e| CallError::Transport(format!("the image writer died: {e}")))?;
+        // A writer that failed on its own broke the upload: its reason is
+        // the one. One the upload cut off failed for the server's reason.
+        if let Err((why, false)) = &written {
+            return Err(CallError::Transport(format!(
+                "writing the image of VDI {vdi}: {why}"
+            )));
+        }
+        let reply = sent.map_err(|e| {
+            let what = format!("uploading VDI {vdi}: {}", describe(e));
+            CallError::Transport(what)
+        })?;
+        let status = reply.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(CallError::Xapi(XapiError::new(
+                xapi_proto::codes::SESSION_INVALID,
+                [session],
+            )));
+        }
+        if !status.is_success() {
+            let text = reply.text().await.unwrap_or_default();
+            let quote: String = text.chars().take(QUOTE_BYTES).collect();
+            return Err(CallError::Transport(format!(
+                "uploading VDI {vdi}: HTTP {status}: {quote}"
+            )));
+        }
+        if let Err((why, _)) = written {
+            return Err(CallError::Transport(format!(
+                "uploading VDI {vdi}: the server stopped reading ({why})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Points the base URL at `master` (an address; scheme and port stay).
     fn redirect_to_master(&self, master: &str) -> Result<bool, CallError> {
         let mut base = self.base.lock().expect("url lock poisoned");
@@ -178,6 +252,63 @@ impl HttpTransport {
             CallError::Transport(format!("HOST_IS_SLAVE names a bad master {master:?}: {e}"))
         })?;
         Ok(moved)
+    }
+}
+
+/// A client with `options`' timeouts and certificate policy; `keep_alive`
+/// keeps idle connections for later requests.
+fn build_client(options: &HttpOptions, keep_alive: bool) -> Result<reqwest::Client, CallError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(options.call_timeout)
+        .connect_timeout(options.connect_timeout);
+    builder = match keep_alive {
+        true => builder.pool_idle_timeout(Duration::from_secs(90)),
+        false => builder.pool_max_idle_per_host(0),
+    };
+    match &options.tls {
+        TlsPolicy::Verify => {}
+        TlsPolicy::Trust(pem) => {
+            let bytes = std::fs::read(pem).map_err(|e| {
+                CallError::Transport(format!("cannot read certificate {}: {e}", pem.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&bytes).map_err(|e| {
+                CallError::Transport(format!("bad certificate {}: {e}", pem.display()))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        TlsPolicy::SkipVerification => builder = builder.danger_accept_invalid_certs(true),
+    }
+    builder
+        .build()
+        .map_err(|e| CallError::Transport(e.to_string()))
+}
+
+/// The body of an upload: pieces in order, as the image's writer makes them.
+struct ImageStream {
+    pieces: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    /// Where the next piece must start.
+    next: u64,
+    size: u64,
+    /// The upload stopped taking pieces (the server answered or hung up).
+    cut_off: bool,
+}
+
+impl ads::DiskTarget for ImageStream {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if offset != self.next || offset + data.len() as u64 > self.size {
+            return Err(std::io::Error::other(format!(
+                "an upload is written in order: {} bytes at {offset}, expected {} of {}",
+                data.len(),
+                self.next,
+                self.size
+            )));
+        }
+        if self.pieces.blocking_send(Ok(data.to_vec())).is_err() {
+            self.cut_off = true;
+            return Err(std::io::Error::other("the upload stopped"));
+        }
+        self.next += data.len() as u64;
+        Ok(())
     }
 }
 
@@ -243,6 +374,15 @@ impl Transport for HttpTransport {
 
     fn redirect(&self, address: &str) -> Result<bool, CallError> {
         self.redirect_to_master(address)
+    }
+
+    async fn import_raw_vdi(
+        &self,
+        session: &str,
+        vdi: &str,
+        image: RawImage,
+    ) -> Result<(), CallError> {
+        self.put_image(session, vdi, image).await
     }
 
     fn address(&self) -> Option<String> {

@@ -11,7 +11,20 @@ pub use client::{
 pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use xapi_proto::{Value, XapiError};
+
+/// Writes a whole disk image, in order from offset 0, into what it is given.
+pub type ImageWriter = dyn Fn(&mut dyn ads::DiskTarget) -> Result<(), String> + Send + Sync;
+
+/// A disk image for `/import_raw_vdi`: its size and the writer that produces
+/// its bytes (called again when an upload is retried).
+#[derive(Clone)]
+pub struct RawImage {
+    /// Bytes the image holds (the VDI's virtual size).
+    pub size: u64,
+    pub write: Arc<ImageWriter>,
+}
 
 /// Carries one XAPI call to a pool master and brings back its result.
 ///
@@ -43,6 +56,20 @@ pub trait Transport: Send + Sync {
         let _ = (method, params);
         Err(CallError::Unreachable(format!(
             "this link cannot call the host at {address}"
+        )))
+    }
+
+    /// Uploads `image` into the VDI `vdi` (a ref) with `session`, as
+    /// `PUT /import_raw_vdi?format=raw` does: the whole disk, in order.
+    async fn import_raw_vdi(
+        &self,
+        session: &str,
+        vdi: &str,
+        image: RawImage,
+    ) -> Result<(), CallError> {
+        let _ = (session, image);
+        Err(CallError::Transport(format!(
+            "this link cannot upload disk images (VDI {vdi})"
         )))
     }
 

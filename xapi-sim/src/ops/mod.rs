@@ -14,6 +14,9 @@ use std::net::Ipv4Addr;
 use xapi_proto::records::{PowerState, VmRecord};
 use xapi_proto::{OpaqueRef, XapiError};
 
+/// Bandwidth of an SR the spec gives none (bytes per second).
+pub(crate) const DEFAULT_SR_BANDWIDTH: f64 = 100.0 * 1024.0 * 1024.0;
+
 pub(crate) use crate::model::build::new_ids;
 
 /// Everything one call or scheduled event may touch.
@@ -114,7 +117,7 @@ pub(crate) fn appliance_disks(m: &PoolModel, ip: Ipv4Addr) -> Option<Vec<Attache
                     .sr_bandwidth_bytes_per_s
                     .get(&vdi.sr)
                     .copied()
-                    .unwrap_or(100.0 * 1024.0 * 1024.0),
+                    .unwrap_or(DEFAULT_SR_BANDWIDTH),
             })
         })
         .collect();
