@@ -68,7 +68,18 @@ pub enum JournalRecord {
     },
     /// A later engine found the run unfinished and closed it without resuming it.
     RunInterrupted { job: String, run: u64 },
+    /// Older finished runs were dropped when the journal was compacted: the
+    /// highest run number each job had, and the engine time of the last log
+    /// line then, so run numbers and engine time still only go up.
+    Compacted {
+        runs: BTreeMap<String, u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_line_ms: Option<u64>,
+    },
 }
+
+/// Finished runs a compacted journal keeps per job (the newest), with their logs.
+pub const FINISHED_RUNS_KEPT: usize = 10;
 
 /// Why a journal cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +143,14 @@ struct Inner {
     file: Option<JournalFile>,
 }
 
-/// The file behind a journal, locked for this process, and how much of it
-/// holds whole records.
+/// The file behind a journal, and how much of it holds whole records. The
+/// lock file beside it (`<journal>.lock`) is locked for this process: the
+/// journal itself is replaced when it is compacted.
 struct JournalFile {
     path: PathBuf,
     file: std::fs::File,
     len: u64,
+    _lock: std::fs::File,
 }
 
 impl Journal {
@@ -154,52 +167,34 @@ impl Journal {
     /// Opens (or creates) a journal file, locks it for this process, and
     /// reads what it holds. A last line cut short (the engine died writing
     /// it) is dropped; any other line that is not a record is an error naming
-    /// the line, and the file is left as it is.
+    /// the line, and the file is left as it is. Finished runs beyond the
+    /// newest [`FINISHED_RUNS_KEPT`] of each job are compacted away: the
+    /// shorter journal is written beside the old one and renamed over it, so
+    /// a crash leaves one or the other, whole.
     pub fn open(path: &Path) -> Result<Arc<Journal>, JournalError> {
-        use std::io::{Read, Seek};
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        // Two engines on one journal would close each other's live runs.
-        if let Err(e) = file.try_lock() {
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => JournalError::Locked {
-                    path: path.to_path_buf(),
-                },
-                std::fs::TryLockError::Error(e) => io(e),
-            });
-        }
-        let mut raw = Vec::new();
-        file.read_to_end(&mut raw).map_err(io)?;
-        // Every complete line is a record. Bytes after the last newline are a
-        // record the engine died writing: its step never began (a record is
-        // on disk before its step starts), so it is dropped.
-        let mut records = Vec::new();
-        let mut len = 0u64;
-        let mut lines: Vec<&[u8]> = raw.split(|b| *b == b'\n').collect();
-        lines.pop();
-        for (i, line) in lines.iter().enumerate() {
-            let record = serde_json::from_slice::<JournalRecord>(line).map_err(|e| {
-                JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    detail: e.to_string(),
-                }
-            })?;
-            records.push(record);
-            len += line.len() as u64 + 1;
-        }
-        // Drop a torn tail so the next record starts on a line of its own.
-        file.set_len(len).map_err(io)?;
-        file.seek(std::io::SeekFrom::Start(len)).map_err(io)?;
+        let lock = lock_beside(path)?;
+        let mut file = open_journal(path).map_err(io)?;
+        let (records, len) = read_records(path, &mut file)?;
+        let (records, len) = match compacted(&records) {
+            None => {
+                use std::io::Seek;
+                // Drop a torn tail so the next record starts on a line of its own.
+                file.set_len(len).map_err(io)?;
+                file.seek(std::io::SeekFrom::Start(len)).map_err(io)?;
+                (records, len)
+            }
+            Some(kept) => {
+                let len = replace_with(path, &kept).map_err(io)?;
+                file = open_journal(path).map_err(io)?;
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(len)).map_err(io)?;
+                (kept, len)
+            }
+        };
         Ok(Arc::new(Journal {
             inner: Mutex::new(Inner {
                 records,
@@ -207,6 +202,7 @@ impl Journal {
                     path: path.to_path_buf(),
                     file,
                     len,
+                    _lock: lock,
                 }),
             }),
         }))
@@ -250,6 +246,7 @@ impl Journal {
             .iter()
             .filter_map(|r| match r {
                 JournalRecord::RunStarted { job: j, run, .. } if j == job => Some(*run),
+                JournalRecord::Compacted { runs, .. } => runs.get(job).copied(),
                 _ => None,
             })
             .max()
@@ -260,10 +257,7 @@ impl Journal {
     /// Engine time of the last log line recorded, in milliseconds.
     pub fn last_line_ms(&self) -> Option<u64> {
         let inner = self.inner.lock().expect("journal lock poisoned");
-        inner.records.iter().rev().find_map(|r| match r {
-            JournalRecord::Line { line, .. } => Some(line.at_ms),
-            _ => None,
-        })
+        last_line_ms(&inner.records)
     }
 
     /// Every run that began and was neither finished nor closed, oldest first.
@@ -347,6 +341,7 @@ impl Journal {
                 | JournalRecord::RunInterrupted { job, run } => {
                     runs.remove(&(job.clone(), *run));
                 }
+                JournalRecord::Compacted { .. } => {}
             }
         }
         order
@@ -354,6 +349,176 @@ impl Journal {
             .filter_map(|key| runs.remove(&key))
             .collect()
     }
+}
+
+/// Locks `<path>.lock` for this process: two engines on one journal would
+/// close each other's live runs.
+fn lock_beside(path: &Path) -> Result<std::fs::File, JournalError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let io = |source| JournalError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+fn open_journal(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
+/// The records of a journal file, and how many of its bytes hold them.
+fn read_records(
+    path: &Path,
+    file: &mut std::fs::File,
+) -> Result<(Vec<JournalRecord>, u64), JournalError> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw)
+        .map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // Every complete line is a record. Bytes after the last newline are a
+    // record the engine died writing: its step never began (a record is on
+    // disk before its step starts), so it is dropped.
+    let mut records = Vec::new();
+    let mut len = 0u64;
+    let mut lines: Vec<&[u8]> = raw.split(|b| *b == b'\n').collect();
+    lines.pop();
+    for (i, line) in lines.iter().enumerate() {
+        let record =
+            serde_json::from_slice::<JournalRecord>(line).map_err(|e| JournalError::Corrupt {
+                path: path.to_path_buf(),
+                line: i + 1,
+                detail: e.to_string(),
+            })?;
+        records.push(record);
+        len += line.len() as u64 + 1;
+    }
+    Ok((records, len))
+}
+
+/// Writes `records` to `<path>.compact`, syncs it, and renames it over
+/// `path` (then syncs the directory); returns the new length.
+fn replace_with(path: &Path, records: &[JournalRecord]) -> std::io::Result<u64> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".compact");
+    let fresh = PathBuf::from(name);
+    let mut text = String::new();
+    for record in records {
+        text.push_str(&serde_json::to_string(record).expect("records serialise"));
+        text.push('\n');
+    }
+    let mut file = std::fs::File::create(&fresh)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(text.len() as u64)
+}
+
+/// The job and run a record belongs to (None for a compaction record).
+fn run_of(record: &JournalRecord) -> Option<(&str, u64)> {
+    match record {
+        JournalRecord::RunStarted { job, run, .. }
+        | JournalRecord::Cancelled { job, run, .. }
+        | JournalRecord::VmStarted { job, run, .. }
+        | JournalRecord::Snapshotting { job, run, .. }
+        | JournalRecord::VmFinished { job, run, .. }
+        | JournalRecord::Line { job, run, .. }
+        | JournalRecord::RunFinished { job, run, .. }
+        | JournalRecord::RunInterrupted { job, run } => Some((job, *run)),
+        JournalRecord::Compacted { .. } => None,
+    }
+}
+
+/// Engine time of the latest log line the records know of.
+fn last_line_ms(records: &[JournalRecord]) -> Option<u64> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            JournalRecord::Line { line, .. } => Some(line.at_ms),
+            JournalRecord::Compacted { last_line_ms, .. } => *last_line_ms,
+            _ => None,
+        })
+        .max()
+}
+
+/// The records without the finished runs older than each job's newest
+/// [`FINISHED_RUNS_KEPT`], led by one `Compacted` record; None when there
+/// is nothing to drop. Unfinished runs are always kept whole.
+fn compacted(records: &[JournalRecord]) -> Option<Vec<JournalRecord>> {
+    let mut finished: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    let mut highest: BTreeMap<String, u64> = BTreeMap::new();
+    for record in records {
+        match record {
+            JournalRecord::RunFinished { job, run, .. }
+            | JournalRecord::RunInterrupted { job, run } => {
+                finished.entry(job).or_default().insert(*run);
+            }
+            // A run that resumes another closes it.
+            JournalRecord::RunStarted {
+                job,
+                resumes: Some(earlier),
+                ..
+            } => {
+                finished.entry(job).or_default().insert(*earlier);
+            }
+            JournalRecord::Compacted { runs, .. } => {
+                for (job, run) in runs {
+                    let top = highest.entry(job.clone()).or_default();
+                    *top = (*top).max(*run);
+                }
+            }
+            _ => {}
+        }
+        if let Some((job, run)) = run_of(record) {
+            let top = highest.entry(job.to_string()).or_default();
+            *top = (*top).max(run);
+        }
+    }
+    let dropped: BTreeSet<(&str, u64)> = finished
+        .iter()
+        .flat_map(|(job, runs)| {
+            let old = runs.len().saturating_sub(FINISHED_RUNS_KEPT);
+            runs.iter().take(old).map(move |run| (*job, *run))
+        })
+        .collect();
+    if dropped.is_empty() {
+        return None;
+    }
+    let mut kept = vec![JournalRecord::Compacted {
+        runs: highest,
+        last_line_ms: last_line_ms(records),
+    }];
+    kept.extend(
+        records
+            .iter()
+            .filter(|r| run_of(r).is_some_and(|key| !dropped.contains(&key)))
+            .cloned(),
+    );
+    Some(kept)
 }
 
 /// Where one job run writes in the journal.
@@ -535,6 +700,92 @@ mod tests {
         let again = Journal::open(&path).unwrap();
         assert!(again.unfinished_runs().is_empty());
         assert_eq!(again.next_run("nightly"), 2);
+    }
+
+    /// A whole run of `job`: started, one VM done, a log line at `at_ms`, finished.
+    fn write_finished_run(journal: &Journal, job: &str, run: u64, at_ms: u64) {
+        let job = job.to_string();
+        let records = [
+            JournalRecord::RunStarted {
+                job: job.clone(),
+                run,
+                spec: spec(&["a"]),
+                resumes: None,
+            },
+            JournalRecord::VmFinished {
+                job: job.clone(),
+                run,
+                outcome: outcome("a"),
+            },
+            JournalRecord::Line {
+                job: job.clone(),
+                run,
+                line: LogLine {
+                    at_ms,
+                    status: crate::joblog::LineStatus::Ok,
+                    vm: None,
+                    text: format!("run {run} done"),
+                },
+            },
+            JournalRecord::RunFinished {
+                job,
+                run,
+                status: JobStatus::Success,
+            },
+        ];
+        for r in records {
+            journal.append(r).unwrap();
+        }
+    }
+
+    #[test]
+    fn reopening_compacts_old_finished_runs_and_keeps_what_matters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        {
+            let journal = Journal::open(&path).unwrap();
+            write_interrupted_run(&journal);
+            for run in 2..=16 {
+                write_finished_run(&journal, "nightly", run, run * 1000);
+            }
+            // Another job's one run, older than nightly's last.
+            write_finished_run(&journal, "weekly", 1, 500);
+        }
+        let before = std::fs::metadata(&path).unwrap().len();
+        let journal = Journal::open(&path).unwrap();
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(after < before, "{after} bytes of {before}");
+        // The interrupted run is whole; numbering and engine time go on.
+        let runs = journal.unfinished_runs();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].remaining(), ["b", "c"]);
+        assert_eq!(runs[0].snapshots.len(), 1);
+        assert_eq!(journal.next_run("nightly"), 17);
+        assert_eq!(journal.next_run("weekly"), 2);
+        assert_eq!(journal.last_line_ms(), Some(16_000));
+        // The newest finished runs of each job keep their records.
+        let kept: BTreeSet<(String, u64)> = {
+            let inner = journal.inner.lock().unwrap();
+            inner
+                .records
+                .iter()
+                .filter_map(|r| match r {
+                    JournalRecord::RunFinished { job, run, .. } => Some((job.clone(), *run)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut expected: BTreeSet<(String, u64)> =
+            (7..=16).map(|run| ("nightly".to_string(), run)).collect();
+        expected.insert(("weekly".into(), 1));
+        assert_eq!(kept, expected);
+        // Appends go on after the compacted records, and a reopen reads them all.
+        write_finished_run(&journal, "nightly", 17, 17_000);
+        drop(journal);
+        let again = Journal::open(&path).unwrap();
+        assert_eq!(again.next_run("nightly"), 18);
+        assert_eq!(again.unfinished_runs().len(), 1);
+        assert!(!dir.path().join("journal.jsonl.compact").exists());
     }
 
     #[test]
