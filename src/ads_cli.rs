@@ -140,6 +140,7 @@ struct BackupReport {
 fn backup(dir: &Path, image: &Path, vm: &str, json: bool) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut store = Store::open(dir, Access::Write)?;
+    store.set_keep_free(Some(ads::DEFAULT_KEEP_FREE_BYTES));
     let mut source =
         FileDisk::open(image).with_context(|| format!("cannot read image {}", image.display()))?;
     let previous = store.latest(vm)?;

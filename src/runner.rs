@@ -134,6 +134,8 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         .then(|| tempfile::tempdir().expect("a temporary directory for the data store"));
     let mut engine_config = scenario.engine.clone();
     engine_config.store_dir = store_dir.as_ref().map(|d| d.path().join("ads"));
+    // The free space of this machine's disk is not part of the scenario.
+    engine_config.store_keep_free_bytes = None;
     if engine_config.store_dir.is_some() && engine_config.store_url.is_none() {
         engine_config.store_url = Some(SIM_STORE_URL.into());
     }

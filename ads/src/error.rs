@@ -65,6 +65,16 @@ pub enum AdsError {
         used_bytes: u64,
         needed_bytes: u64,
     },
+    #[error(
+        "data store disk full: {} has {free_bytes} bytes free; {needed_bytes} more would leave less than the {keep_free_bytes} kept free",
+        path.display()
+    )]
+    DiskFull {
+        path: PathBuf,
+        free_bytes: u64,
+        needed_bytes: u64,
+        keep_free_bytes: u64,
+    },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("source: {0}")]

@@ -36,3 +36,7 @@ pub use store::{
     Access, Blob, ChunkSink, CommitStep, Store, StoreConfig, StoreStats, Transaction, VersionDraft,
 };
 pub use verify::{Problem, VerifyReport, verify};
+
+/// What a store writing on a real disk leaves free unless told otherwise
+/// ([`Store::set_keep_free`]).
+pub const DEFAULT_KEEP_FREE_BYTES: u64 = 1 << 30;

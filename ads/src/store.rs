@@ -153,6 +153,9 @@ pub struct Store {
     used_bytes: u64,
     /// Writes that would take the packs past this are refused whole.
     capacity_bytes: Option<u64>,
+    /// Writes that would leave less free on the store's filesystem are
+    /// refused whole.
+    keep_free_bytes: Option<u64>,
 }
 
 impl Store {
@@ -244,6 +247,7 @@ impl Store {
             tmp_seq: 0,
             used_bytes: 0,
             capacity_bytes: None,
+            keep_free_bytes: None,
         };
         store.recount_used()?;
         if access == Access::Write && !unindexed.is_empty() {
@@ -266,6 +270,23 @@ impl Store {
     /// [`AdsError::Full`]; what is already stored is never touched.
     pub fn set_capacity(&mut self, capacity_bytes: Option<u64>) {
         self.capacity_bytes = capacity_bytes;
+    }
+
+    /// Refuses writes that would leave less than `keep_free_bytes` free on
+    /// the filesystem the store is on (read as each batch comes), with
+    /// [`AdsError::DiskFull`], before the disk itself runs out mid-pack. The
+    /// pack writer may lag a batch or two behind: the reserve covers it.
+    pub fn set_keep_free(&mut self, keep_free_bytes: Option<u64>) {
+        self.keep_free_bytes = keep_free_bytes;
+    }
+
+    /// Bytes free for this user on the filesystem the store is on.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let stat = rustix::fs::statvfs(&self.root).map_err(|e| AdsError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Bytes the sealed packs take now.
@@ -751,6 +772,17 @@ impl ChunkSink for Transaction<'_> {
                     capacity_bytes: capacity,
                     used_bytes: used,
                     needed_bytes: needed,
+                });
+            }
+        }
+        if let Some(keep_free) = self.store.keep_free_bytes {
+            let free = self.store.free_bytes()?;
+            if free < needed.saturating_add(keep_free) {
+                return Err(AdsError::DiskFull {
+                    path: self.store.root.clone(),
+                    free_bytes: free,
+                    needed_bytes: needed,
+                    keep_free_bytes: keep_free,
                 });
             }
         }

@@ -452,6 +452,42 @@ fn a_full_store_refuses_the_backup_whole_and_keeps_what_it_has() {
 }
 
 #[test]
+fn a_store_whose_disk_would_run_low_refuses_the_backup_naming_the_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = new_store(dir.path());
+    let a = disk(3, 32);
+    backup(&mut store, "a", &a, None).unwrap();
+    let free = store.free_bytes().unwrap();
+    assert!(free > 0, "the filesystem reports its free space");
+    // Keeping more free than the disk has: every new chunk is refused.
+    store.set_keep_free(Some(u64::MAX / 2));
+    match backup(&mut store, "b", &disk(4, 32), None) {
+        Err(e @ AdsError::DiskFull { .. }) => {
+            let AdsError::DiskFull {
+                free_bytes,
+                needed_bytes,
+                keep_free_bytes,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert!(*free_bytes > 0 && *needed_bytes > 0);
+            assert_eq!(*keep_free_bytes, u64::MAX / 2);
+            assert!(e.to_string().contains("bytes free"), "{e}");
+        }
+        other => panic!("expected a full disk, got {other:?}"),
+    }
+    assert!(store.versions("b").unwrap().is_empty(), "no half version");
+    assert_eq!(restore(&store, "a", 1).unwrap(), a.0, "a is whole");
+    // An unchanged backup of a needs no new chunk: the reserve does not stop it.
+    backup(&mut store, "a", &a, None).unwrap();
+    store.set_keep_free(Some(0));
+    backup(&mut store, "b", &disk(4, 32), None).unwrap();
+    assert!(ads::verify(&store).unwrap().is_clean());
+}
+
+#[test]
 fn a_chunk_set_aside_is_stored_again_by_the_next_backup_that_has_it_and_gc_drops_the_bad_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = new_store(tmp.path());

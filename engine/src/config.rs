@@ -36,6 +36,11 @@ pub struct EngineConfig {
     /// must stay free): a backup that would need more fails, saying so, and
     /// what is stored is kept. None: up to the disk.
     pub store_capacity_bytes: Option<u64>,
+    /// Backups that would leave less than this free on the data store's
+    /// filesystem fail, saying so, before the disk itself runs out (read from
+    /// the filesystem as chunks come). None: no check. Simulated runs always
+    /// run without it (a real disk's free space is not part of a scenario).
+    pub store_keep_free_bytes: Option<u64>,
     /// How long one XAPI call waits out a pool that cannot be reached (its
     /// master rebooting, the network down) before it fails.
     pub xapi_unreachable_limit_s: u64,
@@ -60,6 +65,7 @@ impl Default for EngineConfig {
             store_url: None,
             journal_file: None,
             store_capacity_bytes: None,
+            store_keep_free_bytes: Some(ads::DEFAULT_KEEP_FREE_BYTES),
             xapi_unreachable_limit_s: 300,
             keep_versions: None,
         }

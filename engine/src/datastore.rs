@@ -14,14 +14,20 @@ pub struct DataStore {
 
 impl DataStore {
     /// Opens the store in `dir`, creating it when the directory is new or
-    /// empty; writes past `capacity_bytes` are refused.
-    pub fn open_or_init(dir: &Path, capacity_bytes: Option<u64>) -> Result<Self, AdsError> {
+    /// empty; writes past `capacity_bytes`, or that would leave less than
+    /// `keep_free_bytes` free on its filesystem, are refused.
+    pub fn open_or_init(
+        dir: &Path,
+        capacity_bytes: Option<u64>,
+        keep_free_bytes: Option<u64>,
+    ) -> Result<Self, AdsError> {
         let is_new = !dir.exists() || dir.read_dir().is_ok_and(|mut d| d.next().is_none());
         if is_new {
             Store::init(dir, ads::StoreConfig::default())?;
         }
         let mut store = Store::open(dir, Access::Write)?;
         store.set_capacity(capacity_bytes);
+        store.set_keep_free(keep_free_bytes);
         Ok(Self {
             store: Mutex::new(store),
         })

@@ -92,8 +92,12 @@ impl Engine {
         });
         let store = match &config.store_dir {
             Some(dir) => Some(Arc::new(
-                crate::datastore::DataStore::open_or_init(dir, config.store_capacity_bytes)
-                    .map_err(|e| EngineError::Store(e.to_string()))?,
+                crate::datastore::DataStore::open_or_init(
+                    dir,
+                    config.store_capacity_bytes,
+                    config.store_keep_free_bytes,
+                )
+                .map_err(|e| EngineError::Store(e.to_string()))?,
             )),
             None => None,
         };

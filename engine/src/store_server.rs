@@ -44,7 +44,7 @@ fn store_error(e: AdsError) -> Response {
     let status = match &e {
         AdsError::NoSuchVm { .. } | AdsError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
         AdsError::Invalid(_) => StatusCode::BAD_REQUEST,
-        AdsError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        AdsError::Full { .. } | AdsError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())

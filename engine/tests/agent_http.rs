@@ -65,7 +65,7 @@ async fn start_agent(dir: &Path, token: Token, store_url: &str, vm_uuid: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_through_agents_over_http() {
     let work = tempfile::tempdir().unwrap();
-    let store = Arc::new(DataStore::open_or_init(&work.path().join("ads"), None).unwrap());
+    let store = Arc::new(DataStore::open_or_init(&work.path().join("ads"), None, None).unwrap());
     let tokens = Arc::new(TokenRegistry::from_entropy());
     let store_addr = serve(engine::store_server::router(
         Arc::clone(&store),
@@ -183,7 +183,7 @@ async fn backup_and_restore_through_agents_over_http() {
 async fn store_refuses_bad_input_and_keeps_its_data() {
     use abd_agent::protocol::{self, paths};
     let work = tempfile::tempdir().unwrap();
-    let store = Arc::new(DataStore::open_or_init(&work.path().join("ads"), None).unwrap());
+    let store = Arc::new(DataStore::open_or_init(&work.path().join("ads"), None, None).unwrap());
     let tokens = Arc::new(TokenRegistry::from_entropy());
     let token = tokens.issue();
     let addr = serve(engine::store_server::router(
