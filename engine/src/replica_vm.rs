@@ -48,14 +48,33 @@ impl ReplicaNetworks {
     }
 }
 
-/// Our replica VM of `vm_name` in this pool, if there is one. A replica VM
-/// an engine created but died before stamping with its uuid is adopted here:
-/// stamped, then fixed up by [`ensure`] like any other.
+/// The name a replica VM of `vm_name` is created with.
+fn replica_name(vm_name: &str) -> String {
+    format!("{vm_name} (replica)")
+}
+
+/// Our replica VM of `vm_name` in this pool, if there is one: looked for by
+/// the name it was created with (a few records), else, since an operator may
+/// have renamed it, among all the pool's VMs. A replica VM an engine created
+/// but died before stamping with its uuid is adopted here: stamped, then
+/// fixed up by [`ensure`] like any other.
 pub async fn find(
     pool: &PoolRuntime,
     vm_name: &str,
     log: &VmLog,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
+    let named = pool
+        .xapi
+        .vm_get_by_name_label(&replica_name(vm_name))
+        .await
+        .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "finding VMs", e))?;
+    for vm in named {
+        if let Ok(record) = pool.xapi.vm_get_record(&vm).await
+            && is_replica_of(&record, pool, vm_name)
+        {
+            return Ok(Some((vm, record)));
+        }
+    }
     let all = pool
         .xapi
         .vm_get_all_records()
@@ -228,7 +247,7 @@ async fn create(
             minimal_config()
         }
     };
-    record.name_label = format!("{} (replica)", manifest.vm);
+    record.name_label = replica_name(&manifest.vm);
     record.name_description = description.to_string();
     let engine_id = &pool.engine_config().engine_id;
     for (key, value) in [
