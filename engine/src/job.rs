@@ -618,7 +618,6 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             }
         },
     };
-    let mut attempt = 1;
     let upload = match &ctx.write {
         Some(WriteJob::Restore {
             version,
@@ -627,84 +626,24 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         }) => Some((*version, sr)),
         _ => None,
     };
-    let (work, delegate_name) = if let Some((version, sr)) = upload {
-        let work =
-            crate::restore::restore_vm_by_upload(pool, vm_name, version, sr, &ctx.job, log).await;
-        (work, None)
-    } else {
-        loop {
-            let delegate = match acquire_delegate(ctx, &required_srs, log).await {
-                Ok(d) => d,
-                Err(e) => {
-                    log.fail(format!("VM not processed: {e}"));
-                    return VmOutcome {
-                        restarts: attempt - 1,
-                        ..failed_by(vm_name, &e, None)
-                    };
-                }
+    let done = match upload {
+        Some((version, sr)) => Delegated {
+            work: crate::restore::restore_vm_by_upload(pool, vm_name, version, sr, &ctx.job, log)
+                .await,
+            delegate: None,
+            attempts: 1,
+        },
+        None => {
+            let target = VmTarget {
+                vm: vm.as_ref(),
+                vm_name,
+                required_srs: &required_srs,
+                known_replica: known_replica.as_ref(),
             };
-            pool.account(Change::DelegateBusy);
-            let work = match (&ctx.write, &vm) {
-                (Some(WriteJob::Restore { version, sr, .. }), _) => {
-                    crate::restore::restore_vm(
-                        pool, &delegate, vm_name, *version, sr, &ctx.job, log,
-                    )
-                    .await
-                }
-                (Some(WriteJob::Replicate { sr, networks }), _) => {
-                    let target = crate::restore::ReplicaTarget {
-                        sr,
-                        networks,
-                        known_vm: known_replica.as_ref(),
-                    };
-                    crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log)
-                        .await
-                }
-                (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
-                (None, None) => unreachable!("a backup job located its VM"),
-            };
-            pool.account(Change::DelegateIdle);
-            let delegate_name = delegate.name.clone();
-            let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
-            let task_lost = matches!(
-                work,
-                Err(EngineError::Agent(
-                    crate::agent::AgentError::TaskLost { .. }
-                ))
-            );
-            let store_unreachable = matches!(
-                work,
-                Err(EngineError::Agent(
-                    crate::agent::AgentError::StoreUnreachable { .. }
-                ))
-            );
-            let lost = work.is_err()
-                && !cancelled
-                && (task_lost || store_unreachable || delegate_lost(pool, &delegate).await);
-            release(pool, delegate, work.is_ok(), log).await;
-            if lost && attempt < VM_ATTEMPTS {
-                let cause = work
-                    .as_ref()
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                let why = if task_lost {
-                    "its agent restarted and lost the work"
-                } else if store_unreachable {
-                    "its agent could not reach the data store"
-                } else {
-                    "its VM stopped running"
-                };
-                log.warn(format!(
-                    "{delegate_name} was lost during the work ({why}; {cause}); \
-                 starting over with a new delegate"
-                ));
-                attempt += 1;
-                continue;
-            }
-            break (work, Some(delegate_name));
+            work_on_delegates(ctx, target, log).await
         }
     };
+    let (work, delegate_name, attempt) = (done.work, done.delegate, done.attempts);
     match work {
         Ok(report) => {
             let warned = log.warned();
@@ -738,6 +677,111 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 ..failed_by(vm_name, &e, delegate_name)
             }
         }
+    }
+}
+
+/// Which VM a job's work is for, and what its delegate must see.
+struct VmTarget<'a> {
+    /// The VM (backups; restores and replications work from the store).
+    vm: Option<&'a OpaqueRef>,
+    vm_name: &'a str,
+    required_srs: &'a [OpaqueRef],
+    /// The replica VM found before a delegate was spent (replication).
+    known_replica: Option<&'a OpaqueRef>,
+}
+
+/// What a VM's work came to, and on which delegate.
+struct Delegated {
+    work: Result<crate::agent::ReadReport, EngineError>,
+    delegate: Option<String>,
+    /// Delegates it took (or tried to get).
+    attempts: u32,
+}
+
+/// Does a VM's work on a delegate; a delegate lost during the work (its VM
+/// stopped, its agent restarted, the store out of its reach) is replaced,
+/// up to [`VM_ATTEMPTS`] delegates.
+async fn work_on_delegates(ctx: &JobContext, target: VmTarget<'_>, log: &VmLog) -> Delegated {
+    let VmTarget {
+        vm,
+        vm_name,
+        required_srs,
+        known_replica,
+    } = target;
+    let pool = &ctx.pool;
+    let mut attempt = 1;
+    loop {
+        let delegate = match acquire_delegate(ctx, required_srs, log).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Delegated {
+                    work: Err(e),
+                    delegate: None,
+                    attempts: attempt,
+                };
+            }
+        };
+        pool.account(Change::DelegateBusy);
+        let work = match (&ctx.write, vm) {
+            (Some(WriteJob::Restore { version, sr, .. }), _) => {
+                crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log)
+                    .await
+            }
+            (Some(WriteJob::Replicate { sr, networks }), _) => {
+                let target = crate::restore::ReplicaTarget {
+                    sr,
+                    networks,
+                    known_vm: known_replica,
+                };
+                crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log).await
+            }
+            (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
+            (None, None) => unreachable!("a backup job located its VM"),
+        };
+        pool.account(Change::DelegateIdle);
+        let delegate_name = delegate.name.clone();
+        let cancelled = matches!(work, Err(EngineError::Cancelled(_)));
+        let task_lost = matches!(
+            work,
+            Err(EngineError::Agent(
+                crate::agent::AgentError::TaskLost { .. }
+            ))
+        );
+        let store_unreachable = matches!(
+            work,
+            Err(EngineError::Agent(
+                crate::agent::AgentError::StoreUnreachable { .. }
+            ))
+        );
+        let lost = work.is_err()
+            && !cancelled
+            && (task_lost || store_unreachable || delegate_lost(pool, &delegate).await);
+        release(pool, delegate, work.is_ok(), log).await;
+        if lost && attempt < VM_ATTEMPTS {
+            let cause = work
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let why = if task_lost {
+                "its agent restarted and lost the work"
+            } else if store_unreachable {
+                "its agent could not reach the data store"
+            } else {
+                "its VM stopped running"
+            };
+            log.warn(format!(
+                "{delegate_name} was lost during the work ({why}; {cause}); \
+             starting over with a new delegate"
+            ));
+            attempt += 1;
+            continue;
+        }
+        return Delegated {
+            work,
+            delegate: Some(delegate_name),
+            attempts: attempt,
+        };
     }
 }
 
