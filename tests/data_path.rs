@@ -149,13 +149,7 @@ fn restores_write_each_version_back_byte_identical_and_a_bad_request_leaves_noth
 
 #[test]
 fn restores_by_upload_need_no_delegate_and_a_damaged_version_leaves_nothing() {
-    let path = format!(
-        "{}/scenarios/restore-upload.toml",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
-    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
-    assert!(summary.ok, "{}", summary.text());
+    let (path, out) = run_shipped("restore-upload");
     let data = out.data.clone().unwrap();
     assert_eq!(data.restored_vdis_checked, 6, "{:?}", data.problems);
     assert_eq!(out.pools["lab"].restored_vdis.len(), 6);
@@ -331,13 +325,7 @@ fn latency_between_delegates_and_the_store_lengthens_backups() {
 
 #[test]
 fn replicas_failed_over_to_or_cloned_by_the_operator_are_theirs() {
-    let path = format!(
-        "{}/scenarios/replication-failover.toml",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let scenario = Scenario::load(std::path::Path::new(&path)).unwrap();
-    let (out, summary) = abd::run_and_check(&scenario, scenario.seed);
-    assert!(summary.ok, "{}", summary.text());
+    let (_, out) = run_shipped("replication-failover");
     let dr = &out.pools["dr"];
     // app-01's replica: started, then shut down by the operator; still theirs.
     let failed_over = dr

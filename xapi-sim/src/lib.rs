@@ -90,6 +90,15 @@ pub enum ImportRefusal {
     InUse(String),
 }
 
+/// The VDI of pool `m` that `vdi` names, by ref or by uuid (as the raw VDI
+/// HTTP handlers take it).
+fn vdi_named<'a>(m: &'a PoolModel, vdi: &str) -> Option<&'a xapi_proto::records::VdiRecord> {
+    m.vdis
+        .iter()
+        .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
+        .map(|(_, rec)| rec)
+}
+
 /// The VDI with `uuid` in pool `m`.
 fn find_vdi<'a>(
     m: &'a PoolModel,
@@ -229,11 +238,7 @@ impl Sim {
 
     /// The uuid and size of a VDI named by ref or uuid, if it exists.
     pub fn vdi_size(&self, pool: PoolId, vdi: &str) -> Option<(String, u64)> {
-        self.pools[pool.0]
-            .vdis
-            .iter()
-            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
-            .map(|(_, rec)| (rec.uuid.clone(), rec.virtual_size as u64))
+        vdi_named(&self.pools[pool.0], vdi).map(|rec| (rec.uuid.clone(), rec.virtual_size as u64))
     }
 
     /// Checks an upload into `vdi` (a ref or a uuid) with `session` at `now`.
@@ -249,11 +254,7 @@ impl Sim {
             return Err(ImportRefusal::Unauthorized);
         }
         let m = &self.pools[pool.0];
-        let (_, record) = m
-            .vdis
-            .iter()
-            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
-            .ok_or_else(|| ImportRefusal::NoSuchVdi(vdi.to_string()))?;
+        let record = vdi_named(m, vdi).ok_or_else(|| ImportRefusal::NoSuchVdi(vdi.to_string()))?;
         let (modes, read_only) = self
             .plugged_modes(pool, &record.uuid)
             .map_err(|_| ImportRefusal::NoSuchVdi(vdi.to_string()))?;
@@ -271,10 +272,8 @@ impl Sim {
     /// (taken as its sequential read bandwidth; the default for an unknown VDI).
     pub fn import_bandwidth(&self, pool: PoolId, vdi: &str) -> f64 {
         let m = &self.pools[pool.0];
-        m.vdis
-            .iter()
-            .find(|(r, rec)| r.as_str() == vdi || rec.uuid == vdi)
-            .and_then(|(_, rec)| m.sr_bandwidth_bytes_per_s.get(&rec.sr))
+        vdi_named(m, vdi)
+            .and_then(|rec| m.sr_bandwidth_bytes_per_s.get(&rec.sr))
             .copied()
             .unwrap_or(ops::DEFAULT_SR_BANDWIDTH)
     }
