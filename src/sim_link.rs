@@ -133,6 +133,10 @@ where
     }
 }
 
+/// Steps a simulated upload's transfer time is taken in, each followed by a
+/// progress report.
+const UPLOAD_STEPS: u64 = 20;
+
 /// One call on the simulated clock, whichever link carries it: refused when
 /// the host at `addressed` is, takes the call's simulated time, then `send`s
 /// it (`event.from` blocks as XAPI's does); a call that may change records
@@ -174,7 +178,12 @@ async fn simulated_upload(
 ) -> Result<(), CallError> {
     refused(sim, pool, addressed, clock).await?;
     let bandwidth = lock(sim).import_bandwidth(pool, vdi);
-    tokio::time::sleep(Duration::from_secs_f64(image.size as f64 / bandwidth)).await;
+    // The bytes go out over the transfer's time, a step at a time.
+    let step = Duration::from_secs_f64(image.size as f64 / bandwidth / UPLOAD_STEPS as f64);
+    for done in 1..=UPLOAD_STEPS {
+        tokio::time::sleep(step).await;
+        (image.on_sent)(image.size * done / UPLOAD_STEPS);
+    }
     if let Some(why) = lock(sim).refusal(pool, addressed, clock.now()) {
         return Err(CallError::Transport(format!(
             "uploading VDI {vdi}: the connection broke ({why})"

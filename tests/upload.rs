@@ -15,9 +15,9 @@ const MIB: u64 = 1 << 20;
 /// A pattern image of `size` bytes written in 1 MiB pieces; `fail_at` makes
 /// the writer give up there, `skip_at` leaves a hole there.
 fn image(size: u64, fail_at: Option<u64>, skip_at: Option<u64>) -> RawImage {
-    RawImage {
+    RawImage::new(
         size,
-        write: Arc::new(move |target| {
+        Arc::new(move |target| {
             let mut offset = 0;
             while offset < size {
                 if Some(offset) == fail_at {
@@ -35,7 +35,7 @@ fn image(size: u64, fail_at: Option<u64>, skip_at: Option<u64>) -> RawImage {
             }
             Ok(())
         }),
-    }
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,11 +91,18 @@ async fn uploads_land_whole_survive_an_expired_session_and_refuse_broken_images(
     // The session is gone (logged out): the upload logs in again and lands.
     client.logout().await.unwrap();
     let before = client.call_count();
-    client
-        .vdi_import_raw(&vdi, &image(size, None, None))
-        .await
-        .unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let hearing = Arc::clone(&heard);
+    let reporting =
+        image(size, None, None).reporting(Arc::new(move |sent| hearing.lock().unwrap().push(sent)));
+    client.vdi_import_raw(&vdi, &reporting).await.unwrap();
     assert!(read_back() == expected, "the image landed byte for byte");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(
+        heard,
+        (1..=8).map(|i| i * MIB).collect::<Vec<_>>(),
+        "progress is told as each piece goes out"
+    );
     assert_eq!(
         client.call_count() - before,
         4,

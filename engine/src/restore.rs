@@ -23,7 +23,7 @@ use crate::pool::{PoolRuntime, VmLog};
 use crate::replica_vm::ReplicaNetworks;
 use crate::tags;
 use crate::xapi::RawImage;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdMode, VdiCreate, VdiType};
 
@@ -82,7 +82,8 @@ pub async fn restore_vm_by_upload(
                 percent,
             };
             log.disk_progress("Uploading", progress(0));
-            let image = disk_image(Arc::clone(&store), manifest.clone(), i);
+            let image = disk_image(Arc::clone(&store), manifest.clone(), i)
+                .reporting(upload_progress(log.clone(), progress(0)));
             // Dropping the upload on cancellation breaks its connection.
             log.cancel()
                 .wait(pool.xapi.vdi_import_raw(&vdi, &image))
@@ -120,14 +121,37 @@ fn begin_restore(
 /// every chunk checked against its address and the whole against the disk's
 /// digest (a mismatch fails the upload).
 fn disk_image(store: Arc<DataStore>, manifest: ads::Manifest, disk: usize) -> RawImage {
-    RawImage {
-        size: manifest.disks[disk].size_bytes,
-        write: Arc::new(move |target| {
+    RawImage::new(
+        manifest.disks[disk].size_bytes,
+        Arc::new(move |target| {
             ads::restore_disk(store.as_ref(), &manifest, disk, target, &mut |_, _| {})
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
-    }
+    )
+}
+
+/// Logs an upload's progress at each quarter it passes, once each (a retried
+/// upload does not repeat them); 100% is left to the upload's end, which is
+/// when the pool has taken the disk.
+fn upload_progress(log: VmLog, disk: DiskProgress) -> Arc<crate::xapi::OnSent> {
+    let shown = Mutex::new(0u8);
+    Arc::new(move |sent| {
+        let percent = (sent.min(disk.size_bytes) * 100)
+            .checked_div(disk.size_bytes)
+            .unwrap_or(0) as u8;
+        let mut shown = shown.lock().expect("progress lock poisoned");
+        while *shown + 25 <= percent.min(99) {
+            *shown += 25;
+            log.disk_progress(
+                "Uploading",
+                DiskProgress {
+                    percent: *shown,
+                    ..disk
+                },
+            );
+        }
+    })
 }
 
 /// Names the VDIs a restore wrote, or, when it failed, removes them: no

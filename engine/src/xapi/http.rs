@@ -5,8 +5,8 @@
 use super::{CallError, RawImage, Transport};
 use async_trait::async_trait;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xapi_proto::wire::{jsonrpc, xmlrpc};
 use xapi_proto::{Value, XapiError};
@@ -179,6 +179,7 @@ impl HttpTransport {
                 next: 0,
                 size,
                 cut_off: false,
+                on_sent: Arc::clone(&image.on_sent),
             };
             let written = (image.write)(&mut sink);
             match written {
@@ -291,6 +292,7 @@ struct ImageStream {
     size: u64,
     /// The upload stopped taking pieces (the server answered or hung up).
     cut_off: bool,
+    on_sent: Arc<super::OnSent>,
 }
 
 impl ads::DiskTarget for ImageStream {
@@ -308,6 +310,7 @@ impl ads::DiskTarget for ImageStream {
             return Err(std::io::Error::other("the upload stopped"));
         }
         self.next += data.len() as u64;
+        (self.on_sent)(self.next);
         Ok(())
     }
 }

@@ -17,13 +17,35 @@ use xapi_proto::{Value, XapiError};
 /// Writes a whole disk image, in order from offset 0, into what it is given.
 pub type ImageWriter = dyn Fn(&mut dyn ads::DiskTarget) -> Result<(), String> + Send + Sync;
 
-/// A disk image for `/import_raw_vdi`: its size and the writer that produces
-/// its bytes (called again when an upload is retried).
+/// Told how many bytes of an upload have gone out so far (from 0 again when
+/// an upload is retried).
+pub type OnSent = dyn Fn(u64) + Send + Sync;
+
+/// A disk image for `/import_raw_vdi`: its size, the writer that produces
+/// its bytes (called again when an upload is retried) and who hears how far
+/// the upload got.
 #[derive(Clone)]
 pub struct RawImage {
     /// Bytes the image holds (the VDI's virtual size).
     pub size: u64,
     pub write: Arc<ImageWriter>,
+    pub on_sent: Arc<OnSent>,
+}
+
+impl RawImage {
+    /// An image of `size` bytes that `write` produces; nobody hears progress.
+    pub fn new(size: u64, write: Arc<ImageWriter>) -> Self {
+        Self {
+            size,
+            write,
+            on_sent: Arc::new(|_| {}),
+        }
+    }
+
+    /// The same image, telling `on_sent` how far its upload got.
+    pub fn reporting(self, on_sent: Arc<OnSent>) -> Self {
+        Self { on_sent, ..self }
+    }
 }
 
 /// Carries one XAPI call to a pool master and brings back its result.
