@@ -10,13 +10,16 @@ use abd_agent::{Agent, AgentConfig, BlockDevices, Execution};
 use async_trait::async_trait;
 use axum::http::{Request, Response};
 use engine::agent::{AgentClient, AgentError, AgentLink, LinkError, TokenRegistry};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PORT: u16 = 7481;
+
+mod support {
+    pub mod turmoil_http;
+}
+use support::turmoil_http::{self, Failure};
 
 /// The engine's side of the simulated network: one HTTP/1 connection per
 /// request, as a connection-refusing or partitioned network shows it.
@@ -29,49 +32,12 @@ impl AgentLink for TurmoilLink {
         ip: Ipv4Addr,
         request: Request<Vec<u8>>,
     ) -> Result<Response<Vec<u8>>, LinkError> {
-        let connect = turmoil::net::TcpStream::connect((IpAddr::V4(ip), PORT));
-        let stream = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(LinkError::Unreachable(format!("{ip}: {e}"))),
-            Err(_) => return Err(LinkError::Unreachable(format!("{ip}: connect timed out"))),
-        };
-        let exchange = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            let (parts, body) = request.into_parts();
-            let request = Request::from_parts(parts, Full::new(bytes::Bytes::from(body)));
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok::<_, String>(Response::from_parts(parts, body.to_vec()))
-        };
-        // As the engine's HTTP link: a reply not in within a minute is lost.
-        match tokio::time::timeout(Duration::from_secs(60), exchange).await {
-            Ok(result) => result.map_err(LinkError::Broken),
-            Err(_) => Err(LinkError::Broken(format!("{ip}: no reply in 60 s"))),
-        }
-    }
-}
-
-/// Serves `agent` on the simulated network, one connection at a time each in its task.
-async fn serve(agent: Arc<Agent>) -> turmoil::Result {
-    let router = abd_agent::router(agent);
-    let listener =
-        turmoil::net::TcpListener::bind((IpAddr::from(Ipv4Addr::UNSPECIFIED), PORT)).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        turmoil_http::exchange((IpAddr::V4(ip), PORT), request)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Unreachable(why) => LinkError::Unreachable(why),
+                Failure::Broken(why) => LinkError::Broken(why),
+            })
     }
 }
 
@@ -103,7 +69,7 @@ fn run(
             store: None,
             execution: Execution::Inline,
         });
-        serve(agent)
+        turmoil_http::serve(abd_agent::router(agent), PORT)
     });
     let outcome: Outcome = Arc::default();
     let seen = Arc::clone(&outcome);

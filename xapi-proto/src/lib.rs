@@ -17,3 +17,13 @@ pub use refs::OpaqueRef;
 /// A value carried by an XAPI call or returned by one (JSON-RPC value space;
 /// the XML-RPC codec maps onto it).
 pub type Value = serde_json::Value;
+
+/// True for XAPI calls that change nothing (getters, `event.from`, ...):
+/// after one, the event stream has nothing new to look for, and one whose
+/// reply was lost can be sent again.
+pub fn is_read_only(method: &str) -> bool {
+    let name = method.rsplit('.').next().unwrap_or(method);
+    name.starts_with("get")
+        || method.starts_with("system.")
+        || matches!(method, "event.from" | "host.compute_free_memory")
+}

@@ -303,15 +303,6 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
     Ok(Some(value))
 }
 
-/// True for calls that change nothing (getters, `event.from`, ...): after
-/// them the event stream has nothing new to look for.
-pub fn is_read_only(method: &str) -> bool {
-    let name = method.rsplit('.').next().unwrap_or(method);
-    name.starts_with("get")
-        || method.starts_with("system.")
-        || matches!(method, "event.from" | "host.compute_free_memory")
-}
-
 /// The pool's event stream, started on the first `event.*` call (runs that
 /// never ask pay nothing for it).
 fn events_of<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut crate::events::EventTracker {

@@ -34,8 +34,8 @@ use std::time::Duration;
 use time::SimTime;
 use xapi_proto::{Value, XapiError, codes};
 
-pub use dispatch::is_read_only;
 pub use ops::ApplianceAnswer;
+pub use xapi_proto::is_read_only;
 
 /// Which pool (XAPI endpoint) a call goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -546,7 +546,7 @@ impl Sim {
             ));
             result = Err(error);
         }
-        if !dispatch::is_read_only(method) {
+        if !is_read_only(method) {
             self.mark_stale(pool);
         }
         self.sync_events(pool, now);

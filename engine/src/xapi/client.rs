@@ -72,6 +72,8 @@ const UNREACHABLE_FIRST_PAUSE: Duration = Duration::from_secs(2);
 const UNREACHABLE_MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Calls must fail this long before the pool counts as lost (and the hook hears of it).
 const OUTAGE_AFTER: Duration = Duration::from_secs(5);
+/// Times a read whose reply was lost is sent again.
+const LOST_REPLY_RETRIES: u32 = 2;
 /// HOST_IS_SLAVE redirections followed for one call (a master that moves
 /// again while the client follows it).
 const MAX_REDIRECTS: usize = 3;
@@ -171,8 +173,25 @@ impl XapiClient {
 
     /// Performs a call with the session; logs in again once if the session
     /// expired, and waits out a pool that cannot be reached (bounded),
-    /// looking for the master among the pool's other hosts meanwhile.
+    /// looking for the master among the pool's other hosts meanwhile. A read
+    /// whose reply was lost is asked again (a few times); any other call's
+    /// lost reply is the caller's to resolve, since it may have taken effect.
     pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
+        let mut asked_again = 0;
+        loop {
+            match self.call_waiting_out(method, args.clone()).await {
+                Err(CallError::Transport(why))
+                    if xapi_proto::is_read_only(method) && asked_again < LOST_REPLY_RETRIES =>
+                {
+                    asked_again += 1;
+                    tracing::warn!(method, "reply lost ({why}); asking again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_waiting_out(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
         patiently(self.unreachable_limit, method, |started| {
             let args = args.clone();
             async move {
