@@ -9,6 +9,7 @@ pub mod error;
 pub mod records;
 pub mod refs;
 pub mod tags;
+pub mod vhd;
 pub mod wire;
 
 pub use error::{XapiError, codes};

@@ -22,7 +22,7 @@ pub mod server;
 pub mod spec;
 pub mod time;
 mod timing;
-pub mod vhd;
+pub use xapi_proto::vhd;
 
 use log::{Event, EventLog};
 use model::PoolModel;
@@ -216,6 +216,31 @@ impl Sim {
             return Err(format!("VDI {vdi_uuid} is in use or read-only"));
         }
         self.write_blocks(pool, vdi_uuid, offset, data)
+    }
+
+    /// Makes `len` bytes at `offset` of a VDI no VM has plugged read as
+    /// zeros (the blocks a sparse upload leaves out), writing only where
+    /// they do not already.
+    pub fn import_zeros(
+        &mut self,
+        pool: PoolId,
+        vdi_uuid: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        let step = content::BLOCK_BYTES as u64;
+        let mut block = vec![0u8; step as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let take = step.min(offset + len - at) as usize;
+            self.read_vdi(pool, vdi_uuid, at, &mut block[..take])?;
+            if block[..take].iter().any(|b| *b != 0) {
+                block[..take].fill(0);
+                self.import_vdi(pool, vdi_uuid, at, &block[..take])?;
+            }
+            at += take as u64;
+        }
+        Ok(())
     }
 
     /// Modes of the plugged VBDs of a VDI, and whether the VDI is read-only.

@@ -466,9 +466,11 @@ async fn refuse_upload(
     http_error(status, message)
 }
 
-/// PUT `/import_raw_vdi`: writes the body, as it arrives, from the start of
-/// an unplugged VDI. A body longer than the VDI is refused: before anything
-/// is written when its Content-Length says so, else when it gets there.
+/// PUT `/import_raw_vdi`: writes the body, as it arrives, into an unplugged
+/// VDI: from its start (`format=raw`), or the blocks of a dynamic VHD
+/// (`format=vhd`; the blocks it leaves out read as zeros after). A disk
+/// larger than the VDI is refused: before anything is written when the
+/// Content-Length or the VHD's footer says so, else when it gets there.
 async fn import_raw_vdi(
     State(server): State<PoolServer>,
     axum::extract::Query(q): axum::extract::Query<RawVdiQuery>,
@@ -477,10 +479,19 @@ async fn import_raw_vdi(
 ) -> Response {
     use futures_util::StreamExt;
     let mut pieces = body.into_data_stream();
-    if q.format != "raw" || q.base.is_some() {
-        let message = format!("import takes format=raw without base, not {:?}", q.format);
+    let vhd = match q.format.as_str() {
+        _ if q.base.is_some() => None,
+        "raw" => Some(false),
+        "vhd" => Some(true),
+        _ => None,
+    };
+    let Some(vhd) = vhd else {
+        let message = format!(
+            "import takes format=raw or format=vhd without base, not {:?}",
+            q.format
+        );
         return refuse_upload(pieces, StatusCode::BAD_REQUEST, message).await;
-    }
+    };
     let target = {
         let mut sim = server.lock();
         let now = server.clock.now().max(sim.now());
@@ -507,9 +518,12 @@ async fn import_raw_vdi(
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(len) = announced.filter(|len| *len > size) {
+    if let Some(len) = announced.filter(|len| *len > size && !vhd) {
         let message = format!("{len} bytes do not fit VDI {uuid} of {size} bytes");
         return refuse_upload(pieces, StatusCode::BAD_REQUEST, message).await;
+    }
+    if vhd {
+        return import_vhd(&server, pieces, &uuid, size).await;
     }
     let mut offset = 0u64;
     while let Some(piece) = pieces.next().await {
@@ -524,6 +538,39 @@ async fn import_raw_vdi(
             return http_error(StatusCode::CONFLICT, e);
         }
         offset += piece.len() as u64;
+    }
+    StatusCode::OK.into_response()
+}
+
+/// The body of a `format=vhd` upload: each allocated block written as it
+/// arrives, the blocks the VHD leaves out zeroed at the end.
+async fn import_vhd(
+    server: &PoolServer,
+    mut pieces: axum::body::BodyDataStream,
+    uuid: &str,
+    size: u64,
+) -> Response {
+    use futures_util::StreamExt;
+    let mut receiver = xapi_proto::vhd::VhdReceiver::new(size);
+    let mut write =
+        |offset: u64, data: &[u8]| server.lock().import_vdi(server.pool, uuid, offset, data);
+    while let Some(piece) = pieces.next().await {
+        let piece = match piece {
+            Ok(piece) => piece,
+            Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        };
+        if let Err(e) = receiver.feed(&piece, &mut write) {
+            return refuse_upload(pieces, StatusCode::BAD_REQUEST, e.to_string()).await;
+        }
+    }
+    let unallocated = receiver.unallocated().unwrap_or_default();
+    if let Err(e) = receiver.finish() {
+        return http_error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    for (offset, len) in unallocated {
+        if let Err(e) = server.lock().import_zeros(server.pool, uuid, offset, len) {
+            return http_error(StatusCode::CONFLICT, e);
+        }
     }
     StatusCode::OK.into_response()
 }

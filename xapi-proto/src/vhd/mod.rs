@@ -1,8 +1,15 @@
-//! The VHD container `/export_raw_vdi?format=vhd` serves: a dynamic disk
-//! (zero blocks left out) or, relative to a base, a differencing disk that
-//! holds only the blocks that differ from it. Layout and fields follow the
-//! VHD specification: footer copy, dynamic header, block allocation table,
-//! blocks (sector bitmap + data), footer; all integers big-endian.
+//! The VHD container XAPI's disk endpoints speak (`format=vhd`): a dynamic
+//! disk (zero blocks left out) or, relative to a base, a differencing disk
+//! that holds only the blocks that differ from it. [`VhdLayout`] writes one
+//! (the simulator's exports, the engine's sparse uploads); [`VhdReceiver`]
+//! reads one as it streams in (the simulator's imports). Layout and fields
+//! follow the VHD specification: footer copy, dynamic header, block
+//! allocation table, blocks (sector bitmap + data), footer; all integers
+//! big-endian.
+
+mod receive;
+
+pub use receive::{VhdError, VhdReceiver, WriteAt};
 
 /// Bytes per VHD block (XAPI's and the spec's default).
 pub const BLOCK_BYTES: u64 = 2 << 20;
