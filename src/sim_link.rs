@@ -179,10 +179,11 @@ async fn simulated_upload(
     refused(sim, pool, addressed, clock).await?;
     let bandwidth = lock(sim).import_bandwidth(pool, vdi);
     // The bytes go out over the transfer's time, a step at a time.
-    let step = Duration::from_secs_f64(image.size as f64 / bandwidth / UPLOAD_STEPS as f64);
+    let wire = image.wire_bytes();
+    let step = Duration::from_secs_f64(wire as f64 / bandwidth / UPLOAD_STEPS as f64);
     for done in 1..=UPLOAD_STEPS {
         tokio::time::sleep(step).await;
-        (image.on_sent)(image.size * done / UPLOAD_STEPS);
+        (image.on_sent)(wire * done / UPLOAD_STEPS);
     }
     if let Some(why) = lock(sim).refusal(pool, addressed, clock.now()) {
         return Err(CallError::Transport(format!(
@@ -207,18 +208,41 @@ async fn simulated_upload(
     send(&target.vdi_uuid, image)
 }
 
-/// An upload's bytes landing in a simulated VDI, in order.
+/// An upload's bytes landing in a simulated VDI, in order. A sparse one's
+/// writer leaves empty stretches out; they read as zeros after, as the
+/// blocks a VHD upload leaves out do.
 struct SimUpload<'a> {
     sim: &'a SharedSim,
     pool: PoolId,
     vdi_uuid: &'a str,
+    sparse: bool,
+    /// Where the writer has written through.
+    next: u64,
+}
+
+impl SimUpload<'_> {
+    /// Zeros what the writer skipped, up to `offset`.
+    fn zero_through(&mut self, offset: u64) -> Result<(), String> {
+        if offset > self.next {
+            lock(self.sim).import_zeros(self.pool, self.vdi_uuid, self.next, offset - self.next)?;
+            self.next = offset;
+        }
+        Ok(())
+    }
 }
 
 impl ads::DiskTarget for SimUpload<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.zero_through(offset).map_err(std::io::Error::other)?;
         lock(self.sim)
             .import_vdi(self.pool, self.vdi_uuid, offset, data)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other)?;
+        self.next = self.next.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    fn zeroed(&self) -> bool {
+        self.sparse
     }
 }
 
@@ -296,8 +320,11 @@ impl Transport for SimTransport {
                 sim: &self.sim,
                 pool: self.pool,
                 vdi_uuid,
+                sparse: image.allocated.is_some(),
+                next: 0,
             };
             (image.write)(&mut target)
+                .and_then(|()| target.zero_through(image.size))
                 .map_err(|e| CallError::Transport(format!("uploading VDI {vdi_uuid}: {e}")))
         };
         let link = (&self.sim, self.pool, self.clock);

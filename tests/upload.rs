@@ -135,4 +135,48 @@ async fn uploads_land_whole_survive_an_expired_session_and_refuse_broken_images(
         other => panic!("an image larger than its VDI was taken: {other:?}"),
     }
     assert!(read_back() == snapshot, "a refused upload writes nothing");
+
+    // Sparse: a VHD of blocks 0 and 2 (2 MiB each) over the full VDI. The
+    // blocks left out read as zeros after, and fewer bytes went out.
+    let pattern = |i: u64| (i % 253) as u8;
+    let sparse_image = |stray: bool| {
+        RawImage::new(
+            size,
+            Arc::new(move |target| {
+                assert!(target.zeroed(), "a sparse upload's writer may skip zeros");
+                for block in [0, 2] {
+                    let start = block * 2 * MIB;
+                    let piece: Vec<u8> = (start..start + 2 * MIB).map(pattern).collect();
+                    target.write_at(start, &piece).map_err(|e| e.to_string())?;
+                }
+                if stray {
+                    target.write_at(6 * MIB, &[1]).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }),
+        )
+        .sparse(vec![true, false, true, false])
+    };
+    let sent = Arc::new(Mutex::new(0));
+    let counting = Arc::clone(&sent);
+    let sparse = sparse_image(false).reporting(Arc::new(move |n| *counting.lock().unwrap() = n));
+    assert!(sparse.wire_bytes() < 5 * MIB, "two of four blocks go out");
+    client.vdi_import_raw(&vdi, &sparse).await.unwrap();
+    assert_eq!(*sent.lock().unwrap(), sparse.wire_bytes());
+    let mut expected = vec![0u8; size as usize];
+    for block in [0u64, 2] {
+        let start = block * 2 * MIB;
+        for i in start..start + 2 * MIB {
+            expected[i as usize] = pattern(i);
+        }
+    }
+    assert!(
+        read_back() == expected,
+        "the blocks sent landed, the ones left out read as zeros"
+    );
+    // Data in a block announced empty is the writer's error, named.
+    match client.vdi_import_raw(&vdi, &sparse_image(true)).await {
+        Err(CallError::Transport(why)) => assert!(why.contains("announced empty"), "{why}"),
+        other => panic!("data outside the announced blocks was taken: {other:?}"),
+    }
 }

@@ -23,6 +23,7 @@ use crate::pool::{PoolRuntime, VmLog};
 use crate::replica_vm::ReplicaNetworks;
 use crate::tags;
 use crate::xapi::RawImage;
+use crate::xapi::vhd_stream::blocks_touched;
 use std::sync::{Arc, Mutex};
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdMode, VdiCreate, VdiType};
@@ -82,8 +83,18 @@ pub async fn restore_vm_by_upload(
                 percent,
             };
             log.disk_progress("Uploading", progress(0));
-            let image = disk_image(Arc::clone(&store), manifest.clone(), i)
-                .reporting(upload_progress(log.clone(), progress(0)));
+            let image = disk_image(Arc::clone(&store), manifest.clone(), i);
+            if let Some(allocated) = &image.allocated {
+                log.ok(format!(
+                    "Disk {} goes as a sparse VHD: {} of {} blocks hold data ({} to send)",
+                    i + 1,
+                    allocated.iter().filter(|a| **a).count(),
+                    allocated.len(),
+                    format_bytes(image.wire_bytes())
+                ));
+            }
+            let on_sent = upload_progress(log.clone(), progress(0), image.wire_bytes());
+            let image = image.reporting(on_sent);
             // Dropping the upload on cancellation breaks its connection.
             log.cancel()
                 .wait(pool.xapi.vdi_import_raw(&vdi, &image))
@@ -119,26 +130,43 @@ fn begin_restore(
 
 /// Disk `disk` of `manifest` as an upload: restored from `store` in order,
 /// every chunk checked against its address and the whole against the disk's
-/// digest (a mismatch fails the upload).
+/// digest (a mismatch fails the upload). A disk with empty stretches goes
+/// out sparse: the blocks no data segment touches are left out.
 fn disk_image(store: Arc<DataStore>, manifest: ads::Manifest, disk: usize) -> RawImage {
-    RawImage::new(
-        manifest.disks[disk].size_bytes,
+    let shape = &manifest.disks[disk];
+    let data = shape
+        .segments
+        .iter()
+        .enumerate()
+        .filter_map(|(i, segment)| {
+            let start = i as u64 * shape.segment_bytes;
+            matches!(segment, ads::Segment::Data { .. })
+                .then(|| (start, shape.segment_bytes.min(shape.size_bytes - start)))
+        });
+    let allocated = blocks_touched(shape.size_bytes, data);
+    let size = shape.size_bytes;
+    let image = RawImage::new(
+        size,
         Arc::new(move |target| {
             ads::restore_disk(store.as_ref(), &manifest, disk, target, &mut |_, _| {})
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
-    )
+    );
+    match allocated.iter().all(|a| *a) {
+        true => image,
+        false => image.sparse(allocated),
+    }
 }
 
 /// Logs an upload's progress at each quarter it passes, once each (a retried
 /// upload does not repeat them); 100% is left to the upload's end, which is
 /// when the pool has taken the disk.
-fn upload_progress(log: VmLog, disk: DiskProgress) -> Arc<crate::xapi::OnSent> {
+fn upload_progress(log: VmLog, disk: DiskProgress, wire_bytes: u64) -> Arc<crate::xapi::OnSent> {
     let shown = Mutex::new(0u8);
     Arc::new(move |sent| {
-        let percent = (sent.min(disk.size_bytes) * 100)
-            .checked_div(disk.size_bytes)
+        let percent = (sent.min(wire_bytes) * 100)
+            .checked_div(wire_bytes)
             .unwrap_or(0) as u8;
         let mut shown = shown.lock().expect("progress lock poisoned");
         while *shown + 25 <= percent.min(99) {

@@ -52,6 +52,9 @@ pub struct ContentProfile {
     pub compressible_fraction: f64,
     /// Share of 256 KiB runs rewritten each day.
     pub daily_change_rate: f64,
+    /// Share of the disk, from its start, the guest ever wrote; the rest
+    /// holds zeros until a day's changes land there.
+    pub used_fraction: f64,
 }
 
 impl Default for ContentProfile {
@@ -62,6 +65,7 @@ impl Default for ContentProfile {
             copy_fraction: 0.1,
             compressible_fraction: 0.35,
             daily_change_rate: 0.02,
+            used_fraction: 1.0,
         }
     }
 }
@@ -110,6 +114,10 @@ impl DiskContent {
     }
 
     fn kind(&self, block: u64) -> Kind {
+        let used_blocks = (self.block_count() as f64 * self.profile.used_fraction).ceil() as u64;
+        if block >= used_blocks {
+            return Kind::Zero;
+        }
         let region = block / REGION_BLOCKS;
         let draw = unit(hash(&[self.seed, self.lineage, region, 1]));
         if draw < self.profile.zero_fraction {

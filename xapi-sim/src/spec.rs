@@ -324,6 +324,12 @@ pub struct VmGroupSpec {
     /// run really reads.
     #[serde(default)]
     pub disks_mib: Option<Vec<u64>>,
+    /// Share of each disk the guest has written, from its start (the rest
+    /// was never written and reads as zeros, as on a thin disk whose
+    /// filesystem is partly full); 1.0, the default, leaves every region to
+    /// the content model.
+    #[serde(default = "default_disk_used")]
+    pub disk_used: f64,
     /// Changed-block tracking enabled on the VMs' disks (by the operator).
     #[serde(default)]
     pub cbt: bool,
@@ -352,6 +358,9 @@ pub struct VmGroupSpec {
 
 fn default_disks() -> Vec<f64> {
     vec![20.0]
+}
+fn default_disk_used() -> f64 {
+    1.0
 }
 fn default_vm_memory_gib() -> f64 {
     2.0
@@ -492,6 +501,13 @@ impl PoolSpec {
                 return Err(SpecError::new(format!(
                     "{}: no network named {net:?} in this pool",
                     at(&format!("vms[{j}].network"))
+                )));
+            }
+            if !(0.0..=1.0).contains(&group.disk_used) {
+                return Err(SpecError::new(format!(
+                    "{}: {} is not a share of the disk (0.0 to 1.0)",
+                    at(&format!("vms[{j}].disk_used")),
+                    group.disk_used
                 )));
             }
             if let Some(h) = group.host

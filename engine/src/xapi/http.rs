@@ -2,6 +2,7 @@
 //! keep-alive, timeouts, certificate verification by default, and a base URL
 //! the client moves to the master when a pool member answers HOST_IS_SLAVE.
 
+use super::vhd_stream::VhdStream;
 use super::{CallError, RawImage, Transport};
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -157,9 +158,10 @@ impl HttpTransport {
         })
     }
 
-    /// `PUT /import_raw_vdi?format=raw`: the image streamed as it is
-    /// written (by a blocking task), with its length announced, since XAPI
-    /// reads a raw upload by its Content-Length.
+    /// `PUT /import_raw_vdi`: the image streamed as it is written (by a
+    /// blocking task), raw or, for a sparse image, as a dynamic VHD
+    /// (`format=vhd`), with its length announced, since XAPI reads either
+    /// by its Content-Length.
     async fn put_image(&self, session: &str, vdi: &str, image: RawImage) -> Result<(), CallError> {
         let mut url = self
             .base
@@ -167,25 +169,41 @@ impl HttpTransport {
             .expect("url lock poisoned")
             .join("/import_raw_vdi")
             .map_err(|e| CallError::Transport(e.to_string()))?;
+        let (format, content_type) = match image.allocated {
+            Some(_) => ("vhd", "application/vhd"),
+            None => ("raw", "application/octet-stream"),
+        };
         url.query_pairs_mut()
             .append_pair("session_id", session)
             .append_pair("vdi", vdi)
-            .append_pair("format", "raw");
+            .append_pair("format", format);
         let (pieces, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-        let size = image.size;
+        let wire = image.wire_bytes();
+        let unique_id = vdi.to_string();
         let writer = tokio::task::spawn_blocking(move || {
             let mut sink = ImageStream {
                 pieces,
                 next: 0,
-                size,
+                size: wire,
                 cut_off: false,
                 on_sent: Arc::clone(&image.on_sent),
             };
-            let written = (image.write)(&mut sink);
+            let written = match &image.allocated {
+                None => (image.write)(&mut sink),
+                Some(allocated) => {
+                    let send = |piece: Vec<u8>| sink.push(piece);
+                    VhdStream::start(image.size, allocated.to_vec(), &unique_id, send)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut vhd| {
+                            (image.write)(&mut vhd)?;
+                            vhd.finish().map_err(|e| e.to_string())
+                        })
+                }
+            };
             match written {
-                Ok(()) if sink.next == size => Ok(()),
+                Ok(()) if sink.next == wire => Ok(()),
                 Ok(()) => Err((
-                    format!("the image stopped at {} of {size} bytes", sink.next),
+                    format!("the image stopped at {} of {wire} bytes", sink.next),
                     false,
                 )),
                 Err(e) => {
@@ -203,8 +221,8 @@ impl HttpTransport {
         let sent = self
             .uploads
             .put(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(reqwest::header::CONTENT_LENGTH, size)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CONTENT_LENGTH, wire)
             .body(reqwest::Body::wrap_stream(stream))
             .timeout(Duration::from_secs(24 * 3600))
             .send()
@@ -305,11 +323,19 @@ impl ads::DiskTarget for ImageStream {
                 self.size
             )));
         }
-        if self.pieces.blocking_send(Ok(data.to_vec())).is_err() {
+        self.push(data.to_vec())
+    }
+}
+
+impl ImageStream {
+    /// Sends the next piece of the body.
+    fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
+        let len = piece.len() as u64;
+        if self.pieces.blocking_send(Ok(piece)).is_err() {
             self.cut_off = true;
             return Err(std::io::Error::other("the upload stopped"));
         }
-        self.next += data.len() as u64;
+        self.next += len;
         (self.on_sent)(self.next);
         Ok(())
     }

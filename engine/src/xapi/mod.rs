@@ -3,6 +3,7 @@
 
 mod client;
 mod http;
+pub mod vhd_stream;
 
 pub use client::{
     Credentials, EventBatch, Reachability, ReachabilityHook, XapiClient, XapiEvent,
@@ -23,13 +24,18 @@ pub type OnSent = dyn Fn(u64) + Send + Sync;
 
 /// A disk image for `/import_raw_vdi`: its size, the writer that produces
 /// its bytes (called again when an upload is retried) and who hears how far
-/// the upload got.
+/// the upload got. A sparse image names the blocks that hold data; it goes
+/// out as a dynamic VHD (`format=vhd`) without the others, which the writer
+/// leaves out and the pool fills with zeros.
 #[derive(Clone)]
 pub struct RawImage {
     /// Bytes the image holds (the VDI's virtual size).
     pub size: u64,
     pub write: Arc<ImageWriter>,
+    /// Hears bytes gone out of [`wire_bytes`](Self::wire_bytes).
     pub on_sent: Arc<OnSent>,
+    /// Per block of [`xapi_proto::vhd::BLOCK_BYTES`]: holds data (sparse images).
+    pub allocated: Option<Arc<Vec<bool>>>,
 }
 
 impl RawImage {
@@ -39,6 +45,28 @@ impl RawImage {
             size,
             write,
             on_sent: Arc::new(|_| {}),
+            allocated: None,
+        }
+    }
+
+    /// The same image, sent sparse: only the `allocated` blocks hold data.
+    pub fn sparse(self, allocated: Vec<bool>) -> Self {
+        assert_eq!(
+            allocated.len() as u64,
+            self.size.div_ceil(xapi_proto::vhd::BLOCK_BYTES),
+            "one flag per block"
+        );
+        Self {
+            allocated: Some(Arc::new(allocated)),
+            ..self
+        }
+    }
+
+    /// Bytes the upload carries: the image, or its VHD when sparse.
+    pub fn wire_bytes(&self) -> u64 {
+        match &self.allocated {
+            Some(allocated) => vhd_stream::wire_bytes(self.size, allocated),
+            None => self.size,
         }
     }
 

@@ -418,7 +418,10 @@ fn build_vm(
                     lineage: lineage_of(&group.name),
                     disk: disk_key,
                     size_bytes: size as u64,
-                    profile: crate::content::ContentProfile::default(),
+                    profile: crate::content::ContentProfile {
+                        used_fraction: group.disk_used,
+                        ..Default::default()
+                    },
                 },
                 frozen_day: None,
             },
