@@ -16,6 +16,11 @@ pub struct PoolArgs {
     /// The pool master's URL (http:// or https://).
     #[arg(long)]
     pub pool: String,
+    /// Another host of the pool (an address), asked where the master is
+    /// when the master cannot be reached (HA may have moved it while the
+    /// engine was not running). Repeatable.
+    #[arg(long = "pool-host", value_name = "ADDRESS")]
+    pub pool_hosts: Vec<String>,
     /// XAPI user.
     #[arg(long, default_value = "root")]
     pub user: String,
@@ -134,6 +139,7 @@ async fn open(
             user: args.user.clone(),
             password: read_password(&args.password_file)?,
         },
+        other_hosts: args.pool_hosts.clone(),
     };
     let mut engine_config = config.engine;
     let store = store.filter(|s| s.store.is_some());

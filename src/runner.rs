@@ -334,6 +334,7 @@ impl Links<'_> {
                         user: self.scenario.credentials.user.clone(),
                         password: self.scenario.credentials.password.clone(),
                     },
+                    other_hosts: Vec::new(),
                 }
             })
             .collect()

@@ -21,6 +21,9 @@ pub struct PoolConnection {
     pub transport: Arc<dyn Transport>,
     pub agent: Arc<AgentClient>,
     pub credentials: Credentials,
+    /// Addresses of the pool's other hosts, asked where the master is when
+    /// it cannot be reached before any host record was read.
+    pub other_hosts: Vec<String>,
 }
 
 /// A running engine.
@@ -108,7 +111,7 @@ impl Engine {
         for c in connections {
             let name = c.config.name.clone();
             let limit = shared.config.xapi_unreachable_limit();
-            let xapi = XapiClient::login(c.transport, c.credentials, limit)
+            let xapi = XapiClient::login_knowing(c.transport, c.credentials, limit, c.other_hosts)
                 .await
                 .map_err(|e| EngineError::xapi(format!("pool {name}"), "login", e))?
                 .with_reachability_hook(reachability_log(&shared, &name));

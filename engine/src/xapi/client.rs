@@ -86,20 +86,96 @@ impl XapiClient {
         credentials: Credentials,
         unreachable_limit: Duration,
     ) -> Result<Self, CallError> {
-        let session = patiently(unreachable_limit, "session.login_with_password", |_| {
-            Self::open_session(transport.as_ref(), &credentials, None)
-        })
-        .await?;
-        Ok(XapiClient {
+        Self::login_knowing(transport, credentials, unreachable_limit, Vec::new()).await
+    }
+
+    /// As [`login`](Self::login), knowing the addresses of the pool's other
+    /// hosts before any host record is read: while the master cannot be
+    /// reached they are asked where it is (or answer as master, when HA moved
+    /// the role while this engine was not running).
+    pub async fn login_knowing(
+        transport: Arc<dyn Transport>,
+        credentials: Credentials,
+        unreachable_limit: Duration,
+        hosts: Vec<String>,
+    ) -> Result<Self, CallError> {
+        let client = XapiClient {
             transport,
             credentials,
-            session: Mutex::new(session),
-            calls: AtomicU64::new(1),
+            session: Mutex::new(OpaqueRef::null()),
+            calls: AtomicU64::new(0),
             unreachable_limit,
             unreachable_since: Mutex::new(None),
             on_reachability: None,
-            members: Mutex::new(Vec::new()),
-        })
+            members: Mutex::new(hosts),
+        };
+        let session = patiently(
+            unreachable_limit,
+            "session.login_with_password",
+            |_| async {
+                let transport = client.transport.as_ref();
+                match Self::open_session(transport, &client.credentials, None).await {
+                    Err(CallError::Unreachable(why)) => {
+                        match client.login_through_members().await {
+                            Some(elsewhere) => elsewhere,
+                            None => Err(CallError::Unreachable(why)),
+                        }
+                    }
+                    other => other,
+                }
+            },
+        )
+        .await?;
+        // The login that got through; asking other hosts counts on its own.
+        client.calls.fetch_add(1, Ordering::Relaxed);
+        *client.session.lock().expect("session lock poisoned") = session;
+        Ok(client)
+    }
+
+    /// Where calls go now, and the other hosts known.
+    fn other_members(&self) -> Option<(String, Vec<String>)> {
+        let home = self.transport.address()?;
+        let members = self
+            .members
+            .lock()
+            .expect("members lock poisoned")
+            .iter()
+            .filter(|m| **m != home)
+            .cloned()
+            .collect();
+        Some((home, members))
+    }
+
+    /// The master cannot be reached at login: asks the other known hosts in
+    /// turn. One naming another master sends the login there; one that
+    /// logs in is master now. `None` when none got through.
+    async fn login_through_members(&self) -> Option<Result<OpaqueRef, CallError>> {
+        let (home, members) = self.other_members()?;
+        for member in members {
+            let params = login_params(&self.credentials);
+            let method = "session.login_with_password";
+            let answer = self.transport.call_to(&member, method, params).await;
+            if answer.is_err() {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+            }
+            match answer {
+                Err(CallError::Unreachable(_)) => continue,
+                Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
+                    let master = e.params.first().cloned().unwrap_or_default();
+                    if master.is_empty() || master == home {
+                        continue;
+                    }
+                    self.master_moved_to(&master);
+                    let transport = self.transport.as_ref();
+                    return Some(Self::open_session(transport, &self.credentials, None).await);
+                }
+                answered => {
+                    self.master_moved_to(&member);
+                    return Some(answered.and_then(|reply| decode(method, reply)));
+                }
+            }
+        }
+        None
     }
 
     /// The same client, telling `hook` when the pool stops and starts answering.
@@ -152,12 +228,7 @@ impl XapiClient {
         credentials: &Credentials,
         hook: Option<&ReachabilityHook>,
     ) -> Result<OpaqueRef, CallError> {
-        let params = vec![
-            Value::from(credentials.user.as_str()),
-            Value::from(credentials.password.as_str()),
-            Value::from(API_VERSION),
-            Value::from(ORIGINATOR),
-        ];
+        let params = login_params(credentials);
         let reply = send(transport, hook, "session.login_with_password", params).await?;
         decode("session.login_with_password", reply)
     }
@@ -241,15 +312,7 @@ impl XapiClient {
         method: &str,
         args: &[Value],
     ) -> Option<Result<Value, CallError>> {
-        let home = self.transport.address()?;
-        let members: Vec<String> = self
-            .members
-            .lock()
-            .expect("members lock poisoned")
-            .iter()
-            .filter(|m| **m != home)
-            .cloned()
-            .collect();
+        let (home, members) = self.other_members()?;
         for member in members {
             let mut params = vec![Value::from(self.session().as_str())];
             params.extend_from_slice(args);
@@ -775,6 +838,16 @@ pub fn decode_cbt_bitmap(text: &str, size_bytes: u64) -> Result<Vec<bool>, Strin
     abd_agent::protocol::decode_blocks(text, blocks)
 }
 
+/// `session.login_with_password`'s parameters.
+fn login_params(credentials: &Credentials) -> Vec<Value> {
+    vec![
+        Value::from(credentials.user.as_str()),
+        Value::from(credentials.password.as_str()),
+        Value::from(API_VERSION),
+        Value::from(ORIGINATOR),
+    ]
+}
+
 fn refv(r: &OpaqueRef) -> Value {
     Value::from(r.as_str())
 }
@@ -927,5 +1000,82 @@ mod tests {
             .unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(3));
         assert!(err.to_string().contains("cancelled"), "{err}");
+    }
+
+    /// A pool whose master (10.0.0.1) is down: 10.0.0.2 still names it as
+    /// master, 10.0.0.3 was made master by HA and takes logins.
+    struct MasterDown {
+        addressed: Mutex<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for MasterDown {
+        async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, CallError> {
+            let addressed = self.addressed.lock().unwrap().clone();
+            self.call_to(&addressed, method, params).await
+        }
+
+        async fn call_to(
+            &self,
+            address: &str,
+            _method: &str,
+            _params: Vec<Value>,
+        ) -> Result<Value, CallError> {
+            match address {
+                "10.0.0.2" => Err(CallError::Xapi(xapi_proto::XapiError::new(
+                    codes::HOST_IS_SLAVE,
+                    ["10.0.0.1"],
+                ))),
+                "10.0.0.3" => Ok(Value::from("OpaqueRef:session")),
+                other => Err(CallError::Unreachable(format!("{other}: no route"))),
+            }
+        }
+
+        fn redirect(&self, address: &str) -> Result<bool, CallError> {
+            let mut addressed = self.addressed.lock().unwrap();
+            let moved = *addressed != address;
+            *addressed = address.to_string();
+            Ok(moved)
+        }
+
+        fn address(&self) -> Option<String> {
+            Some(self.addressed.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_while_the_master_is_down_finds_it_through_the_hosts_it_knows() {
+        let credentials = Credentials {
+            user: "root".into(),
+            password: "secret".into(),
+        };
+        let limit = Duration::from_secs(60);
+        let pool = || {
+            Arc::new(MasterDown {
+                addressed: Mutex::new("10.0.0.1".into()),
+            })
+        };
+        // Told of no other host, the login waits out its limit and fails.
+        let alone = XapiClient::login(pool(), credentials.clone(), limit).await;
+        assert!(
+            matches!(alone, Err(CallError::Unreachable(_))),
+            "{:?}",
+            alone.err()
+        );
+        // Told of the others: one still names the dead master, the next is master now.
+        let transport = pool();
+        let hosts = vec!["10.0.0.2".to_string(), "10.0.0.3".to_string()];
+        let started = tokio::time::Instant::now();
+        let client = XapiClient::login_knowing(transport.clone(), credentials, limit, hosts)
+            .await
+            .expect("the new master is found");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no waiting for the dead master"
+        );
+        assert_eq!(transport.address().as_deref(), Some("10.0.0.3"));
+        assert_eq!(client.session().as_str(), "OpaqueRef:session");
+        assert_eq!(client.call_count(), 2, "the refused host, then the login");
     }
 }
