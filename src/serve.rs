@@ -58,10 +58,7 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
                 } else {
                     writeln!(out, "  member {} xapi {}", endpoint.host, endpoint.url)
                 };
-                let (listener, app) = (endpoint.listener, endpoint.app);
-                servers.push(tokio::spawn(
-                    async move { axum::serve(listener, app).await },
-                ));
+                servers.push(tokio::spawn(endpoint.serve()));
             }
         }
         let _ = std::io::stdout().flush();

@@ -21,6 +21,46 @@ pub struct HostEndpoint {
     pub url: String,
     pub listener: TcpListener,
     pub app: Router,
+    /// The pool, to see whether the host is up; `None` for the one endpoint
+    /// that answers as whoever is master.
+    host_of: Option<PoolServer>,
+}
+
+/// How often a served host's endpoint looks whether its host went down or
+/// came back.
+const LIVENESS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl HostEndpoint {
+    /// Serves the endpoint as its host would: while the host is down in the
+    /// model (crashed), nothing listens at its address, so clients are
+    /// refused as by a dead host; it listens again once the host is back.
+    /// Requests under way when the host goes down are answered.
+    pub async fn serve(self) -> io::Result<()> {
+        let Some(server) = self.host_of else {
+            return axum::serve(self.listener, self.app).await;
+        };
+        let at = self.listener.local_addr()?;
+        let mut listener = Some(self.listener);
+        loop {
+            while !server.host_is_up(&self.address) {
+                listener = None;
+                tokio::time::sleep(LIVENESS_POLL).await;
+            }
+            let bound = match listener.take() {
+                Some(bound) => bound,
+                None => TcpListener::bind(at).await?,
+            };
+            let (watched, address) = (server.clone(), self.address.clone());
+            let gone_down = async move {
+                while watched.host_is_up(&address) {
+                    tokio::time::sleep(LIVENESS_POLL).await;
+                }
+            };
+            axum::serve(bound, self.app.clone())
+                .with_graceful_shutdown(gone_down)
+                .await?;
+        }
+    }
 }
 
 /// Tries to bind the pool's endpoints this many times when a free port was
@@ -48,6 +88,7 @@ pub async fn bind_pool(server: PoolServer, addr: SocketAddr) -> io::Result<Vec<H
             url,
             listener,
             app: router(server),
+            host_of: None,
         }]);
     }
     let served: Arc<BTreeMap<String, String>> = Arc::new(
@@ -89,6 +130,7 @@ async fn bind_all(
             url: format!("http://{}", listener.local_addr()?),
             listener,
             app: router(server.clone().answering_as(endpoint)),
+            host_of: Some(server.clone()),
         });
     }
     Ok(endpoints)

@@ -398,6 +398,16 @@ impl Sim {
         self.call_duration(method) + self.faults.call_latency(pool.0, now, method)
     }
 
+    /// True when a host of `pool` has `address` and is up.
+    pub fn host_live_at(&self, pool: PoolId, address: &str) -> bool {
+        let m = &self.pools[pool.0];
+        m.hosts
+            .values()
+            .find(|h| h.address == address)
+            .and_then(|h| m.host_metrics.get(&h.metrics))
+            .is_some_and(|metrics| metrics.live)
+    }
+
     /// Why a client connecting now to the host of `pool` at `addressed` is
     /// refused, if it is: the host is down (crashed, or no host has that
     /// address), or an `xapi_unreachable` fault refuses the master. The call

@@ -111,6 +111,14 @@ impl PoolServer {
         self
     }
 
+    /// True while the host at `address` is up, in the model's time now.
+    pub fn host_is_up(&self, address: &str) -> bool {
+        let mut sim = self.lock();
+        let now = self.clock.now().max(sim.now());
+        sim.advance_to(now);
+        sim.host_live_at(self.pool, address)
+    }
+
     /// HOST_IS_SLAVE when this endpoint is a member now.
     fn check_master(&self, sim: &mut Sim, now: SimTime) -> Result<(), XapiError> {
         let Endpoint::Host { address, served } = &self.endpoint else {

@@ -271,3 +271,74 @@ fn reassemble(blocks: &[(usize, Vec<u8>)], under: &[u8]) -> Vec<u8> {
     }
     disk
 }
+
+/// A served member host that crashes stops listening: clients are refused as
+/// by a dead host, until it is back.
+#[tokio::test]
+async fn a_crashed_hosts_endpoint_refuses_connections_until_the_host_is_back() {
+    let spec: WorldSpec = toml::from_str(
+        r#"
+[[pool]]
+name = "lab"
+hosts = 2
+[[pool.sr]]
+name = "nfs"
+size_gib = 10
+default = true
+[[fault]]
+kind = "host_crash"
+pool = "lab"
+host = "lab-host-2"
+from_s = 10
+until_s = 20
+"#,
+    )
+    .unwrap();
+    let sim = Sim::new(&spec, 1).unwrap();
+    let pool = sim.pool_id("lab").unwrap();
+    let time_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let server = PoolServer::new(
+        Arc::new(Mutex::new(sim)),
+        pool,
+        ServeClock::External(Arc::clone(&time_ms)),
+    );
+    let endpoints = xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let member: std::net::SocketAddr = endpoints[1].url["http://".len()..].parse().unwrap();
+    for endpoint in endpoints {
+        tokio::spawn(endpoint.serve());
+    }
+    // Up: it answers (as a member, HOST_IS_SLAVE).
+    let (status, _, body) = post(member, "/", LOGIN).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("HOST_IS_SLAVE"), "{body}");
+    // Down: nothing listens, once the endpoint has looked (it looks often).
+    time_ms.store(15_000, std::sync::atomic::Ordering::SeqCst);
+    let refused = || async {
+        matches!(
+            tokio::net::TcpStream::connect(member).await,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    };
+    let mut looks = 0;
+    while !refused().await {
+        looks += 1;
+        assert!(looks < 200, "the crashed host's endpoint still listens");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Back: it listens again at the same address.
+    time_ms.store(25_000, std::sync::atomic::Ordering::SeqCst);
+    let mut looks = 0;
+    while refused().await {
+        looks += 1;
+        assert!(
+            looks < 200,
+            "the host is back but its endpoint does not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _, body) = post(member, "/", LOGIN).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("HOST_IS_SLAVE"), "{body}");
+}
