@@ -1,6 +1,8 @@
 //! A pool whose master moves, served over HTTP with one endpoint per host:
 //! the old master answers HOST_IS_SLAVE naming where the new one answers, and
-//! the engine's HTTP client follows it, logs in again and carries on.
+//! the engine's HTTP client follows it, logs in again and carries on. And a
+//! client that starts while the master it was given is down finds the new
+//! one through the pool's other hosts it was told of.
 
 use engine::xapi::{
     CallError, Credentials, HttpOptions, HttpTransport, Reachability, Transport, XapiClient,
@@ -93,4 +95,65 @@ async fn the_client_follows_a_master_that_moved() {
 
 fn login() -> Vec<Value> {
     vec![Value::from("root"), Value::from("password")]
+}
+
+const HA_WORLD: &str = r#"
+[[pool]]
+name = "lab"
+hosts = 3
+ha = true
+[[pool.sr]]
+name = "nfs"
+size_gib = 100
+default = true
+
+[[fault]]
+kind = "host_crash"
+pool = "lab"
+host = "lab-host-1"
+from_s = 10
+"#;
+
+#[tokio::test]
+async fn a_client_started_while_the_master_is_down_finds_it_through_the_hosts_it_knows() {
+    let spec: xapi_sim::spec::WorldSpec = toml::from_str(HA_WORLD).unwrap();
+    let sim = Arc::new(Mutex::new(Sim::new(&spec, 7).unwrap()));
+    let pool = sim.lock().unwrap().pool_id("lab").unwrap();
+    // Well after the crash: HA has handed the master role on.
+    let time_ms = Arc::new(AtomicU64::new(600_000));
+    let server = PoolServer::new(sim, pool, ServeClock::External(Arc::clone(&time_ms)));
+    let endpoints = xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let urls: Vec<String> = endpoints.iter().map(|e| e.url.clone()).collect();
+    for endpoint in endpoints {
+        tokio::spawn(endpoint.serve());
+    }
+    let credentials = Credentials {
+        user: "root".into(),
+        password: "password".into(),
+    };
+    let limit = Duration::from_secs(1);
+
+    // Told only of the dead master, the client gives up at its limit.
+    let alone = Arc::new(HttpTransport::new(&urls[0], &HttpOptions::default()).unwrap());
+    let failed = XapiClient::login(alone, credentials.clone(), limit).await;
+    assert!(
+        matches!(&failed, Err(CallError::Unreachable(_))),
+        "{:?}",
+        failed.err()
+    );
+
+    // Told of the other hosts too, it finds the new master and works there.
+    let transport = Arc::new(HttpTransport::new(&urls[0], &HttpOptions::default()).unwrap());
+    let hosts = vec!["127.0.0.2".to_string(), "127.0.0.3".to_string()];
+    let client = XapiClient::login_knowing(transport.clone(), credentials, limit, hosts)
+        .await
+        .expect("the new master is found");
+    assert!(
+        !transport.url().starts_with("http://127.0.0.1:"),
+        "calls go to the new master: {}",
+        transport.url()
+    );
+    assert_eq!(client.pool_get_all_records().await.unwrap().len(), 1);
 }
