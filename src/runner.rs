@@ -334,7 +334,16 @@ impl Links<'_> {
                         user: self.scenario.credentials.user.clone(),
                         password: self.scenario.credentials.password.clone(),
                     },
-                    other_hosts: Vec::new(),
+                    // As an operator lists them (`--pool-host`): the
+                    // pool's hosts, for a restart while the master is down.
+                    other_hosts: sim
+                        .lock()
+                        .expect("simulator lock")
+                        .pool(pool)
+                        .hosts
+                        .values()
+                        .map(|h| h.address.clone())
+                        .collect(),
                 }
             })
             .collect()

@@ -158,3 +158,11 @@ fn retention_log() {
 fn restore_upload_log() {
     insta::assert_snapshot!("restore_upload", job_log("restore-upload"));
 }
+
+#[test]
+fn engine_restart_master_down_log() {
+    insta::assert_snapshot!(
+        "engine_restart_master_down",
+        engine_and_job_log("engine-restart-master-down")
+    );
+}

@@ -111,10 +111,20 @@ impl Engine {
         for c in connections {
             let name = c.config.name.clone();
             let limit = shared.config.xapi_unreachable_limit();
+            let configured = c.transport.address();
+            let transport = Arc::clone(&c.transport);
             let xapi = XapiClient::login_knowing(c.transport, c.credentials, limit, c.other_hosts)
                 .await
                 .map_err(|e| EngineError::xapi(format!("pool {name}"), "login", e))?
                 .with_reachability_hook(reachability_log(&shared, &name));
+            if let (Some(configured), Some(now)) = (configured, transport.address())
+                && configured != now
+            {
+                engine_log.warn(format!(
+                    "Pool {name}: the master is at {now}, not at {configured} as configured \
+                     (found at login; update the pool's address)"
+                ));
+            }
             let pool = PoolRuntime::new(Arc::clone(&shared), c.config, xapi, c.agent)?;
             if reclaim {
                 crate::reclaim::reclaim_leftovers(&pool, &engine_log).await?;
