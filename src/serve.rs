@@ -48,6 +48,9 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
                 .pool_id(&pool.name)
                 .expect("pool exists");
             let server = PoolServer::new(Arc::clone(&sim), id, clock.clone());
+            if addr.ip() == std::net::Ipv4Addr::LOCALHOST {
+                xapi_sim::endpoints::readdress_for_loopback(&server);
+            }
             let endpoints = bind_pool(server, addr).await?;
             for (k, endpoint) in endpoints.into_iter().enumerate() {
                 // A caller may read only the lines it needs and close the

@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 import unittest
+import urllib.parse
 import xmlrpc.client
 
 import XenAPI
@@ -185,6 +186,13 @@ class SimulatedPool(unittest.TestCase):
             member.xenapi.login_with_password("root", "password", "2.21", "abd-tests")
         self.assertEqual(raised.exception.details, ["HOST_IS_SLAVE", "127.0.0.1"])
         member("close")()
+
+    def test_host_addresses_are_where_the_hosts_answer(self):
+        # A client failing over to a member reads its address from the host
+        # records: on loopback that is where its endpoint listens.
+        served = {urllib.parse.urlsplit(u).hostname for u in (self.url, self.member_url)}
+        addresses = {h["address"] for h in self.x.host.get_all_records().values()}
+        self.assertEqual(addresses, served)
 
     def test_list_methods(self):
         methods = self.session.system.listMethods()

@@ -136,6 +136,22 @@ async fn bind_all(
     Ok(endpoints)
 }
 
+/// Readdresses `server`'s pool for serving on loopback: host `k` (the
+/// configured master first) gets `127.0.0.k`, in its records too, so a client
+/// that reads host addresses (to fail over to a member) finds the endpoints.
+pub fn readdress_for_loopback(server: &PoolServer) {
+    let moves: Vec<(String, String)> = hosts_in_order(server)
+        .into_iter()
+        .enumerate()
+        .map(|(k, (_, address))| (address, loopback(k).to_string()))
+        .collect();
+    server
+        .sim
+        .lock()
+        .expect("simulator lock poisoned")
+        .readdress_hosts(server.pool, &moves);
+}
+
 /// The loopback address of the pool's `k`-th host (from 0).
 fn loopback(k: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + k as u8)

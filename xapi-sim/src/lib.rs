@@ -530,6 +530,27 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// Gives `pool`'s hosts other addresses (`(old, new)` pairs): in host
+    /// records, their management PIFs and the configured master's, so that
+    /// the addresses clients read are where they can reach the hosts.
+    pub fn readdress_hosts(&mut self, pool: PoolId, moves: &[(String, String)]) {
+        let m = &mut self.pools[pool.0];
+        let new_of = |old: &str| moves.iter().find(|(o, _)| o == old).map(|(_, n)| n.clone());
+        for host in m.hosts.values_mut() {
+            if let Some(new) = new_of(&host.address) {
+                host.address = new;
+            }
+        }
+        for pif in m.pifs.values_mut() {
+            if let Some(new) = new_of(&pif.ip) {
+                pif.ip = new;
+            }
+        }
+        if let Some(new) = new_of(&m.configured_address) {
+            m.configured_address = new;
+        }
+    }
+
     /// The address a client of `pool` is configured with (the first master's).
     pub fn configured_address(&self, pool: PoolId) -> String {
         self.pools[pool.0].configured_address.clone()
