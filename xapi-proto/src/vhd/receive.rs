@@ -9,6 +9,9 @@ use super::{FOOTER_BYTES, HEADER_BYTES, SECTOR, UNALLOCATED, checksum};
 /// Takes a block's present data at its disk offset.
 pub type WriteAt<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
+/// Most bytes taken after the last block: the footer, and some slack.
+const MAX_TRAILER_BYTES: u64 = 1 << 20;
+
 /// Largest block a VHD may declare here (the spec's default is 2 MiB).
 const MAX_BLOCK_BYTES: u64 = 64 << 20;
 
@@ -81,11 +84,6 @@ impl VhdReceiver {
         }
     }
 
-    /// The disk's size, once the footer has been read.
-    pub fn disk_size(&self) -> Option<u64> {
-        (!matches!(self.part, Part::Footer)).then_some(self.size)
-    }
-
     /// The disk's blocks the allocation table leaves out (they read as
     /// zeros), as (offset, length) ranges; known once the table has been read.
     pub fn unallocated(&self) -> Option<Vec<(u64, u64)>> {
@@ -110,6 +108,12 @@ impl VhdReceiver {
         while !bytes.is_empty() {
             if matches!(self.part, Part::Rest) {
                 self.at += bytes.len() as u64;
+                if self.at - self.part_at > MAX_TRAILER_BYTES {
+                    return Err(VhdError::Invalid(format!(
+                        "more than {MAX_TRAILER_BYTES} bytes after its last block \
+                         (a VHD ends with its 512-byte footer)"
+                    )));
+                }
                 return Ok(());
             }
             if self.at < self.part_at {
@@ -195,7 +199,7 @@ impl VhdReceiver {
                 self.next(Part::Block(n), at, len)
             }
             None => {
-                self.part = Part::Rest;
+                (self.part, self.part_at) = (Part::Rest, self.at);
                 Ok(())
             }
         }
@@ -417,6 +421,12 @@ mod tests {
         flipped[40] ^= 1;
         match receive(&flipped, 4096, size) {
             Err(VhdError::Invalid(why)) => assert!(why.contains("footer checksum"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut endless = vhd.clone();
+        endless.extend(vec![0u8; 2 << 20]);
+        match receive(&endless, 4096, size) {
+            Err(VhdError::Invalid(why)) => assert!(why.contains("after its last block"), "{why}"),
             other => panic!("{other:?}"),
         }
         let raw = vec![0u8; 4096];
