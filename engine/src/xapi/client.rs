@@ -161,10 +161,9 @@ impl XapiClient {
             match answer {
                 Err(CallError::Unreachable(_)) => continue,
                 Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
-                    let master = e.params.first().cloned().unwrap_or_default();
-                    if master.is_empty() || master == home {
+                    let Some(master) = another_master(&e, &home) else {
                         continue;
-                    }
+                    };
                     self.master_moved_to(&master);
                     let transport = self.transport.as_ref();
                     return Some(Self::open_session(transport, &self.credentials, None).await);
@@ -320,10 +319,9 @@ impl XapiClient {
             match self.transport.call_to(&member, method, params).await {
                 Err(CallError::Unreachable(_)) => continue,
                 Err(CallError::Xapi(e)) if e.is(codes::HOST_IS_SLAVE) => {
-                    let master = e.params.first().cloned().unwrap_or_default();
-                    if master.is_empty() || master == home {
+                    let Some(master) = another_master(&e, &home) else {
                         continue;
-                    }
+                    };
                     self.master_moved_to(&master);
                     return Some(self.call_once(method, args.to_vec()).await);
                 }
@@ -836,6 +834,15 @@ pub struct EventBatch {
 pub fn decode_cbt_bitmap(text: &str, size_bytes: u64) -> Result<Vec<bool>, String> {
     let blocks = size_bytes.div_ceil(ads::chunking::CBT_BLOCK_BYTES) as usize;
     abd_agent::protocol::decode_blocks(text, blocks)
+}
+
+/// The master a member's HOST_IS_SLAVE names, unless it is `home` (the one
+/// that cannot be reached) or none.
+fn another_master(e: &xapi_proto::XapiError, home: &str) -> Option<String> {
+    e.params
+        .first()
+        .filter(|master| !master.is_empty() && *master != home)
+        .cloned()
 }
 
 /// `session.login_with_password`'s parameters.
