@@ -131,19 +131,11 @@ fn begin_restore(
 /// Disk `disk` of `manifest` as an upload: restored from `store` in order,
 /// every chunk checked against its address and the whole against the disk's
 /// digest (a mismatch fails the upload). A disk with empty stretches goes
-/// out sparse: the blocks no data segment touches are left out.
+/// out sparse: the blocks no stored chunk touches (zero segments, zero runs
+/// inside data segments) are left out.
 fn disk_image(store: Arc<DataStore>, manifest: ads::Manifest, disk: usize) -> RawImage {
     let shape = &manifest.disks[disk];
-    let data = shape
-        .segments
-        .iter()
-        .enumerate()
-        .filter_map(|(i, segment)| {
-            let start = i as u64 * shape.segment_bytes;
-            matches!(segment, ads::Segment::Data { .. })
-                .then(|| (start, shape.segment_bytes.min(shape.size_bytes - start)))
-        });
-    let allocated = blocks_touched(shape.size_bytes, data);
+    let allocated = blocks_touched(shape.size_bytes, stored_ranges(shape));
     let size = shape.size_bytes;
     let image = RawImage::new(
         size,
@@ -157,6 +149,25 @@ fn disk_image(store: Arc<DataStore>, manifest: ads::Manifest, disk: usize) -> Ra
         true => image,
         false => image.sparse(allocated),
     }
+}
+
+/// The (offset, length) ranges of `disk` its stored chunks hold: all but
+/// its zero segments and zero runs.
+fn stored_ranges(disk: &ads::DiskManifest) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    for (i, segment) in disk.segments.iter().enumerate() {
+        let ads::Segment::Data { chunks, .. } = segment else {
+            continue;
+        };
+        let mut offset = i as u64 * disk.segment_bytes;
+        for (id, len) in chunks {
+            if !id.is_zero_run() {
+                ranges.push((offset, *len as u64));
+            }
+            offset += *len as u64;
+        }
+    }
+    ranges
 }
 
 /// Logs an upload's progress at each quarter it passes, once each (a retried
