@@ -32,14 +32,8 @@ from_s = 60
 
 #[tokio::test]
 async fn the_client_follows_a_master_that_moved() {
-    let spec: xapi_sim::spec::WorldSpec = toml::from_str(WORLD).unwrap();
-    let sim = Arc::new(Mutex::new(Sim::new(&spec, 7).unwrap()));
-    let pool = sim.lock().unwrap().pool_id("lab").unwrap();
     let time_ms = Arc::new(AtomicU64::new(0));
-    let server = PoolServer::new(sim, pool, ServeClock::External(Arc::clone(&time_ms)));
-    let endpoints = xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let endpoints = bind_world(WORLD, &time_ms).await;
     let urls: Vec<String> = endpoints.iter().map(|e| e.url.clone()).collect();
     assert_eq!(endpoints.len(), 3, "one endpoint per host: {urls:?}");
     assert!(urls[0].starts_with("http://127.0.0.1:"), "{urls:?}");
@@ -93,6 +87,21 @@ async fn the_client_follows_a_master_that_moved() {
     );
 }
 
+/// Binds pool `lab` of `world` on loopback, one endpoint per host, its
+/// simulated time read from `time_ms`.
+async fn bind_world(
+    world: &str,
+    time_ms: &Arc<AtomicU64>,
+) -> Vec<xapi_sim::endpoints::HostEndpoint> {
+    let spec: xapi_sim::spec::WorldSpec = toml::from_str(world).unwrap();
+    let sim = Arc::new(Mutex::new(Sim::new(&spec, 7).unwrap()));
+    let pool = sim.lock().unwrap().pool_id("lab").unwrap();
+    let server = PoolServer::new(sim, pool, ServeClock::External(Arc::clone(time_ms)));
+    xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
 fn login() -> Vec<Value> {
     vec![Value::from("root"), Value::from("password")]
 }
@@ -116,15 +125,9 @@ from_s = 10
 
 #[tokio::test]
 async fn a_client_started_while_the_master_is_down_finds_it_through_the_hosts_it_knows() {
-    let spec: xapi_sim::spec::WorldSpec = toml::from_str(HA_WORLD).unwrap();
-    let sim = Arc::new(Mutex::new(Sim::new(&spec, 7).unwrap()));
-    let pool = sim.lock().unwrap().pool_id("lab").unwrap();
     // Well after the crash: HA has handed the master role on.
     let time_ms = Arc::new(AtomicU64::new(600_000));
-    let server = PoolServer::new(sim, pool, ServeClock::External(Arc::clone(&time_ms)));
-    let endpoints = xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let endpoints = bind_world(HA_WORLD, &time_ms).await;
     let urls: Vec<String> = endpoints.iter().map(|e| e.url.clone()).collect();
     for endpoint in endpoints {
         tokio::spawn(endpoint.serve());
