@@ -202,17 +202,19 @@ impl AgentLink for SimAgentNet {
 
 /// The network between a simulated delegate and the engine's data store: a
 /// `network` fault on `delegates_store` loses requests (the agent's call
-/// fails as a timed-out connection would), and while no engine runs the
-/// connection is refused. Its latency is added up per request (an agent's
-/// requests go one after another) and taken on the simulated clock with the
-/// transfer's pacing, since the agent's work itself runs off the clock.
+/// fails as a timed-out connection would, after the connect timeout), and
+/// while no engine runs the connection is refused. The agent's work runs off
+/// the simulated clock, so its requests go one after another on a timeline
+/// of their own: the time its requests waited so far (latency, lost
+/// connections, pauses before retries) past the present. Faults are those of
+/// that moment, and the next transfer's pacing takes the wait on the clock.
 struct SimStoreNet {
     url: String,
     /// Whichever engine serves the store now.
     service: StoreService,
     sim: SharedSim,
     pool: PoolId,
-    /// Latency the store's link added to the requests sent so far.
+    /// What the store's link made the requests sent so far wait.
     waited: StoreWait,
 }
 
@@ -231,14 +233,16 @@ impl StoreLink for SimStoreNet {
         // The agent's work may call from a worker thread, off the simulated
         // clock: it happens at the simulator's present.
         let mut sim = lock(&self.sim);
-        let now = sim.now();
-        let delivery = sim.network_delivery(self.pool, now, link, "the data store");
+        let (now, ahead) = (sim.now(), *self.waited.lock().expect("store wait lock"));
+        let delivery = sim.network_delivery_ahead(self.pool, now, ahead, link, "the data store");
         drop(sim);
-        match delivery {
-            Delivery::Lost => return Err(format!("connecting to {} timed out", self.url)),
-            Delivery::Delivered(delay) => {
-                *self.waited.lock().expect("store wait lock") += delay;
-            }
+        let waited = match delivery {
+            Delivery::Lost => abd_agent::store_link::CONNECT_TIMEOUT,
+            Delivery::Delivered(delay) => delay,
+        };
+        *self.waited.lock().expect("store wait lock") += waited;
+        if delivery == Delivery::Lost {
+            return Err(format!("connecting to {} timed out", self.url));
         }
         let service = self.service.lock().expect("store service lock").clone();
         match service {
@@ -252,6 +256,10 @@ impl StoreLink for SimStoreNet {
                 self.url
             )),
         }
+    }
+
+    fn pause(&self, pause: Duration) {
+        *self.waited.lock().expect("store wait lock") += pause;
     }
 }
 

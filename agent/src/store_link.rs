@@ -7,9 +7,23 @@ use crate::protocol::{self, ErrorBody, ManifestRequest, Token, paths};
 use ads::{AdsError, Blob, ChunkId, ChunkSink, ChunkSource, Manifest, StoreConfig, StoreStats};
 use axum::http::{Request, Response, StatusCode, header};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest body of one chunk upload.
 const PUT_BATCH_BYTES: usize = 16 << 20;
+
+/// Pauses before each new attempt of a store request that could not get
+/// through (every store request is safe to repeat: chunks are addressed by
+/// their content). Five attempts in all, over about fifteen seconds of pauses.
+const RETRY_PAUSES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// Longest wait for a connection to the store before an attempt counts as lost.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Carries one HTTP request to the store and blocks until the answer is in.
 /// Called from the agent's worker threads, never from async code.
@@ -18,6 +32,8 @@ pub trait StoreLink: Send + Sync {
     fn url(&self) -> String;
     /// Sends `request` (path and query only in its URI).
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String>;
+    /// Waits `pause` before a request is tried again, on the link's clock.
+    fn pause(&self, pause: Duration);
 }
 
 /// The store over real HTTP (reqwest, on the agent's runtime).
@@ -32,6 +48,7 @@ impl HttpStoreLink {
     pub fn new(base: &str, runtime: tokio::runtime::Handle) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(std::time::Duration::from_secs(300))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
@@ -54,6 +71,11 @@ impl StoreLink for HttpStoreLink {
             .block_on(crate::http::exchange(&self.client, &self.base, request))
             .map_err(|e| e.to_string())
     }
+
+    fn pause(&self, pause: Duration) {
+        // A worker thread, off the runtime: a plain sleep holds up nothing else.
+        std::thread::sleep(pause);
+    }
 }
 
 /// The store as an in-process HTTP service (a simulated delegate talking to
@@ -71,6 +93,9 @@ impl StoreLink for ServiceLink {
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, String> {
         futures_executor::block_on(crate::http::call_service(&self.service, request))
     }
+
+    /// In the same process there is no network to wait for.
+    fn pause(&self, _pause: Duration) {}
 }
 
 /// The engine's data store, as the agent uses it.
@@ -98,15 +123,7 @@ impl RemoteStore {
     }
 
     fn call(&self, path: &str, content_type: &str, body: Vec<u8>) -> ads::Result<Vec<u8>> {
-        let request = Request::post(path)
-            .header(header::AUTHORIZATION, self.token.bearer())
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body)
-            .map_err(|e| self.error(e.to_string()))?;
-        let response = self
-            .link
-            .send(request)
-            .map_err(|e| self.error(format!("{path}: {e}")))?;
+        let response = self.send_retrying(path, content_type, body)?;
         let status = response.status();
         let body = response.into_body();
         if status != StatusCode::OK {
@@ -116,6 +133,42 @@ impl RemoteStore {
             return Err(self.error(format!("{path}: HTTP {status}: {detail}")));
         }
         Ok(body)
+    }
+
+    /// Sends a request, again after a pause each time it cannot get through
+    /// (an answer, even a refusal, is not retried).
+    fn send_retrying(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> ads::Result<Response<Vec<u8>>> {
+        let request = |body: Vec<u8>| {
+            Request::post(path)
+                .header(header::AUTHORIZATION, self.token.bearer())
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body)
+                .map_err(|e| self.error(e.to_string()))
+        };
+        let mut pauses = RETRY_PAUSES.iter();
+        let mut attempts = 1;
+        loop {
+            let Some(pause) = pauses.next() else {
+                // The last attempt: the body is not needed again.
+                return self
+                    .link
+                    .send(request(body)?)
+                    .map_err(|e| self.error(format!("{path}: {e} ({attempts} attempts)")));
+            };
+            match self.link.send(request(body.clone())?) {
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    tracing::warn!(store = %self.link.url(), path, attempt = attempts, "store request did not get through, trying again: {e}");
+                    self.link.pause(*pause);
+                    attempts += 1;
+                }
+            }
+        }
     }
 
     fn call_json<T: serde::de::DeserializeOwned>(

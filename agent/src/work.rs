@@ -57,7 +57,8 @@ impl Context {
     }
 }
 
-/// A store link that raises a flag when a request cannot get through.
+/// A store link whose flag says whether the last request could not get
+/// through (a retry that did clears it).
 struct NoticedLink {
     inner: Arc<dyn StoreLink>,
     unreachable: Arc<AtomicBool>,
@@ -73,10 +74,12 @@ impl StoreLink for NoticedLink {
         request: axum::http::Request<Vec<u8>>,
     ) -> Result<axum::http::Response<Vec<u8>>, String> {
         let sent = self.inner.send(request);
-        if sent.is_err() {
-            self.unreachable.store(true, Ordering::SeqCst);
-        }
+        self.unreachable.store(sent.is_err(), Ordering::SeqCst);
         sent
+    }
+
+    fn pause(&self, pause: std::time::Duration) {
+        self.inner.pause(pause)
     }
 }
 

@@ -441,14 +441,33 @@ impl Sim {
         link: faults::NetworkLink,
         to: &str,
     ) -> faults::Delivery {
+        self.network_delivery_ahead(pool, now, Duration::ZERO, link, to)
+    }
+
+    /// As [`Sim::network_delivery`], for a request sent `ahead` past `now`
+    /// (work that runs off the clock, such as an agent's store requests, and
+    /// takes its time later): the faults are those of that moment.
+    pub fn network_delivery_ahead(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        ahead: Duration,
+        link: faults::NetworkLink,
+        to: &str,
+    ) -> faults::Delivery {
         self.advance_to(now);
-        let delivery = self.faults.delivery(pool.0, now, link);
+        let delivery = self.faults.delivery(pool.0, now.after(ahead), link);
         if delivery == faults::Delivery::Lost {
             let name = self.pools[pool.0].name.clone();
+            let when = if ahead.is_zero() {
+                String::new()
+            } else {
+                format!(" ({} s into the work)", ahead.as_secs())
+            };
             self.log.push(
                 now,
                 &name,
-                format!("fault: network {link}: a request to {to} lost"),
+                format!("fault: network {link}: a request to {to} lost{when}"),
             );
         }
         delivery
