@@ -187,13 +187,17 @@ pub enum TaskResult {
     Backup {
         disks: Vec<BackedUpDisk>,
         stored: StoreStats,
+        /// Store requests sent again because the link lost them.
+        #[serde(default)]
+        store_retries: u64,
     },
     /// A read test.
-    Read {
-        bytes_read: u64,
-    },
+    Read { bytes_read: u64 },
     Restore {
         bytes_written: u64,
+        /// Store requests sent again because the link lost them.
+        #[serde(default)]
+        store_retries: u64,
     },
 }
 

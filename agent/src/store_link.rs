@@ -7,6 +7,7 @@ use crate::protocol::{self, ErrorBody, ManifestRequest, Token, paths};
 use ads::{AdsError, Blob, ChunkId, ChunkSink, ChunkSource, Manifest, StoreConfig, StoreStats};
 use axum::http::{Request, Response, StatusCode, header};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Largest body of one chunk upload.
@@ -104,6 +105,8 @@ pub struct RemoteStore {
     token: Token,
     /// What the store took for this agent's uploads.
     stats: StoreStats,
+    /// Requests sent again because the link lost them.
+    retries: AtomicU64,
 }
 
 impl RemoteStore {
@@ -112,6 +115,7 @@ impl RemoteStore {
             link,
             token,
             stats: StoreStats::default(),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -165,6 +169,7 @@ impl RemoteStore {
                 Err(e) => {
                     tracing::warn!(store = %self.link.url(), path, attempt = attempts, "store request did not get through, trying again: {e}");
                     self.link.pause(*pause);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     attempts += 1;
                 }
             }
@@ -195,6 +200,11 @@ impl RemoteStore {
                 seq,
             },
         )
+    }
+
+    /// Requests sent again so far because the link lost them.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// What the store took for the chunks sent so far.

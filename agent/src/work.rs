@@ -219,6 +219,7 @@ pub async fn backup(
     Ok(TaskResult::Backup {
         disks,
         stored: remote.stats(),
+        store_retries: remote.retries(),
     })
 }
 
@@ -290,5 +291,8 @@ pub async fn restore(
             .map_err(|e| device_error(*device, format!("write failed: {e}")))?;
         bytes_written += written;
     }
-    Ok(TaskResult::Restore { bytes_written })
+    Ok(TaskResult::Restore {
+        bytes_written,
+        store_retries: remote.retries(),
+    })
 }

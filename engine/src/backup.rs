@@ -350,8 +350,15 @@ async fn cbt_plan(
     plan
 }
 
-/// Says so when the delegate's agent was out of reach while it worked.
+/// Says so when the delegate's agent was out of reach while it worked, or
+/// had to send data store requests again.
 pub(crate) fn warn_out_of_reach(d: &Delegate, report: &ReadReport, log: &VmLog) {
+    if report.store_retries > 0 {
+        log.warn(format!(
+            "{}'s agent had to send {} data store request(s) again (the network lost them); the work went through",
+            d.name, report.store_retries
+        ));
+    }
     if !report.out_of_reach.is_zero() {
         log.warn(format!(
             "{}'s agent was out of reach for {} while it worked; it worked on and finished",

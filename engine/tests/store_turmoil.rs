@@ -240,11 +240,11 @@ fn disk(seed: u64) -> Vec<u8> {
 }
 
 /// What a backup through the store link came back with.
-type Backup = Result<(DiskManifest, u64), String>;
+type Backup = Result<(DiskManifest, u64, u64), String>;
 
 /// Backs `disk` up through the store link as the agent does: the store's
-/// settings first, then the disk's chunks. Returns the disk's manifest and
-/// the bytes the store took.
+/// settings first, then the disk's chunks. Returns the disk's manifest, the
+/// bytes the store took and the requests sent again.
 fn backup(disk: Vec<u8>) -> impl FnOnce(RemoteStore) -> Backup {
     move |mut remote| {
         let config = remote.config().map_err(|e| e.to_string())?;
@@ -258,7 +258,7 @@ fn backup(disk: Vec<u8>) -> impl FnOnce(RemoteStore) -> Backup {
         let (manifest, _) =
             ads::backup_disk(&plan, &mut MemDisk(disk), &mut remote, &mut |_, _| {})
                 .map_err(|e| e.to_string())?;
-        Ok((manifest, remote.stats().bytes_received))
+        Ok((manifest, remote.stats().bytes_received, remote.retries()))
     }
 }
 
@@ -293,9 +293,10 @@ fn a_short_partition_is_ridden_out_and_the_version_restores_over_the_network() {
     let source = disk(1);
     let lasting = Duration::from_secs(12);
     let backed_up = served.run(1, 0.0, cut_after_upload(lasting), backup(source.clone()));
-    let (manifest, _) = backed_up
+    let (manifest, _, retries) = backed_up
         .result
         .expect("the backup rides out the partition");
+    assert!(retries > 0, "requests were sent again");
     assert!(
         backed_up.took >= lasting,
         "it waited the partition out: {:?}",
@@ -331,8 +332,8 @@ fn a_long_partition_fails_the_backup_cleanly_and_the_next_one_sends_only_what_is
     served.verifies_clean();
     // Healed: the next backup finds the chunks the first one sent.
     let healed = served.run(4, 0.0, None, backup(source.clone()));
-    let (manifest, sent) = healed.result.expect("the backup gets through");
-    let (_, full) = Served::fresh(2)
+    let (manifest, sent, _) = healed.result.expect("the backup gets through");
+    let (_, full, _) = Served::fresh(2)
         .run(5, 0.0, None, backup(source.clone()))
         .result
         .unwrap();
@@ -350,7 +351,7 @@ fn a_long_partition_fails_the_backup_cleanly_and_the_next_one_sends_only_what_is
 fn a_lossy_slow_network_only_slows_the_backup_and_runs_are_deterministic() {
     let once = || {
         let outcome = Served::fresh(3).run(7, 0.2, None, backup(disk(3)));
-        let (manifest, sent) = outcome
+        let (manifest, sent, _) = outcome
             .result
             .expect("the backup gets through a lossy network");
         (manifest.digest, sent, outcome.requests, outcome.took)

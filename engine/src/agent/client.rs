@@ -167,7 +167,12 @@ impl AgentClient {
             ..Default::default()
         };
         match status.result {
-            Some(TaskResult::Backup { disks, stored }) => {
+            Some(TaskResult::Backup {
+                disks,
+                stored,
+                store_retries,
+            }) => {
+                report.store_retries = store_retries;
                 for disk in disks {
                     report.bytes_read += disk.read.bytes_read;
                     report.written.push(WrittenDisk {
@@ -206,10 +211,14 @@ impl AgentClient {
             .run_task(ip, token, paths::RESTORE, &request, progress, still_running)
             .await?;
         match status.result {
-            Some(TaskResult::Restore { bytes_written }) => Ok(ReadReport {
+            Some(TaskResult::Restore {
+                bytes_written,
+                store_retries,
+            }) => Ok(ReadReport {
                 disks,
                 bytes_read: bytes_written,
                 out_of_reach,
+                store_retries,
                 ..Default::default()
             }),
             other => Err(unexpected(ip, other)),

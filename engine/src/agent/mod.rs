@@ -39,6 +39,8 @@ pub struct ReadReport {
     pub stored: ads::StoreStats,
     /// How long the agent was out of reach while it worked (it worked on).
     pub out_of_reach: std::time::Duration,
+    /// Data store requests the agent sent again because its link lost them.
+    pub store_retries: u64,
 }
 
 /// One disk a delegate backed up into the data store (chunks stored, no version yet).
