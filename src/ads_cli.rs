@@ -299,7 +299,10 @@ fn verify(dir: &Path, json: bool, set_aside: bool) -> anyhow::Result<bool> {
         Access::Read
     };
     let mut store = Store::open(dir, access)?;
-    let report = ads::verify(&store)?;
+    let plan = ads::verify::VerifyPlan::take(&store)?;
+    let bar = progress_bar(plan.stored_bytes(), "verifying");
+    let report = plan.rehash(&|bytes| bar.inc(bytes)).finish(&store);
+    bar.finish_and_clear();
     let set_aside = if set_aside {
         ads::verify::set_aside_corrupt(&mut store, &report)?
     } else {

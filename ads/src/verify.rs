@@ -5,7 +5,6 @@ use crate::ChunkId;
 use crate::codec;
 use crate::error::Result;
 use crate::index::IndexIssue;
-use crate::manifest::Manifest;
 use crate::pack::{self, PackName};
 use crate::store::Store;
 use rayon::prelude::*;
@@ -135,165 +134,305 @@ impl VerifyReport {
     }
 }
 
-/// One pack's outcome: bytes verified, entries, and bad blobs (id, pack,
-/// offset, why, and whether its bytes were read: false for an I/O error).
-type PackCheck = (u64, u64, Vec<(ChunkId, PackName, u64, String, bool)>);
+/// One bad blob a re-hash found: id, pack, offset, why, and whether its
+/// bytes were read (false for an I/O error, which may pass).
+type BadBlob = (ChunkId, PackName, u64, String, bool);
+
+/// One pack's re-hash: bytes verified, entries, the bad blobs, and the file
+/// read (device, inode), to tell a pack replaced meanwhile.
+struct PackCheck {
+    name: PackName,
+    bytes: u64,
+    entries: u64,
+    bad: Vec<BadBlob>,
+    file: Option<(u64, u64)>,
+}
 
 /// Checks the whole store. Reading goes on past problems.
 pub fn verify(store: &Store) -> Result<VerifyReport> {
-    let mut report = VerifyReport::default();
-    for issue in &store.index().issues {
-        report.problems.push(match issue {
-            IndexIssue::BadIndexFile { path, detail } => Problem::BadIndexFile {
-                path: path.display().to_string(),
-                detail: detail.clone(),
-            },
-            IndexIssue::BadPack { pack, detail } => Problem::BadPack {
-                pack: pack.clone(),
-                detail: detail.clone(),
-            },
-        });
-    }
+    Ok(VerifyPlan::take(store)?.rehash(&|_| {}).finish(store))
+}
 
-    // Which versions reference which chunks.
-    let mut users: HashMap<ChunkId, Vec<String>> = HashMap::new();
-    let mut manifests: Vec<Manifest> = Vec::new();
-    for vm in store.vms()? {
-        for seq in store.versions(&vm)? {
-            let version = format!("{vm}@{seq}");
-            match store.manifest(&vm, seq) {
-                Ok(manifest) => {
-                    if let Some(detail) = manifest.disks.iter().find_map(|d| d.check_shape().err())
-                    {
-                        report.problems.push(Problem::BadManifest {
-                            version: version.clone(),
-                            detail,
-                        });
-                    }
-                    for (id, _) in manifest.chunk_refs() {
-                        let list = users.entry(*id).or_default();
-                        if list.last() != Some(&version) {
-                            list.push(version.clone());
-                        }
-                    }
-                    manifests.push(manifest);
-                }
-                Err(e) => report.problems.push(Problem::BadManifest {
-                    version,
-                    detail: e.to_string(),
-                }),
-            }
-        }
-    }
-    report.versions = manifests.len() as u64;
-    report.set_aside = store.index().damaged().len() as u64;
+/// A verification in three steps, so that a store shared with writers is
+/// held only to copy what to check and to weigh what was found, not while
+/// every pack is read: [`VerifyPlan::take`] (store held) copies the index and
+/// the manifests, [`VerifyPlan::rehash`] (store not needed) re-hashes the
+/// packs, which never change once sealed, and [`Rehashed::finish`] (store
+/// held) drops findings in packs gc removed or replaced meanwhile. Versions
+/// committed after `take` are checked next time.
+pub struct VerifyPlan {
+    packs_dir: std::path::PathBuf,
+    /// Index and manifest problems, found while taking the plan.
+    early: Vec<Problem>,
+    /// Missing and set-aside chunks versions reference.
+    late: Vec<Problem>,
+    users: HashMap<ChunkId, Vec<String>>,
+    /// Every pack with its entries not set aside, and how many it holds.
+    packs: Vec<(PackName, Vec<pack::PackEntry>, u64)>,
+    versions: u64,
+    set_aside: u64,
+    unreferenced_chunks: u64,
+}
 
-    // Re-hash every blob of every pack.
-    let packs: Vec<(&PackName, &Vec<pack::PackEntry>)> = store.index().packs().iter().collect();
-    let checked: Vec<PackCheck> = packs
-        .par_iter()
-        .map(|(name, entries)| {
-            let mut bad = Vec::new();
-            let mut bytes = 0;
-            let path = pack::pack_path(&store.root().join("packs"), name);
-            let file = match store.pack_file(name) {
-                Ok(file) => file,
-                Err(e) => {
-                    for entry in entries.iter() {
-                        bad.push((
-                            entry.id,
-                            (*name).clone(),
-                            entry.offset,
-                            e.to_string(),
-                            false,
-                        ));
-                    }
-                    return (0, entries.len() as u64, bad);
-                }
-            };
-            for entry in entries.iter() {
-                if store.index().is_damaged(name, entry.offset) {
-                    continue;
-                }
-                let stored = match pack::read_blob(&file, &path, entry.offset, entry.stored_len) {
-                    Ok(stored) => stored,
-                    Err(e) => {
-                        // A pack cut short lost the bytes; any other error may pass.
-                        let truncated = matches!(&e, crate::AdsError::Io { source, .. }
-                            if source.kind() == std::io::ErrorKind::UnexpectedEof);
-                        bad.push((
-                            entry.id,
-                            (*name).clone(),
-                            entry.offset,
-                            e.to_string(),
-                            truncated,
-                        ));
-                        continue;
-                    }
-                };
-                let outcome =
-                    codec::decode(entry.codec, &stored, entry.raw_len as usize).and_then(|raw| {
-                        (ChunkId::of(&raw) == entry.id)
-                            .then_some(raw.len())
-                            .ok_or_else(|| "content does not match its address".to_string())
-                    });
-                match outcome {
-                    Ok(len) => bytes += len as u64,
-                    Err(detail) => {
-                        bad.push((entry.id, (*name).clone(), entry.offset, detail, true))
-                    }
-                }
-            }
-            (bytes, entries.len() as u64, bad)
-        })
-        .collect();
-    for (bytes, count, bad) in checked {
-        report.packs += 1;
-        report.bytes_checked += bytes;
-        report.chunks += count;
-        for (id, pack, offset, detail, read) in bad {
-            let (chunk, affects) = (id.to_hex(), users.get(&id).cloned().unwrap_or_default());
-            report.problems.push(match read {
-                true => Problem::CorruptChunk {
-                    chunk,
-                    pack,
-                    offset,
-                    detail,
-                    affects,
+impl VerifyPlan {
+    /// Copies what a verification checks: which versions use which chunks,
+    /// every pack's entries, and the references that are nowhere.
+    pub fn take(store: &Store) -> Result<Self> {
+        let mut early = Vec::new();
+        for issue in &store.index().issues {
+            early.push(match issue {
+                IndexIssue::BadIndexFile { path, detail } => Problem::BadIndexFile {
+                    path: path.display().to_string(),
+                    detail: detail.clone(),
                 },
-                false => Problem::UnreadableChunk {
-                    chunk,
-                    pack,
-                    offset,
-                    detail,
-                    affects,
+                IndexIssue::BadPack { pack, detail } => Problem::BadPack {
+                    pack: pack.clone(),
+                    detail: detail.clone(),
                 },
             });
         }
+
+        // Which versions reference which chunks.
+        let mut users: HashMap<ChunkId, Vec<String>> = HashMap::new();
+        let mut versions = 0;
+        for vm in store.vms()? {
+            for seq in store.versions(&vm)? {
+                let version = format!("{vm}@{seq}");
+                match store.manifest(&vm, seq) {
+                    Ok(manifest) => {
+                        if let Some(detail) =
+                            manifest.disks.iter().find_map(|d| d.check_shape().err())
+                        {
+                            early.push(Problem::BadManifest {
+                                version: version.clone(),
+                                detail,
+                            });
+                        }
+                        for (id, _) in manifest.chunk_refs() {
+                            let list = users.entry(*id).or_default();
+                            if list.last() != Some(&version) {
+                                list.push(version.clone());
+                            }
+                        }
+                        versions += 1;
+                    }
+                    Err(e) => early.push(Problem::BadManifest {
+                        version,
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+        }
+
+        // References to chunks that are nowhere.
+        let index = store.index();
+        let missing: BTreeSet<ChunkId> = users
+            .keys()
+            .filter(|id| !index.contains(id))
+            .copied()
+            .collect();
+        let set_aside: BTreeSet<ChunkId> = index.damaged().values().copied().collect();
+        let late = missing
+            .into_iter()
+            .map(|id| {
+                let (chunk, affects) = (id.to_hex(), users[&id].clone());
+                if set_aside.contains(&id) {
+                    Problem::DamagedChunk { chunk, affects }
+                } else {
+                    Problem::MissingChunk { chunk, affects }
+                }
+            })
+            .collect();
+        let stored: BTreeSet<ChunkId> = index
+            .packs()
+            .values()
+            .flat_map(|entries| entries.iter().map(|e| e.id))
+            .collect();
+        let unreferenced_chunks = stored.iter().filter(|id| !users.contains_key(id)).count() as u64;
+        let packs = index
+            .packs()
+            .iter()
+            .map(|(name, entries)| {
+                let live = entries
+                    .iter()
+                    .filter(|e| !index.is_damaged(name, e.offset))
+                    .cloned()
+                    .collect();
+                (name.clone(), live, entries.len() as u64)
+            })
+            .collect();
+        Ok(Self {
+            packs_dir: store.root().join("packs"),
+            early,
+            late,
+            users,
+            packs,
+            versions,
+            set_aside: index.damaged().len() as u64,
+            unreferenced_chunks,
+        })
     }
 
-    // References to chunks that are nowhere.
-    let mut missing: BTreeSet<ChunkId> = BTreeSet::new();
-    for id in users.keys() {
-        if !store.index().contains(id) {
-            missing.insert(*id);
+    /// Stored bytes the re-hash reads (for progress).
+    pub fn stored_bytes(&self) -> u64 {
+        self.packs
+            .iter()
+            .flat_map(|(_, entries, _)| entries.iter().map(|e| u64::from(e.stored_len)))
+            .sum()
+    }
+
+    /// Re-hashes every blob of every pack (packs in parallel), calling
+    /// `progress` with the stored bytes of each blob read.
+    pub fn rehash(self, progress: &(dyn Fn(u64) + Sync)) -> Rehashed {
+        let checks = self
+            .packs
+            .par_iter()
+            .map(|(name, entries, held)| {
+                check_pack(&self.packs_dir, name, entries, *held, progress)
+            })
+            .collect();
+        Rehashed { plan: self, checks }
+    }
+}
+
+/// Re-hashes one pack's `entries` (of the `held` it holds).
+fn check_pack(
+    packs_dir: &std::path::Path,
+    name: &PackName,
+    entries: &[pack::PackEntry],
+    held: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> PackCheck {
+    use std::os::unix::fs::MetadataExt;
+    let mut check = PackCheck {
+        name: name.clone(),
+        bytes: 0,
+        entries: held,
+        bad: Vec::new(),
+        file: None,
+    };
+    let path = pack::pack_path(packs_dir, name);
+    let opened = std::fs::File::open(&path).and_then(|file| {
+        let meta = file.metadata()?;
+        Ok((file, (meta.dev(), meta.ino())))
+    });
+    let file = match opened {
+        Ok((file, identity)) => {
+            check.file = Some(identity);
+            file
+        }
+        Err(e) => {
+            let detail = crate::AdsError::Io {
+                path: path.clone(),
+                source: e,
+            }
+            .to_string();
+            progress(entries.iter().map(|e| u64::from(e.stored_len)).sum());
+            for entry in entries {
+                check
+                    .bad
+                    .push((entry.id, name.clone(), entry.offset, detail.clone(), false));
+            }
+            return check;
+        }
+    };
+    for entry in entries {
+        progress(u64::from(entry.stored_len));
+        let stored = match pack::read_blob(&file, &path, entry.offset, entry.stored_len) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // A pack cut short lost the bytes; any other error may pass.
+                let truncated = matches!(&e, crate::AdsError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::UnexpectedEof);
+                check.bad.push((
+                    entry.id,
+                    name.clone(),
+                    entry.offset,
+                    e.to_string(),
+                    truncated,
+                ));
+                continue;
+            }
+        };
+        let outcome = codec::decode(entry.codec, &stored, entry.raw_len as usize).and_then(|raw| {
+            (ChunkId::of(&raw) == entry.id)
+                .then_some(raw.len())
+                .ok_or_else(|| "content does not match its address".to_string())
+        });
+        match outcome {
+            Ok(len) => check.bytes += len as u64,
+            Err(detail) => check
+                .bad
+                .push((entry.id, name.clone(), entry.offset, detail, true)),
         }
     }
-    let set_aside: BTreeSet<ChunkId> = store.index().damaged().values().copied().collect();
-    for id in missing {
-        let (chunk, affects) = (id.to_hex(), users[&id].clone());
-        report.problems.push(if set_aside.contains(&id) {
-            Problem::DamagedChunk { chunk, affects }
-        } else {
-            Problem::MissingChunk { chunk, affects }
-        });
+    check
+}
+
+/// A plan whose packs were re-hashed, to be weighed against the store.
+pub struct Rehashed {
+    plan: VerifyPlan,
+    checks: Vec<PackCheck>,
+}
+
+impl Rehashed {
+    /// The report: findings in a pack that gc removed, or that was sealed
+    /// anew, since the plan was taken are dropped (that file is no longer
+    /// the store's), as are blobs set aside meanwhile.
+    pub fn finish(self, store: &Store) -> VerifyReport {
+        use std::os::unix::fs::MetadataExt;
+        let Rehashed { plan, checks } = self;
+        let index = store.index();
+        let mut report = VerifyReport {
+            versions: plan.versions,
+            set_aside: plan.set_aside,
+            unreferenced_chunks: plan.unreferenced_chunks,
+            problems: plan.early,
+            ..VerifyReport::default()
+        };
+        for check in checks {
+            report.packs += 1;
+            report.bytes_checked += check.bytes;
+            report.chunks += check.entries;
+            if check.bad.is_empty() {
+                continue;
+            }
+            let path = pack::pack_path(&plan.packs_dir, &check.name);
+            let now = std::fs::metadata(&path)
+                .ok()
+                .map(|meta| (meta.dev(), meta.ino()));
+            let same_file = index.packs().contains_key(&check.name)
+                && (check.file.is_none() || check.file == now);
+            if !same_file {
+                continue;
+            }
+            for (id, pack, offset, detail, read) in check.bad {
+                if index.is_damaged(&pack, offset) {
+                    continue;
+                }
+                let (chunk, affects) = (
+                    id.to_hex(),
+                    plan.users.get(&id).cloned().unwrap_or_default(),
+                );
+                report.problems.push(match read {
+                    true => Problem::CorruptChunk {
+                        chunk,
+                        pack,
+                        offset,
+                        detail,
+                        affects,
+                    },
+                    false => Problem::UnreadableChunk {
+                        chunk,
+                        pack,
+                        offset,
+                        detail,
+                        affects,
+                    },
+                });
+            }
+        }
+        report.problems.extend(plan.late);
+        report
     }
-    let stored: BTreeSet<ChunkId> = store
-        .index()
-        .packs()
-        .values()
-        .flat_map(|entries| entries.iter().map(|e| e.id))
-        .collect();
-    report.unreferenced_chunks = stored.iter().filter(|id| !users.contains_key(id)).count() as u64;
-    Ok(report)
 }

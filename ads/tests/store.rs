@@ -261,6 +261,86 @@ fn retention_keeps_the_newest_versions_and_gc_frees_space() {
     ));
 }
 
+/// Flips `mask` into a byte of the first data chunk of `version` at rest;
+/// returns that chunk.
+fn damage_first_data_chunk(store: &Store, version: &ads::Manifest, mask: u8) -> ads::ChunkId {
+    let victim = version
+        .chunk_refs()
+        .map(|(id, _)| *id)
+        .find(|id| !id.is_zero_run())
+        .unwrap();
+    let location = store.index().get(&victim).unwrap().clone();
+    let pack = ads::pack::pack_path(&store.root().join("packs"), &location.pack);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[location.offset as usize + location.stored_len as usize / 2] ^= mask;
+    std::fs::write(&pack, bytes).unwrap();
+    victim
+}
+
+/// Pack files in a store's `packs/` directory.
+fn pack_files(root: &Path) -> std::collections::BTreeSet<String> {
+    walk(&root.join("packs")).into_iter().collect()
+}
+
+#[test]
+fn a_verification_whose_packs_gc_removed_while_it_read_them_stays_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let mut day = disk(5, 32);
+    for n in 0..4u8 {
+        change(&mut day, &[n as usize * 7, n as usize * 7 + 1], n + 40);
+        backup(&mut store, "mail", &day, None).unwrap();
+    }
+    let plan = ads::verify::VerifyPlan::take(&store).unwrap();
+    let packs_before = pack_files(tmp.path());
+
+    // With the store free again, gc drops versions and their packs, and a
+    // new version is committed.
+    ads::gc::gc(&mut store, 2).unwrap();
+    backup(&mut store, "other", &disk(6, 8), None).unwrap();
+    assert!(
+        !packs_before.is_subset(&pack_files(tmp.path())),
+        "gc removed no pack the plan holds"
+    );
+
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let to_read = plan.stored_bytes();
+    let report = plan
+        .rehash(&|bytes| {
+            read.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        })
+        .finish(&store);
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.versions, 4,
+        "the versions there when the plan was taken"
+    );
+    assert_eq!(read.into_inner(), to_read);
+    let now = ads::verify(&store).unwrap();
+    assert!(now.is_clean() && now.versions == 3, "{now:?}");
+}
+
+#[test]
+fn a_corrupt_chunk_is_still_reported_when_writes_come_between_the_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let (va, _) = backup(&mut store, "a", &disk(8, 16), None).unwrap();
+    let victim = damage_first_data_chunk(&store, &va, 0x40);
+
+    let plan = ads::verify::VerifyPlan::take(&store).unwrap();
+    backup(&mut store, "b", &disk(9, 16), None).unwrap();
+    let report = plan.rehash(&|_| {}).finish(&store);
+    let corrupt: Vec<_> = report
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::CorruptChunk { chunk, affects, .. } => Some((chunk.clone(), affects.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(corrupt, vec![(victim.to_hex(), vec!["a@1".to_string()])]);
+}
+
 #[test]
 fn a_corrupt_chunk_is_reported_with_the_versions_it_affects_and_nothing_else_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
@@ -493,16 +573,7 @@ fn a_chunk_set_aside_is_stored_again_by_the_next_backup_that_has_it_and_gc_drops
     let mut store = new_store(tmp.path());
     let a = disk(21, 16);
     let (va, _) = backup(&mut store, "a", &a, None).unwrap();
-    let victim = va
-        .chunk_refs()
-        .map(|(id, _)| *id)
-        .find(|id| !id.is_zero_run())
-        .unwrap();
-    let location = store.index().get(&victim).unwrap().clone();
-    let pack = ads::pack::pack_path(&tmp.path().join("packs"), &location.pack);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[location.offset as usize + location.stored_len as usize / 2] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    let victim = damage_first_data_chunk(&store, &va, 0x01);
 
     // Verification finds it; setting it aside survives a reopen.
     let report = ads::verify(&store).unwrap();

@@ -97,9 +97,22 @@ impl DataStore {
 
     /// Verifies the store and sets aside the corrupt chunks it found;
     /// returns the report and how many were newly set aside.
+    /// The store is held only to plan the check and to weigh its findings:
+    /// uploads and commits go on while the packs are re-hashed.
     pub fn verify_and_set_aside(&self) -> Result<(ads::VerifyReport, usize), AdsError> {
+        self.verify_with_progress(&|_| {})
+    }
+
+    /// [`Self::verify_and_set_aside`], calling `progress` with the stored
+    /// bytes of each blob re-hashed.
+    pub fn verify_with_progress(
+        &self,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(ads::VerifyReport, usize), AdsError> {
+        let plan = ads::verify::VerifyPlan::take(&self.lock())?;
+        let rehashed = plan.rehash(progress);
         let mut store = self.lock();
-        let report = ads::verify(&store)?;
+        let report = rehashed.finish(&store);
         let set_aside = ads::verify::set_aside_corrupt(&mut store, &report)?;
         Ok((report, set_aside))
     }
@@ -128,5 +141,43 @@ impl DataStore {
 impl ads::ChunkSource for DataStore {
     fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>, AdsError> {
         DataStore::read_chunks(self, ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_are_rehashed_with_the_store_free_for_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DataStore::open_or_init(&dir.path().join("ads"), None, None).unwrap();
+        let blobs: Vec<Blob> = (0..4u8)
+            .map(|i| {
+                let raw = vec![i; 10_000];
+                let (codec, data) = ads::Compression::default().encode(&raw);
+                Blob {
+                    id: ChunkId::of(&raw),
+                    raw_len: raw.len() as u32,
+                    codec,
+                    data,
+                }
+            })
+            .collect();
+        store.put(blobs).unwrap();
+
+        let free_while_rehashing = std::sync::atomic::AtomicBool::new(true);
+        let (report, _) = store
+            .verify_with_progress(&|_| {
+                if store.store.try_lock().is_err() {
+                    free_while_rehashing.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        assert_eq!(report.chunks, 4);
+        assert!(
+            free_while_rehashing.into_inner(),
+            "the store was held while packs were read"
+        );
     }
 }
