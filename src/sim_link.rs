@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use xapi_proto::Value;
-use xapi_sim::faults::Delivery;
+use xapi_sim::faults::{Delivery, ReplyPath};
 use xapi_sim::time::SimTime;
 use xapi_sim::{PoolId, Sim};
 
@@ -149,18 +149,55 @@ async fn simulated_call(
     send: impl Fn(Vec<Value>) -> Result<Value, CallError>,
 ) -> Result<Value, CallError> {
     refused(sim, pool, addressed, clock).await?;
-    // The call takes its time first; its effect lands when it completes.
+    let sent = Instant::now();
+    // The call takes its time first; its effect lands when it completes,
+    // if the master is still up to complete it.
     let duration = lock(sim).call_delay(pool, clock.now(), method);
     tokio::time::sleep(duration).await;
-    if method == "event.from" {
+    if let Some(down) = lock(sim).host_down(pool, addressed, clock.now()) {
+        return Err(CallError::Transport(format!(
+            "{method}: the connection broke ({down})"
+        )));
+    }
+    let result = if method == "event.from" {
         let ask = |params: Vec<Value>| std::future::ready(send(params));
-        return wait_for_events(sim, clock, activity, params, ask).await;
-    }
-    let result = send(params);
-    if !xapi_sim::is_read_only(method) {
-        activity.notify_waiters();
-    }
+        wait_for_events(sim, clock, activity, params, ask).await
+    } else {
+        let result = send(params);
+        if !xapi_sim::is_read_only(method) {
+            activity.notify_waiters();
+        }
+        result
+    };
+    reply_comes_back((sim, pool, clock), method, sent, result.is_ok()).await?;
     result
+}
+
+/// Waits for the reply to `method` (sent at `sent`) to cross a partition
+/// between the engine and the master: it arrives when the path heals, or
+/// the engine gives up at its call timeout, the call's effect having landed;
+/// a `reply_lost` fault loses the reply to a call that `took_effect`.
+async fn reply_comes_back(
+    (sim, pool, clock): (&SharedSim, PoolId, SimClock),
+    method: &str,
+    sent: Instant,
+    took_effect: bool,
+) -> Result<(), CallError> {
+    let gave_up = sent + engine::xapi::CALL_TIMEOUT;
+    let arrives = match lock(sim).reply_path(pool, clock.now(), method, took_effect) {
+        ReplyPath::Clear => return Ok(()),
+        ReplyPath::HeldUntil(at) => clock.instant_at(Duration::from_millis(at.as_ms())),
+        ReplyPath::Cut => gave_up,
+    };
+    if arrives < gave_up {
+        tokio::time::sleep_until(arrives).await;
+        return Ok(());
+    }
+    tokio::time::sleep_until(gave_up).await;
+    Err(CallError::Transport(format!(
+        "{method}: no reply within {} s (timed out)",
+        engine::xapi::CALL_TIMEOUT.as_secs()
+    )))
 }
 
 /// An upload (`/import_raw_vdi`) on the simulated clock, whichever link

@@ -166,3 +166,8 @@ fn engine_restart_master_down_log() {
         engine_and_job_log("engine-restart-master-down")
     );
 }
+
+#[test]
+fn fault_lost_reply_log() {
+    insta::assert_snapshot!("fault_lost_reply", job_log("fault-lost-reply"));
+}

@@ -45,10 +45,19 @@ pub async fn back_up_vm(
             })
             .map_err(|e| EngineError::Journal(e.to_string()))?;
     }
-    let snap = x
-        .vm_snapshot(vm, &snapshot_name)
-        .await
-        .map_err(|e| EngineError::xapi(format!("VM {vm} {vm_name:?}"), "snapshot", e))?;
+    let snap = match x.vm_snapshot(vm, &snapshot_name).await {
+        Ok(snap) => snap,
+        Err(e) => match snapshot_made_anyway(pool, vm, &snapshot_name, &e, job, log).await {
+            Some(snap) => snap,
+            None => {
+                return Err(EngineError::xapi(
+                    format!("VM {vm} {vm_name:?}"),
+                    "snapshot",
+                    e,
+                ));
+            }
+        },
+    };
     let tagged = tag_snapshot(pool, &snap, job).await;
     let result = match tagged {
         Ok(()) => {
@@ -89,6 +98,71 @@ pub async fn back_up_vm(
         retire_bases(pool, &backed.old_bases, log).await;
     }
     result.map(|b| b.report)
+}
+
+/// A snapshot that got no answer (its reply lost) may have been taken: a
+/// snapshot of `vm` by the run's name that is not tagged yet is the one, and
+/// is used (a warning); any other such snapshot goes to the background
+/// removals, as does the name when the pool cannot be asked now. `None`: not
+/// taken (or the error said it failed).
+async fn snapshot_made_anyway(
+    pool: &PoolRuntime,
+    vm: &OpaqueRef,
+    name: &str,
+    error: &crate::xapi::CallError,
+    job: &str,
+    log: &VmLog,
+) -> Option<OpaqueRef> {
+    if !error.may_have_taken_effect() {
+        return None;
+    }
+    let mut found = match untagged_snapshots_named(pool, vm, name).await {
+        Ok(found) => found.into_iter(),
+        Err(e) => {
+            tracing::warn!(name, "cannot look for a snapshot whose reply was lost: {e}");
+            let leftover = crate::reclaim::Leftover::UnansweredSnapshot {
+                name: name.to_string(),
+                of: vm.clone(),
+                job: job.to_string(),
+            };
+            crate::reclaim::retry_later(pool, leftover, log);
+            return None;
+        }
+    };
+    let snap = found.next()?;
+    log.warn(format!(
+        "Snapshot {name:?} got no answer ({error}), but it was taken: using it"
+    ));
+    for other in found {
+        let leftover = crate::reclaim::Leftover::Snapshot {
+            vm: other,
+            name: name.to_string(),
+            claim_for_job: Some(job.to_string()),
+            disks: Vec::new(),
+        };
+        crate::reclaim::retry_later(pool, leftover, log);
+    }
+    Some(snap)
+}
+
+/// Snapshots of `vm` named `name` that are not tagged as ours yet.
+pub(crate) async fn untagged_snapshots_named(
+    pool: &PoolRuntime,
+    vm: &OpaqueRef,
+    name: &str,
+) -> Result<Vec<OpaqueRef>, crate::xapi::CallError> {
+    let engine_id = &pool.engine_config().engine_id;
+    let mut found = Vec::new();
+    for snap in pool.xapi.vm_get_by_name_label(name).await? {
+        let record = pool.xapi.vm_get_record(&snap).await?;
+        if record.is_a_snapshot
+            && record.snapshot_of == *vm
+            && !crate::tags::is_our_snapshot(&record, engine_id)
+        {
+            found.push(snap);
+        }
+    }
+    Ok(found)
 }
 
 /// A VM's backup as far as the snapshot's fate is concerned.

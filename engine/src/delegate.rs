@@ -98,12 +98,15 @@ pub async fn create(
     let started = Instant::now();
     let vm = match x.vm_clone(&template.vm, &name).await {
         Ok(vm) => vm,
-        Err(e) => {
-            return Err((
-                EngineError::xapi(format!("template {}", template.vm), "clone", e),
-                lease,
-            ));
-        }
+        Err(e) => match clone_made_anyway(pool, template, &name, &e, log).await {
+            Some(vm) => vm,
+            None => {
+                return Err((
+                    EngineError::xapi(format!("template {}", template.vm), "clone", e),
+                    lease,
+                ));
+            }
+        },
     };
     pool.account(Change::DelegateCreated);
     let mut delegate = Delegate {
@@ -133,6 +136,69 @@ pub async fn create(
             Err((e, None))
         }
     }
+}
+
+/// A clone that got no answer (its reply lost) may have been made: the
+/// delegate's name is new, so a fresh clone of `template` by that name is the
+/// one, and is used (a warning). When the pool cannot be asked now, a clone
+/// by that name is left to the background removals. `None`: not made (or
+/// the error said the clone failed).
+async fn clone_made_anyway(
+    pool: &PoolRuntime,
+    template: &TemplateInfo,
+    name: &str,
+    error: &crate::xapi::CallError,
+    log: &VmLog,
+) -> Option<OpaqueRef> {
+    if !error.may_have_taken_effect() {
+        return None;
+    }
+    match fresh_clones_of(pool, &template.uuid, name).await {
+        Ok(found) => {
+            let vm = found.into_iter().next()?;
+            log.warn(format!(
+                "Cloning {name} got no answer ({error}), but the clone was made: using it"
+            ));
+            Some(vm)
+        }
+        Err(e) => {
+            tracing::warn!(name, "cannot look for a clone whose reply was lost: {e}");
+            let leftover = crate::reclaim::Leftover::UnansweredClone {
+                name: name.to_string(),
+                template_uuid: template.uuid.clone(),
+            };
+            crate::reclaim::retry_later(pool, leftover, log);
+            None
+        }
+    }
+}
+
+/// This engine's clones of the template with uuid `template_uuid` named
+/// `name` that were never configured (still marked as the template's).
+pub(crate) async fn fresh_clones_of(
+    pool: &PoolRuntime,
+    template_uuid: &str,
+    name: &str,
+) -> Result<Vec<OpaqueRef>, crate::xapi::CallError> {
+    let x = &pool.xapi;
+    let engine_id = &pool.engine_config().engine_id;
+    let mut found = Vec::new();
+    for vm in x.vm_get_by_name_label(name).await? {
+        let record = x.vm_get_record(&vm).await?;
+        let fresh = tags::is_our_disposable_vm(&record, engine_id)
+            && record.uuid != template_uuid
+            && record
+                .other_config
+                .get(tags::TEMPLATE_UUID)
+                .map(String::as_str)
+                == Some(template_uuid)
+            && record.other_config.get(tags::ROLE).map(String::as_str) == Some(tags::ROLE_TEMPLATE)
+            && !record.is_a_snapshot;
+        if fresh {
+            found.push(vm);
+        }
+    }
+    Ok(found)
 }
 
 async fn configure(
@@ -307,10 +373,25 @@ pub async fn boot(
     // The target host, even if the start fails: a retry then knows what to avoid.
     d.host = host_ref.clone();
     d.host_name = host_name.clone();
-    pool.xapi
-        .vm_start_on(&d.vm, &host_ref)
-        .await
-        .map_err(|e| EngineError::xapi(format!("{} on {host_name}", d.label()), "start", e))?;
+    if let Err(e) = pool.xapi.vm_start_on(&d.vm, &host_ref).await {
+        // An unanswered start may have started it: then it is booting.
+        let running =
+            e.may_have_taken_effect()
+                && pool.xapi.vm_get_record(&d.vm).await.is_ok_and(|r| {
+                    r.power_state == PowerState::Running && r.resident_on == host_ref
+                });
+        if !running {
+            return Err(EngineError::xapi(
+                format!("{} on {host_name}", d.label()),
+                "start",
+                e,
+            ));
+        }
+        log.warn(format!(
+            "Starting {} got no answer ({e}), but it is running on {host_name}: carrying on",
+            d.name
+        ));
+    }
     log.ok(format!(
         "{} started on {} ({})",
         d.name,
@@ -588,8 +669,8 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
             d.name,
             format_duration(started.elapsed())
         )),
-        Err(e) => {
-            log.fail(format!("{} teardown incomplete: {e}", d.name));
+        Err(failed) => {
+            log.fail(format!("{} teardown incomplete: {}", d.name, failed.error));
             // Its address stays taken while the VM may still use it.
             if let Some(lease) = d.lease {
                 pool.hold_lease(&d.vm, lease);
@@ -603,6 +684,7 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
                 name: d.name,
                 job: String::new(),
                 earlier: false,
+                disks: failed.disks_left,
             };
             crate::reclaim::retry_later(pool, leftover, log);
             return;
@@ -617,13 +699,29 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
     }
 }
 
+/// A delegate's removal that stopped partway: why, and the disks still to
+/// destroy when the VM itself is already gone.
+pub(crate) struct DelegateRemovalFailed {
+    pub error: EngineError,
+    pub disks_left: Vec<OpaqueRef>,
+}
+
+impl From<EngineError> for DelegateRemovalFailed {
+    fn from(error: EngineError) -> Self {
+        DelegateRemovalFailed {
+            error,
+            disks_left: Vec::new(),
+        }
+    }
+}
+
 /// Destroys a delegate VM: detaches work disks, shuts it down, destroys the VM
 /// and the disks that came with its clone. Refuses anything not tagged as ours.
 pub(crate) async fn destroy_delegate_vm(
     pool: &PoolRuntime,
     vm: &OpaqueRef,
     own_vdis: &[OpaqueRef],
-) -> Result<(), EngineError> {
+) -> Result<(), DelegateRemovalFailed> {
     let x = &pool.xapi;
     let record = x
         .vm_get_record(vm)
@@ -634,7 +732,8 @@ pub(crate) async fn destroy_delegate_vm(
         return Err(EngineError::NotOurs {
             action: "destroy",
             object: label,
-        });
+        }
+        .into());
     }
     let fail = |step: &'static str| {
         let object = label.clone();
@@ -647,7 +746,7 @@ pub(crate) async fn destroy_delegate_vm(
         if let Err(e) = detach_work_disks(pool, &record).await
             && !halted().await
         {
-            return Err(e);
+            return Err(e.into());
         }
         if let Err(e) = x.vm_clean_shutdown(vm).await
             && !halted().await
@@ -656,7 +755,7 @@ pub(crate) async fn destroy_delegate_vm(
             if let Err(e) = x.vm_hard_shutdown(vm).await
                 && !halted().await
             {
-                return Err(fail("hard shutdown")(e));
+                return Err(fail("hard shutdown")(e).into());
             }
         }
     }
@@ -671,10 +770,13 @@ pub(crate) async fn destroy_delegate_vm(
         own_vdis.to_vec()
     };
     x.vm_destroy(vm).await.map_err(fail("destroy"))?;
-    for vdi in own {
-        x.vdi_destroy(&vdi)
-            .await
-            .map_err(fail("destroying its disk"))?;
+    for (i, vdi) in own.iter().enumerate() {
+        if let Err(e) = x.vdi_destroy(vdi).await {
+            return Err(DelegateRemovalFailed {
+                error: fail("destroying its disk")(e),
+                disks_left: own[i..].to_vec(),
+            });
+        }
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub(crate) enum Leftover {
         /// A leftover of an earlier engine (counted as reclaimed when gone);
         /// false for this engine's own failed teardowns (already counted).
         earlier: bool,
+        /// Set when a removal destroyed the VM but not all its disks: these
+        /// are what is left to remove.
+        disks: Vec<OpaqueRef>,
     },
     Snapshot {
         vm: OpaqueRef,
@@ -58,6 +61,17 @@ pub(crate) enum Leftover {
     UnfinishedBase { vdi: OpaqueRef, uuid: String },
     /// A VDI a failed restore created that could not be removed then.
     RestoredDisk { vdi: OpaqueRef },
+    /// A delegate clone whose reply was lost and that could not be looked
+    /// for then: removed if it was made (found by its new name).
+    UnansweredClone { name: String, template_uuid: String },
+    /// A snapshot of `of` whose reply was lost and that could not be looked
+    /// for then: tagged for `job` and removed if it was taken (found by the
+    /// run's name).
+    UnansweredSnapshot {
+        name: String,
+        of: OpaqueRef,
+        job: String,
+    },
 }
 
 impl Leftover {
@@ -86,13 +100,32 @@ impl Leftover {
                 format!("snapshot disk {uuid} as CBT metadata (the next incremental's base)")
             }
             Leftover::RestoredDisk { vdi } => format!("disk {vdi} of a failed restore"),
+            Leftover::UnansweredClone { name, .. } => {
+                format!("delegate {name:?}, if its unanswered clone was made,")
+            }
+            Leftover::UnansweredSnapshot { name, .. } => {
+                format!("snapshot {name:?}, if its unanswered snapshot was taken,")
+            }
         }
     }
 
     async fn remove(&mut self, pool: &PoolRuntime) -> Result<(), EngineError> {
         match self {
-            Leftover::Delegate { vm, earlier, .. } => {
-                destroy_delegate_vm(pool, vm, &[]).await?;
+            Leftover::Delegate {
+                vm,
+                name,
+                earlier,
+                disks,
+                ..
+            } => {
+                if disks.is_empty() {
+                    destroy_delegate_vm(pool, vm, &[]).await.map_err(|failed| {
+                        *disks = failed.disks_left;
+                        failed.error
+                    })?;
+                } else {
+                    remove_disks_left(pool, name, disks).await?;
+                }
                 pool.release_held_lease(vm);
                 if *earlier {
                     pool.account(Change::Reclaimed);
@@ -135,6 +168,40 @@ impl Leftover {
                 let what = format!("VDI {vdi} {name:?}");
                 destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_orphan_disk).await
             }
+            Leftover::UnansweredClone {
+                name,
+                template_uuid,
+            } => {
+                let found = crate::delegate::fresh_clones_of(pool, template_uuid, name)
+                    .await
+                    .map_err(|e| EngineError::xapi(format!("VM {name:?}"), "looking up", e))?;
+                for vm in found {
+                    if let Err(failed) = destroy_delegate_vm(pool, &vm, &[]).await {
+                        // What is left is a delegate of ours, known by ref now.
+                        *self = Leftover::Delegate {
+                            vm,
+                            name: name.clone(),
+                            job: String::new(),
+                            earlier: false,
+                            disks: failed.disks_left,
+                        };
+                        return Err(failed.error);
+                    }
+                }
+                Ok(())
+            }
+            Leftover::UnansweredSnapshot { name, of, job } => {
+                let found = crate::backup::untagged_snapshots_named(pool, of, name)
+                    .await
+                    .map_err(|e| EngineError::xapi(format!("VM {name:?}"), "looking up", e))?;
+                for snap in found {
+                    tag_snapshot(pool, &snap, job).await?;
+                    remove_snapshot(pool, &snap)
+                        .await
+                        .map_err(|failed| failed.error)?;
+                }
+                Ok(())
+            }
             Leftover::RestoredDisk { vdi } => {
                 let what = format!("VDI {vdi} of a failed restore");
                 destroy_vdi_if_ours(pool, vdi, &what, tags::is_our_restored_vdi).await
@@ -163,6 +230,25 @@ impl Leftover {
 
 /// Destroys `vdi` once its record, read now, shows it is ours in the way
 /// `ours` checks (the tag check before every destructive call).
+/// Destroys the disks a delegate's removal left after destroying its VM,
+/// dropping each from `disks` once gone (already gone counts).
+async fn remove_disks_left(
+    pool: &PoolRuntime,
+    name: &str,
+    disks: &mut Vec<OpaqueRef>,
+) -> Result<(), EngineError> {
+    while let Some(vdi) = disks.first().cloned() {
+        let what = format!("VDI {vdi} of delegate {name:?}");
+        match destroy_vdi_if_ours(pool, &vdi, &what, tags::is_our_orphan_disk).await {
+            Err(EngineError::Xapi { cause, .. })
+                if cause.code() == Some(xapi_proto::codes::HANDLE_INVALID) => {}
+            other => other?,
+        }
+        disks.remove(0);
+    }
+    Ok(())
+}
+
 async fn destroy_vdi_if_ours(
     pool: &PoolRuntime,
     vdi: &OpaqueRef,
@@ -276,6 +362,7 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
         if tags::is_our_disposable_vm(record, &engine_id) && !record.is_a_snapshot {
             found.push(Leftover::Delegate {
                 earlier: true,
+                disks: Vec::new(),
                 vm: vm.clone(),
                 name: record.name_label.clone(),
                 job: record

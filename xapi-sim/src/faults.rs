@@ -22,6 +22,10 @@ pub enum FaultKind {
     XapiError,
     /// A call (`method`, or `*`) takes `latency_s` longer.
     Latency,
+    /// A call (`method`, or `*`) takes effect and its reply never comes
+    /// back (the connection hangs): the client gives up at its call timeout
+    /// not knowing what happened, so it must find out before it retries.
+    ReplyLost,
     /// `host` crashes at `from_s` (its VMs halt) and is back at `until_s`.
     HostCrash,
     /// A delegate's guest never finishes booting (no address).
@@ -95,6 +99,17 @@ pub enum Delivery {
     Lost,
 }
 
+/// What the network does to a reply sent on a connection already open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyPath {
+    /// It arrives now.
+    Clear,
+    /// A partition holds it (TCP retransmits) until the path heals then.
+    HeldUntil(SimTime),
+    /// A partition that never heals cuts it off.
+    Cut,
+}
+
 /// A fault's chance per opportunity: fixed, or `[low, high]` drawn per seed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -151,7 +166,10 @@ impl FaultSpec {
     /// Checks the entry; errors name the field.
     pub fn check(&self, index: usize) -> Result<(), SpecError> {
         let fail = |what: String| Err(SpecError::new(format!("fault {}: {what}", index + 1)));
-        let needs_method = matches!(self.kind, FaultKind::XapiError | FaultKind::Latency);
+        let needs_method = matches!(
+            self.kind,
+            FaultKind::XapiError | FaultKind::Latency | FaultKind::ReplyLost
+        );
         if needs_method && self.method.is_none() {
             return fail(format!("{:?} needs `method`", self.kind));
         }
@@ -299,6 +317,12 @@ impl Faults {
         ))
     }
 
+    /// True when the reply to `method`, done now, is lost.
+    pub fn reply_lost(&mut self, pool: usize, now: SimTime, method: &str) -> bool {
+        self.fire(pool, now, FaultKind::ReplyLost, |s| s.covers_method(method))
+            .is_some()
+    }
+
     /// Extra time `method` takes now.
     pub fn call_latency(&mut self, pool: usize, now: SimTime, method: &str) -> Duration {
         self.fire(pool, now, FaultKind::Latency, |s| s.covers_method(method))
@@ -331,6 +355,35 @@ impl Faults {
             }
         }
         Delivery::Delivered(delay)
+    }
+
+    /// What a partition on `link` of `pool` does to a reply sent at `now`
+    /// on an open connection: held until every partition covering it has
+    /// healed (back to back ones included). Lossy links pass replies (TCP
+    /// resends what they drop), and nothing is drawn.
+    pub fn reply_path(&self, pool: usize, now: SimTime, link: NetworkLink) -> ReplyPath {
+        let mut at = now;
+        loop {
+            let heal = self
+                .armed
+                .iter()
+                .filter(|f| {
+                    f.pool == pool
+                        && f.spec.kind == FaultKind::Network
+                        && f.spec.link == Some(link)
+                        && f.rate >= 1.0
+                        && f.spec.active_at(at)
+                        && f.spec.count.is_none_or(|c| f.fired < c)
+                })
+                .map(|f| f.spec.until_s.map(seconds))
+                .max_by_key(|until| until.unwrap_or(SimTime(u64::MAX)));
+            match heal {
+                None if at == now => return ReplyPath::Clear,
+                None => return ReplyPath::HeldUntil(at),
+                Some(None) => return ReplyPath::Cut,
+                Some(Some(until)) => at = until,
+            }
+        }
     }
 
     /// True when a busy delegate agent's process dies now.
@@ -418,5 +471,92 @@ impl Faults {
             ));
         }
         windows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn armed(toml_faults: &str) -> Faults {
+        #[derive(Deserialize)]
+        struct List {
+            fault: Vec<FaultSpec>,
+        }
+        let list: List = toml::from_str(toml_faults).unwrap();
+        for (i, spec) in list.fault.iter().enumerate() {
+            spec.check(i).unwrap();
+        }
+        Faults::arm(&list.fault, 7, |_| Some(0))
+    }
+
+    const LINK: NetworkLink = NetworkLink::EngineMaster;
+
+    #[test]
+    fn a_reply_waits_for_back_to_back_partitions_to_heal_and_lossy_links_pass_it() {
+        let faults = armed(
+            r#"
+            [[fault]]
+            kind = "network"
+            link = "engine_master"
+            pool = "lab"
+            from_s = 100
+            until_s = 160
+            [[fault]]
+            kind = "network"
+            link = "engine_master"
+            pool = "lab"
+            from_s = 160
+            until_s = 200
+            [[fault]]
+            kind = "network"
+            link = "engine_master"
+            pool = "lab"
+            rate = 0.9
+            from_s = 300
+            until_s = 400
+            [[fault]]
+            kind = "network"
+            link = "engine_delegates"
+            pool = "lab"
+            from_s = 500
+            "#,
+        );
+        assert_eq!(faults.reply_path(0, seconds(99.0), LINK), ReplyPath::Clear);
+        assert_eq!(
+            faults.reply_path(0, seconds(120.0), LINK),
+            ReplyPath::HeldUntil(seconds(200.0))
+        );
+        assert_eq!(faults.reply_path(0, seconds(200.0), LINK), ReplyPath::Clear);
+        assert_eq!(faults.reply_path(0, seconds(350.0), LINK), ReplyPath::Clear);
+        assert_eq!(faults.reply_path(0, seconds(600.0), LINK), ReplyPath::Clear);
+        assert_eq!(
+            faults.reply_path(0, seconds(600.0), NetworkLink::EngineDelegates),
+            ReplyPath::Cut
+        );
+    }
+
+    #[test]
+    fn a_lost_reply_strikes_its_method_as_often_as_counted() {
+        let mut faults = armed(
+            r#"
+            [[fault]]
+            kind = "reply_lost"
+            pool = "lab"
+            method = "VM.clone"
+            count = 2
+            "#,
+        );
+        let now = seconds(10.0);
+        assert!(!faults.reply_lost(0, now, "VM.start"));
+        assert!(faults.reply_lost(0, now, "VM.clone"));
+        assert!(faults.reply_lost(0, now, "VM.clone"));
+        assert!(!faults.reply_lost(0, now, "VM.clone"));
+        let unnamed = FaultSpec {
+            method: None,
+            ..toml::from_str::<FaultSpec>("kind = \"reply_lost\"\npool = \"lab\"").unwrap()
+        };
+        let err = unnamed.check(0).unwrap_err().to_string();
+        assert!(err.contains("needs `method`"), "{err}");
     }
 }

@@ -413,15 +413,8 @@ impl Sim {
     /// address), or an `xapi_unreachable` fault refuses the master. The call
     /// never arrives.
     pub fn refusal(&mut self, pool: PoolId, addressed: &str, now: SimTime) -> Option<String> {
-        self.advance_to(now);
-        let m = &self.pools[pool.0];
-        let host = m.hosts.values().find(|h| h.address == addressed);
-        let Some(host) = host else {
-            return Some(format!("no host at {addressed}"));
-        };
-        let live = m.host_metrics.get(&host.metrics).is_some_and(|h| h.live);
-        if !live {
-            return Some(format!("host {} ({addressed}) is down", host.name_label));
+        if let Some(down) = self.host_down(pool, addressed, now) {
+            return Some(down);
         }
         let refused = self.fault_fired(
             pool,
@@ -430,6 +423,60 @@ impl Sim {
             || "fault: connection to the pool master refused".into(),
         );
         refused.then(|| "connection refused by the pool master".to_string())
+    }
+
+    /// Why the host of `pool` at `addressed` cannot answer now, if it
+    /// cannot: it is down (crashed), or no host has that address. A call in
+    /// flight to it breaks without taking effect.
+    pub fn host_down(&mut self, pool: PoolId, addressed: &str, now: SimTime) -> Option<String> {
+        self.advance_to(now);
+        let m = &self.pools[pool.0];
+        let host = m.hosts.values().find(|h| h.address == addressed);
+        let Some(host) = host else {
+            return Some(format!("no host at {addressed}"));
+        };
+        let live = m.host_metrics.get(&host.metrics).is_some_and(|h| h.live);
+        (!live).then(|| format!("host {} ({addressed}) is down", host.name_label))
+    }
+
+    /// What becomes of the reply to `method`, done now in `pool`: a
+    /// `reply_lost` fault loses it if the call `took_effect`, a partition
+    /// between the engine and the master holds it (see
+    /// [`faults::Faults::reply_path`]). Logged unless it comes straight back.
+    pub fn reply_path(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        method: &str,
+        took_effect: bool,
+    ) -> faults::ReplyPath {
+        self.advance_to(now);
+        let link = faults::NetworkLink::EngineMaster;
+        let path = self.faults.reply_path(pool.0, now, link);
+        let what = match path {
+            faults::ReplyPath::Clear
+                if took_effect && self.faults.reply_lost(pool.0, now, method) =>
+            {
+                format!("fault: the reply to {method} is lost (it took effect)")
+            }
+            faults::ReplyPath::Clear => return path,
+            faults::ReplyPath::HeldUntil(at) => {
+                format!(
+                    "fault: network {link}: the reply to {method} is held until the path heals at {at}"
+                )
+            }
+            faults::ReplyPath::Cut => {
+                format!(
+                    "fault: network {link}: the reply to {method} is cut off (the path never heals)"
+                )
+            }
+        };
+        let name = self.pools[pool.0].name.clone();
+        self.log.push(now, &name, what.clone());
+        match path {
+            faults::ReplyPath::Clear => faults::ReplyPath::Cut,
+            held => held,
+        }
     }
 
     /// What the network on `link` of `pool` does to a request sent now (to

@@ -34,6 +34,9 @@ pub enum TlsPolicy {
     SkipVerification,
 }
 
+/// Longest a single XAPI call may take by default.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Settings of an HTTP transport.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -49,7 +52,7 @@ impl Default for HttpOptions {
         HttpOptions {
             protocol: Protocol::XmlRpc,
             tls: TlsPolicy::Verify,
-            call_timeout: Duration::from_secs(600),
+            call_timeout: CALL_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
         }
     }

@@ -9,7 +9,7 @@ pub use client::{
     Credentials, EventBatch, Reachability, ReachabilityHook, XapiClient, XapiEvent,
     decode_cbt_bitmap, giving_up_on,
 };
-pub use http::{HttpOptions, HttpTransport, Protocol, TlsPolicy};
+pub use http::{CALL_TIMEOUT, HttpOptions, HttpTransport, Protocol, TlsPolicy};
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -156,5 +156,14 @@ impl CallError {
             CallError::Xapi(e) => Some(&e.code),
             _ => None,
         }
+    }
+
+    /// True when the call may have taken effect though it failed: no
+    /// answer came (the reply was lost), or XAPI's INTERNAL_ERROR (which
+    /// promises nothing about what was done). What it would have created is
+    /// to be looked for before the work is retried.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(self, CallError::Transport(_) | CallError::Decode { .. })
+            || self.code() == Some(xapi_proto::codes::INTERNAL_ERROR)
     }
 }
