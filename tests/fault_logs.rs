@@ -171,3 +171,11 @@ fn engine_restart_master_down_log() {
 fn fault_lost_reply_log() {
     insta::assert_snapshot!("fault_lost_reply", job_log("fault-lost-reply"));
 }
+
+#[test]
+fn fault_lost_reply_restore_log() {
+    insta::assert_snapshot!(
+        "fault_lost_reply_restore",
+        job_log("fault-lost-reply-restore")
+    );
+}

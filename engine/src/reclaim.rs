@@ -64,6 +64,9 @@ pub(crate) enum Leftover {
     /// A delegate clone whose reply was lost and that could not be looked
     /// for then: removed if it was made (found by its new name).
     UnansweredClone { name: String, template_uuid: String },
+    /// A VDI whose creation got no answer and that could not be looked for
+    /// then: removed if it was made (found by its name and creation id).
+    UnansweredDisk { name: String, created_as: String },
     /// A snapshot of `of` whose reply was lost and that could not be looked
     /// for then: tagged for `job` and removed if it was taken (found by the
     /// run's name).
@@ -105,6 +108,9 @@ impl Leftover {
             }
             Leftover::UnansweredSnapshot { name, .. } => {
                 format!("snapshot {name:?}, if its unanswered snapshot was taken,")
+            }
+            Leftover::UnansweredDisk { name, .. } => {
+                format!("disk {name:?}, if its unanswered creation made it,")
             }
         }
     }
@@ -199,6 +205,19 @@ impl Leftover {
                     remove_snapshot(pool, &snap)
                         .await
                         .map_err(|failed| failed.error)?;
+                }
+                Ok(())
+            }
+            Leftover::UnansweredDisk { name, created_as } => {
+                let found = crate::restore::vdis_created_as(pool, name, created_as)
+                    .await
+                    .map_err(|e| EngineError::xapi(format!("VDI {name:?}"), "looking up", e))?;
+                for vdi in found {
+                    let what = format!("VDI {vdi} {name:?}");
+                    pool.xapi
+                        .vdi_destroy(&vdi)
+                        .await
+                        .map_err(|e| EngineError::xapi(what, "destroy", e))?;
                 }
                 Ok(())
             }

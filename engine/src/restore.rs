@@ -42,7 +42,7 @@ pub async fn restore_vm(
     let mut created = Vec::new();
     let outcome = async {
         for i in 0..manifest.disks.len() {
-            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job).await?;
+            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job, log).await?;
             created.push(vdi);
         }
         write_version(pool, d, &manifest, None, &created, log).await
@@ -73,7 +73,7 @@ pub async fn restore_vm_by_upload(
     let outcome = async {
         let mut report = ReadReport::default();
         for i in 0..count {
-            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job).await?;
+            let vdi = create_vdi(pool, &manifest, i, sr, tags::ROLE_RESTORED, job, log).await?;
             created.push(vdi.clone());
             let size_bytes = manifest.disks[i].size_bytes;
             let progress = |percent| DiskProgress {
@@ -275,7 +275,7 @@ pub async fn replicate_vm(
             log.ok(format!("Creating the replica at version {}", manifest.seq));
             let mut created = Vec::new();
             for i in 0..manifest.disks.len() {
-                match create_vdi(pool, &manifest, i, sr, tags::ROLE_REPLICA, job).await {
+                match create_vdi(pool, &manifest, i, sr, tags::ROLE_REPLICA, job, log).await {
                     Ok(vdi) => created.push(vdi),
                     Err(e) => {
                         destroy_vdis(pool, &created, log).await;
@@ -391,6 +391,63 @@ async fn label_vdis(
 }
 
 /// A new VDI for disk `i` of `manifest`, tagged as ours with `role`.
+/// A `VDI.create` that got no answer (its reply lost) may have made the VDI:
+/// the one named `name` carrying this creation's `created_as` id is it, and
+/// is used (a warning). When the pool cannot be asked now, it is left to the
+/// background removals. `None`: not made (or the error said it failed).
+async fn vdi_made_anyway(
+    pool: &PoolRuntime,
+    name: &str,
+    created_as: &str,
+    error: &crate::xapi::CallError,
+    log: &VmLog,
+) -> Option<OpaqueRef> {
+    if !error.may_have_taken_effect() {
+        return None;
+    }
+    match vdis_created_as(pool, name, created_as).await {
+        Ok(found) => {
+            let vdi = found.into_iter().next()?;
+            log.warn(format!(
+                "Creating VDI {name:?} got no answer ({error}), but it was made: using it"
+            ));
+            Some(vdi)
+        }
+        Err(e) => {
+            tracing::warn!(name, "cannot look for a VDI whose reply was lost: {e}");
+            let leftover = crate::reclaim::Leftover::UnansweredDisk {
+                name: name.to_string(),
+                created_as: created_as.to_string(),
+            };
+            crate::reclaim::retry_later(pool, leftover, log);
+            None
+        }
+    }
+}
+
+/// This engine's VDIs named `name` made by the `VDI.create` with id `created_as`.
+pub(crate) async fn vdis_created_as(
+    pool: &PoolRuntime,
+    name: &str,
+    created_as: &str,
+) -> Result<Vec<OpaqueRef>, crate::xapi::CallError> {
+    let engine_id = &pool.engine_config().engine_id;
+    let mut found = Vec::new();
+    for vdi in pool.xapi.vdi_get_by_name_label(name).await? {
+        let record = pool.xapi.vdi_get_record(&vdi).await?;
+        if tags::has_engine_id(&record.other_config, engine_id)
+            && record
+                .other_config
+                .get(tags::CREATED_AS)
+                .map(String::as_str)
+                == Some(created_as)
+        {
+            found.push(vdi);
+        }
+    }
+    Ok(found)
+}
+
 async fn create_vdi(
     pool: &PoolRuntime,
     manifest: &ads::Manifest,
@@ -398,7 +455,9 @@ async fn create_vdi(
     sr: &OpaqueRef,
     role: &str,
     job: &str,
+    log: &VmLog,
 ) -> Result<OpaqueRef, EngineError> {
+    let created_as = pool.agent.tokens().unique_id();
     let what = if role == tags::ROLE_REPLICA {
         "replica"
     } else {
@@ -418,17 +477,20 @@ async fn create_vdi(
                 tags::RESTORED_FROM,
                 format!("{}@{}#{}", manifest.vm, manifest.seq, i + 1),
             ),
+            (tags::CREATED_AS, created_as.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
         ..Default::default()
     };
-    let vdi = pool
-        .xapi
-        .vdi_create(&spec)
-        .await
-        .map_err(|e| EngineError::xapi(format!("SR {sr}"), "creating a VDI", e))?;
+    let vdi = match pool.xapi.vdi_create(&spec).await {
+        Ok(vdi) => vdi,
+        Err(e) => match vdi_made_anyway(pool, &spec.name_label, &created_as, &e, log).await {
+            Some(vdi) => vdi,
+            None => return Err(EngineError::xapi(format!("SR {sr}"), "creating a VDI", e)),
+        },
+    };
     if role == tags::ROLE_REPLICA {
         // A replica VDI is ours only with its own uuid on it (see OWN_UUID);
         // one that cannot be stamped goes at once (we just made it).

@@ -34,6 +34,9 @@ pub const REPLICA_OF: &str = "abd:replica-of";
 /// takes of a replica inherit every key, with another uuid: they are never
 /// taken for ours.
 pub const OWN_UUID: &str = "abd:own-uuid";
+/// On a VDI the engine creates: an id unique to that `VDI.create`, so that
+/// a VDI whose creation got no answer is found, and never taken for another.
+pub const CREATED_AS: &str = "abd:created-as";
 /// Role value of a delegate's own disk (cloned from the template's).
 pub const ROLE_DELEGATE_DISK: &str = "delegate-disk";
 /// Role value of a disk of one of our snapshots, tagged before the snapshot

@@ -31,6 +31,15 @@ impl TokenRegistry {
         }
     }
 
+    /// A random id from the same source, not a token (never accepted):
+    /// for names that must never repeat.
+    pub fn unique_id(&self) -> String {
+        use rand::Rng;
+        let mut bytes = [0u8; 16];
+        self.rng.lock().expect("token rng").fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// A new live token.
     pub fn issue(&self) -> Token {
         use rand::Rng;

@@ -710,6 +710,12 @@ impl XapiClient {
         self.typed("VDI.get_record", vec![refv(vdi)]).await
     }
 
+    /// `VDI.get_by_name_label`.
+    pub async fn vdi_get_by_name_label(&self, name: &str) -> Result<Vec<OpaqueRef>, CallError> {
+        self.typed("VDI.get_by_name_label", vec![Value::from(name)])
+            .await
+    }
+
     /// `VDI.destroy`.
     pub async fn vdi_destroy(&self, vdi: &OpaqueRef) -> Result<(), CallError> {
         self.void("VDI.destroy", vec![refv(vdi)]).await
