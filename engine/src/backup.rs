@@ -113,26 +113,21 @@ async fn snapshot_made_anyway(
     job: &str,
     log: &VmLog,
 ) -> Option<OpaqueRef> {
-    if !error.may_have_taken_effect() {
-        return None;
-    }
-    let mut found = match untagged_snapshots_named(pool, vm, name).await {
-        Ok(found) => found.into_iter(),
-        Err(e) => {
-            tracing::warn!(name, "cannot look for a snapshot whose reply was lost: {e}");
-            let leftover = crate::reclaim::Leftover::UnansweredSnapshot {
-                name: name.to_string(),
-                of: vm.clone(),
-                job: job.to_string(),
-            };
-            crate::reclaim::retry_later(pool, leftover, log);
-            return None;
-        }
-    };
+    let mut found = crate::unanswered::made_anyway(
+        pool,
+        error,
+        untagged_snapshots_named(pool, vm, name),
+        || format!("Snapshot {name:?} got no answer ({error}), but it was taken: using it"),
+        || crate::reclaim::Leftover::UnansweredSnapshot {
+            name: name.to_string(),
+            of: vm.clone(),
+            job: job.to_string(),
+        },
+        log,
+    )
+    .await
+    .into_iter();
     let snap = found.next()?;
-    log.warn(format!(
-        "Snapshot {name:?} got no answer ({error}), but it was taken: using it"
-    ));
     for other in found {
         let leftover = crate::reclaim::Leftover::Snapshot {
             vm: other,

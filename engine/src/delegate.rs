@@ -150,27 +150,20 @@ async fn clone_made_anyway(
     error: &crate::xapi::CallError,
     log: &VmLog,
 ) -> Option<OpaqueRef> {
-    if !error.may_have_taken_effect() {
-        return None;
-    }
-    match fresh_clones_of(pool, &template.uuid, name).await {
-        Ok(found) => {
-            let vm = found.into_iter().next()?;
-            log.warn(format!(
-                "Cloning {name} got no answer ({error}), but the clone was made: using it"
-            ));
-            Some(vm)
-        }
-        Err(e) => {
-            tracing::warn!(name, "cannot look for a clone whose reply was lost: {e}");
-            let leftover = crate::reclaim::Leftover::UnansweredClone {
-                name: name.to_string(),
-                template_uuid: template.uuid.clone(),
-            };
-            crate::reclaim::retry_later(pool, leftover, log);
-            None
-        }
-    }
+    crate::unanswered::made_anyway(
+        pool,
+        error,
+        fresh_clones_of(pool, &template.uuid, name),
+        || format!("Cloning {name} got no answer ({error}), but the clone was made: using it"),
+        || crate::reclaim::Leftover::UnansweredClone {
+            name: name.to_string(),
+            template_uuid: template.uuid.clone(),
+        },
+        log,
+    )
+    .await
+    .into_iter()
+    .next()
 }
 
 /// This engine's clones of the template with uuid `template_uuid` named

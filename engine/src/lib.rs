@@ -31,6 +31,7 @@ pub mod store_check;
 pub mod store_server;
 pub mod tags;
 pub mod template;
+mod unanswered;
 pub mod validate;
 pub mod vm_config;
 pub mod xapi;

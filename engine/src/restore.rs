@@ -402,27 +402,20 @@ async fn vdi_made_anyway(
     error: &crate::xapi::CallError,
     log: &VmLog,
 ) -> Option<OpaqueRef> {
-    if !error.may_have_taken_effect() {
-        return None;
-    }
-    match vdis_created_as(pool, name, created_as).await {
-        Ok(found) => {
-            let vdi = found.into_iter().next()?;
-            log.warn(format!(
-                "Creating VDI {name:?} got no answer ({error}), but it was made: using it"
-            ));
-            Some(vdi)
-        }
-        Err(e) => {
-            tracing::warn!(name, "cannot look for a VDI whose reply was lost: {e}");
-            let leftover = crate::reclaim::Leftover::UnansweredDisk {
-                name: name.to_string(),
-                created_as: created_as.to_string(),
-            };
-            crate::reclaim::retry_later(pool, leftover, log);
-            None
-        }
-    }
+    crate::unanswered::made_anyway(
+        pool,
+        error,
+        vdis_created_as(pool, name, created_as),
+        || format!("Creating VDI {name:?} got no answer ({error}), but it was made: using it"),
+        || crate::reclaim::Leftover::UnansweredDisk {
+            name: name.to_string(),
+            created_as: created_as.to_string(),
+        },
+        log,
+    )
+    .await
+    .into_iter()
+    .next()
 }
 
 /// This engine's VDIs named `name` made by the `VDI.create` with id `created_as`.
