@@ -82,9 +82,20 @@ pub(crate) fn method_names() -> Vec<String> {
         for op in ["get_all", "get_all_records", "get_record", "get_by_uuid"] {
             names.push(format!("{class}.{op}"));
         }
+        if has_field(class, "name_label") {
+            names.push(format!("{class}.get_by_name_label"));
+        }
+        let fields = xapi_proto::defaults::field_names(class);
+        names.extend(fields.iter().map(|f| format!("{class}.get_{f}")));
     }
     names.sort();
+    names.dedup();
     names
+}
+
+/// True when XAPI's records of `class` carry `field`.
+fn has_field(class: &str, field: &str) -> bool {
+    xapi_proto::defaults::field_names(class).contains(&field)
 }
 
 /// Checks that `method` exists, has the right parameter count and a live
@@ -138,10 +149,16 @@ fn expected_arity(method: &str) -> Option<usize> {
     if !CLASSES.contains(&class) {
         return None;
     }
+    // As XAPI: get_by_name_label only for classes with a name, and a
+    // getter per field.
     match name {
         "get_all" | "get_all_records" => Some(1),
-        n if n.starts_with("get_") => Some(2),
-        _ => None,
+        "get_record" | "get_by_uuid" => Some(2),
+        "get_by_name_label" => has_field(class, "name_label").then_some(2),
+        n => n
+            .strip_prefix("get_")
+            .filter(|field| has_field(class, field))
+            .map(|_| 2),
     }
 }
 
@@ -571,4 +588,33 @@ fn vm_create_param(a: &[Value]) -> Result<xapi_proto::records::VmCreate, XapiErr
 fn record_param<T: DeserializeOwned>(a: &[Value], i: usize, name: &str) -> Result<T, XapiError> {
     let v = a.get(i).ok_or_else(|| field_type_error(name))?;
     serde_json::from_value(v.clone()).map_err(|e| field_type_error(&format!("{name}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn list_methods_names_every_getter_that_answers() {
+        let listed = super::method_names();
+        for method in [
+            "VM.get_by_name_label",
+            "VM.get_power_state",
+            "VDI.get_by_name_label",
+            "VDI.get_virtual_size",
+            "host.get_API_version_major",
+            "VBD.get_userdevice",
+            "task.get_status",
+        ] {
+            assert!(listed.iter().any(|m| m == method), "{method} is not listed");
+        }
+        assert!(!listed.iter().any(|m| m == "VBD.get_by_name_label"));
+        for method in &listed {
+            if method.starts_with("system.") || method.starts_with("session.") {
+                continue;
+            }
+            assert!(
+                super::expected_arity(method).is_some(),
+                "{method} is listed, not answered"
+            );
+        }
+    }
 }

@@ -607,3 +607,25 @@ fn task_cancel_is_cooperative_and_leaves_finished_tasks_alone() {
         ["HANDLE_INVALID", "task", "OpaqueRef:nope"]
     );
 }
+
+#[test]
+fn only_real_getters_answer() {
+    let mut w = World::new();
+    assert!(
+        w.ok("VDI.get_by_name_label", &[json!("nothing")])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // XAPI has get_by_name_label only for classes with a name.
+    assert_eq!(
+        w.err("VBD.get_by_name_label", &[json!("x")]),
+        ["MESSAGE_METHOD_UNKNOWN", "VBD.get_by_name_label"]
+    );
+    let vm = w.vm("vm-01");
+    assert_eq!(w.ok("VM.get_name_label", &[vm.clone()]), "vm-01");
+    assert_eq!(
+        w.err("VM.get_no_such_field", &[vm]),
+        ["MESSAGE_METHOD_UNKNOWN", "VM.get_no_such_field"]
+    );
+}
