@@ -390,7 +390,6 @@ async fn label_vdis(
     Ok(())
 }
 
-/// A new VDI for disk `i` of `manifest`, tagged as ours with `role`.
 /// A `VDI.create` that got no answer (its reply lost) may have made the VDI:
 /// the one named `name` carrying this creation's `created_as` id is it, and
 /// is used (a warning). When the pool cannot be asked now, it is left to the
@@ -441,6 +440,8 @@ pub(crate) async fn vdis_created_as(
     Ok(found)
 }
 
+/// A new VDI for disk `i` of `manifest`, tagged as ours with `role` and with
+/// an id unique to this creation, so that a lost reply is resolved.
 async fn create_vdi(
     pool: &PoolRuntime,
     manifest: &ads::Manifest,

@@ -239,6 +239,18 @@ struct Armed {
     fired: u32,
 }
 
+impl Armed {
+    /// True when this is a `network` fault on `link` of `pool`, active at
+    /// `at` and not spent.
+    fn strikes(&self, pool: usize, link: NetworkLink, at: SimTime) -> bool {
+        self.pool == pool
+            && self.spec.kind == FaultKind::Network
+            && self.spec.link == Some(link)
+            && self.spec.active_at(at)
+            && self.spec.count.is_none_or(|c| self.fired < c)
+    }
+}
+
 /// The run's faults.
 pub struct Faults {
     armed: Vec<Armed>,
@@ -334,12 +346,7 @@ impl Faults {
     pub fn delivery(&mut self, pool: usize, now: SimTime, link: NetworkLink) -> Delivery {
         let mut delay = Duration::ZERO;
         for fault in &mut self.armed {
-            let active = fault.pool == pool
-                && fault.spec.kind == FaultKind::Network
-                && fault.spec.link == Some(link)
-                && fault.spec.active_at(now)
-                && fault.spec.count.is_none_or(|c| fault.fired < c);
-            if !active {
+            if !fault.strikes(pool, link, now) {
                 continue;
             }
             if let Some(latency) = fault.spec.latency_s {
@@ -367,14 +374,7 @@ impl Faults {
             let heal = self
                 .armed
                 .iter()
-                .filter(|f| {
-                    f.pool == pool
-                        && f.spec.kind == FaultKind::Network
-                        && f.spec.link == Some(link)
-                        && f.rate >= 1.0
-                        && f.spec.active_at(at)
-                        && f.spec.count.is_none_or(|c| f.fired < c)
-                })
+                .filter(|f| f.rate >= 1.0 && f.strikes(pool, link, at))
                 .map(|f| f.spec.until_s.map(seconds))
                 .max_by_key(|until| until.unwrap_or(SimTime(u64::MAX)));
             match heal {

@@ -452,31 +452,30 @@ impl Sim {
     ) -> faults::ReplyPath {
         self.advance_to(now);
         let link = faults::NetworkLink::EngineMaster;
-        let path = self.faults.reply_path(pool.0, now, link);
-        let what = match path {
+        let (path, what) = match self.faults.reply_path(pool.0, now, link) {
             faults::ReplyPath::Clear
                 if took_effect && self.faults.reply_lost(pool.0, now, method) =>
             {
-                format!("fault: the reply to {method} is lost (it took effect)")
+                let what = format!("fault: the reply to {method} is lost (it took effect)");
+                (faults::ReplyPath::Cut, what)
             }
-            faults::ReplyPath::Clear => return path,
-            faults::ReplyPath::HeldUntil(at) => {
+            clear @ faults::ReplyPath::Clear => return clear,
+            held @ faults::ReplyPath::HeldUntil(at) => (
+                held,
                 format!(
                     "fault: network {link}: the reply to {method} is held until the path heals at {at}"
-                )
-            }
-            faults::ReplyPath::Cut => {
+                ),
+            ),
+            cut @ faults::ReplyPath::Cut => (
+                cut,
                 format!(
                     "fault: network {link}: the reply to {method} is cut off (the path never heals)"
-                )
-            }
+                ),
+            ),
         };
         let name = self.pools[pool.0].name.clone();
-        self.log.push(now, &name, what.clone());
-        match path {
-            faults::ReplyPath::Clear => faults::ReplyPath::Cut,
-            held => held,
-        }
+        self.log.push(now, &name, what);
+        path
     }
 
     /// What the network on `link` of `pool` does to a request sent now (to
