@@ -190,6 +190,10 @@ enum SimCommand {
         /// Simulated seconds per real second.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
+        /// Serve HTTPS, as XAPI does: each pool gets a fresh self-signed
+        /// certificate, written to DIR/<pool>.pem (for `--trust-cert`).
+        #[arg(long, value_name = "DIR")]
+        tls: Option<PathBuf>,
     },
     /// Writes a raw disk image with the simulator's seeded disk content
     /// (what a simulated VDI holds), for benchmarks and `abd ads backup`.
@@ -211,11 +215,31 @@ enum SimCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Against a real pool an operator sees warnings (a pool that cannot be
+    // reached, retries) as they happen; a simulated run reports its own.
+    let talks_to_a_pool = matches!(
+        cli.command,
+        Command::Validate { .. }
+            | Command::Diag { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Template { .. }
+    );
+    let default_level = match talks_to_a_pool {
+        true => tracing_subscriber::filter::LevelFilter::WARN,
+        false => tracing_subscriber::filter::LevelFilter::ERROR,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ABD_LOG"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(default_level.into())
+                .with_env_var("ABD_LOG")
+                .from_env_lossy(),
+        )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run {
             scenario,
             seed,
@@ -264,8 +288,19 @@ fn main() -> ExitCode {
                     password,
                     seed,
                     speed,
+                    tls,
                 },
-        } => serve(&scenario, listen, user, password, seed, speed),
+        } => serve(
+            &scenario,
+            abd::serve::ServeOptions {
+                listen,
+                user,
+                password,
+                seed,
+                speed,
+                tls_dir: tls,
+            },
+        ),
         Command::Sim {
             command:
                 SimCommand::Image {
@@ -336,24 +371,10 @@ fn swarm(path: &std::path::Path, start: u64, seeds: u64, json: bool) -> ExitCode
     }
 }
 
-fn serve(
-    path: &std::path::Path,
-    listen: std::net::SocketAddr,
-    user: Option<String>,
-    password: Option<String>,
-    seed: Option<u64>,
-    speed: f64,
-) -> ExitCode {
+fn serve(path: &std::path::Path, options: abd::serve::ServeOptions) -> ExitCode {
     let scenario = match load(path) {
         Ok(s) => s,
         Err(code) => return code,
-    };
-    let options = abd::serve::ServeOptions {
-        listen,
-        user,
-        password,
-        seed: seed.unwrap_or(scenario.seed),
-        speed,
     };
     match abd::serve::serve(&scenario, options) {
         Ok(()) => ExitCode::SUCCESS,

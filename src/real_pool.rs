@@ -72,7 +72,11 @@ pub struct StoreArgs {
     pub store_url: Option<String>,
 }
 
-/// Connects the engine to the pool without changing anything.
+/// Longest `connect` waits for a pool that cannot be reached, in seconds.
+const CHECK_UNREACHABLE_LIMIT_S: u64 = 15;
+
+/// Connects the engine to the pool without changing anything (it waits at
+/// most 15 s for a pool that cannot be reached).
 pub async fn connect(args: &PoolArgs) -> anyhow::Result<(Engine, String)> {
     open(args, None, false).await
 }
@@ -142,6 +146,13 @@ async fn open(
         other_hosts: args.pool_hosts.clone(),
     };
     let mut engine_config = config.engine;
+    if !reclaim {
+        // An operator's one-off check should say soon that the pool cannot be
+        // reached, not wait as long as a job would.
+        engine_config.xapi_unreachable_limit_s = engine_config
+            .xapi_unreachable_limit_s
+            .min(CHECK_UNREACHABLE_LIMIT_S);
+    }
     let store = store.filter(|s| s.store.is_some());
     // Without a listen address the store is the engine's own (no delegate
     // reaches it).
@@ -155,10 +166,20 @@ async fn open(
         })?);
     }
     let tokens = Arc::clone(connection.agent.tokens());
+    let verifying = options.tls == TlsPolicy::Verify;
     let engine = match reclaim {
-        true => Engine::start(engine_config, vec![connection]).await?,
-        false => Engine::connect(engine_config, vec![connection]).await?,
-    };
+        true => Engine::start(engine_config, vec![connection]).await,
+        false => Engine::connect(engine_config, vec![connection]).await,
+    }
+    .map_err(
+        |e| match verifying && e.to_string().contains("certificate") {
+            true => anyhow::anyhow!(
+                "{e} (the pool's certificate is not trusted here: pass --trust-cert with its PEM \
+             file, or --insecure for a lab pool)"
+            ),
+            false => e.into(),
+        },
+    )?;
     if let (Some(args), Some(data)) = (served, engine.data_store()) {
         let listener = tokio::net::TcpListener::bind(&args.store_listen)
             .await

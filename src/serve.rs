@@ -5,10 +5,12 @@
 use crate::scenario::Scenario;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use xapi_sim::Sim;
 use xapi_sim::endpoints::bind_pool;
 use xapi_sim::server::{PoolServer, ServeClock};
+use xapi_sim::tls::SelfSigned;
 
 /// How to serve.
 pub struct ServeOptions {
@@ -16,12 +18,17 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub user: Option<String>,
     pub password: Option<String>,
-    pub seed: u64,
+    /// Seed of the simulated world (default: the scenario's).
+    pub seed: Option<u64>,
     /// Simulated seconds per real second.
     pub speed: f64,
+    /// Serve HTTPS, each pool with a fresh self-signed certificate written
+    /// to `<dir>/<pool>.pem`.
+    pub tls_dir: Option<PathBuf>,
 }
 
-/// Serves until the process is stopped. Prints `pool <name> xapi http://ADDR` per pool.
+/// Serves until the process is stopped. Prints `pool <name> xapi http://ADDR`
+/// per pool (`https://` with TLS, then `  certificate <file>`).
 pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
     let mut world = scenario.world();
     if let Some(user) = options.user {
@@ -30,7 +37,10 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
     if let Some(password) = options.password {
         world.credentials.password = password;
     }
-    let sim = Arc::new(Mutex::new(Sim::new(&world, options.seed)?));
+    let sim = Arc::new(Mutex::new(Sim::new(
+        &world,
+        options.seed.unwrap_or(scenario.seed),
+    )?));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -51,13 +61,22 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
             if addr.ip() == std::net::Ipv4Addr::LOCALHOST {
                 xapi_sim::endpoints::readdress_for_loopback(&server);
             }
-            let endpoints = bind_pool(server, addr).await?;
+            let mut endpoints = bind_pool(server, addr).await?;
+            let certificate = match &options.tls_dir {
+                Some(dir) => Some(certify(&pool.name, &mut endpoints, dir)?),
+                None => None,
+            };
             for (k, endpoint) in endpoints.into_iter().enumerate() {
                 // A caller may read only the lines it needs and close the
                 // pipe: serving goes on regardless.
                 let mut out = std::io::stdout();
                 let _ = if k == 0 {
-                    writeln!(out, "pool {} xapi {}", pool.name, endpoint.url)
+                    writeln!(out, "pool {} xapi {}", pool.name, endpoint.url).and_then(|()| {
+                        match &certificate {
+                            Some(file) => writeln!(out, "  certificate {}", file.display()),
+                            None => Ok(()),
+                        }
+                    })
                 } else {
                     writeln!(out, "  member {} xapi {}", endpoint.host, endpoint.url)
                 };
@@ -70,4 +89,28 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Gives the pool's endpoints one new self-signed certificate, valid for
+/// `localhost` and each endpoint's address, and writes it to `<dir>/<pool>.pem`.
+fn certify(
+    pool: &str,
+    endpoints: &mut Vec<xapi_sim::endpoints::HostEndpoint>,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let mut names = vec!["localhost".to_string()];
+    for endpoint in endpoints.iter() {
+        names.push(endpoint.ip()?.to_string());
+    }
+    let certificate = SelfSigned::new(&names)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let file = dir.join(format!("{pool}.pem"));
+    std::fs::write(&file, &certificate.cert_pem)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+    *endpoints = std::mem::take(endpoints)
+        .into_iter()
+        .map(|endpoint| endpoint.with_tls(certificate.clone()))
+        .collect();
+    Ok(file)
 }

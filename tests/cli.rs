@@ -70,34 +70,50 @@ fn an_unmet_expectation_fails_and_prints_the_replay_command() {
 struct Served {
     child: std::process::Child,
     url: String,
+    /// Every line it printed before serving (pools, certificates, members).
+    lines: Vec<String>,
 }
 
 impl Served {
     fn start(scenario_file: &str) -> Served {
+        Served::start_with(scenario_file, &["--listen", "127.0.0.1:0"], 1)
+    }
+
+    /// Serves with `extra` arguments, reading the first `lines` lines it
+    /// prints (pools, certificates, members).
+    fn start_with(scenario_file: &str, extra: &[&str], lines: usize) -> Served {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_abd"))
-            .args([
-                "sim",
-                "serve",
-                &scenario(scenario_file),
-                "--listen",
-                "127.0.0.1:0",
-                "--speed",
-                "1000",
-            ])
+            .args(["sim", "serve", &scenario(scenario_file), "--speed", "1000"])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("abd sim serve starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut printed = Vec::new();
+        while printed.len() < lines {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("abd sim serve stopped after printing {printed:?}");
+            }
+            printed.push(line.trim_end().to_string());
+        }
+        let lines = printed;
+        let url = lines[0]
             .split_whitespace()
             .nth(3)
             .expect("pool <name> xapi <url>")
             .to_string();
-        Served { child, url }
+        Served { child, url, lines }
+    }
+
+    /// The URL printed for pool `name`.
+    fn pool_url(&self, name: &str) -> &str {
+        let prefix = format!("pool {name} xapi ");
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no pool {name} in {:?}", self.lines))
     }
 }
 
@@ -116,6 +132,22 @@ fn login(
     engine::xapi::HttpTransport,
     serde_json::Value,
 ) {
+    login_as(url, "root", "password").expect("root logs in")
+}
+
+/// A session as `user`, or XAPI's error.
+fn login_as(
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        engine::xapi::HttpTransport,
+        serde_json::Value,
+    ),
+    engine::xapi::CallError,
+> {
     use engine::xapi::{HttpOptions, HttpTransport, Transport};
     use serde_json::json;
     let http = HttpTransport::new(url, &HttpOptions::default()).unwrap();
@@ -123,13 +155,29 @@ fn login(
         .enable_all()
         .build()
         .unwrap();
-    let session = rt
-        .block_on(http.call(
-            "session.login_with_password",
-            vec![json!("root"), json!("password")],
-        ))
-        .unwrap();
-    (rt, http, session)
+    let session = rt.block_on(http.call(
+        "session.login_with_password",
+        vec![json!(user), json!(password)],
+    ))?;
+    Ok((rt, http, session))
+}
+
+/// The uuid of the served pool's VM named `name`, seen by `user`.
+fn vm_uuid(url: &str, (user, password): (&str, &str), name: &str) -> String {
+    use engine::xapi::Transport;
+    let (rt, http, session) = login_as(url, user, password).expect("logs in");
+    rt.block_on(async {
+        let vms = http
+            .call(
+                "VM.get_by_name_label",
+                vec![session.clone(), serde_json::json!(name)],
+            )
+            .await
+            .unwrap();
+        let vm = vms[0].clone();
+        let uuid = http.call("VM.get_uuid", vec![session, vm]).await.unwrap();
+        uuid.as_str().unwrap().to_string()
+    })
 }
 
 /// How many VMs the served pool has with this name.
@@ -318,4 +366,134 @@ fn exported(url: &str, name: &str) -> Vec<u8> {
         assert!(reply.status().is_success(), "{}", reply.status());
         reply.bytes().await.unwrap().to_vec()
     })
+}
+
+#[test]
+fn sim_serve_takes_credentials_and_seed_and_gives_each_pool_the_next_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let flags = [
+        "--listen",
+        &listen,
+        "--user",
+        "backup",
+        "--password",
+        "s3cret",
+        "--seed",
+        "7",
+    ];
+    // East's pool and member lines, then west's.
+    let served = Served::start_with("two-pools.toml", &flags, 3);
+    assert_eq!(served.pool_url("east"), format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        served.pool_url("west"),
+        format!("http://127.0.0.1:{}", port + 1)
+    );
+    // East's second host answers at the next loopback address, same port.
+    assert!(
+        served.lines.contains(&format!(
+            "  member east-host-2 xapi http://127.0.0.2:{port}"
+        )),
+        "{:?}",
+        served.lines
+    );
+    let refused = login_as(served.pool_url("west"), "root", "password").err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("SESSION_AUTHENTICATION_FAILED")),
+        "{refused:?}"
+    );
+    let ours = vm_uuid(served.pool_url("west"), ("backup", "s3cret"), "west-vm-01");
+    // The seed decides the world: the same seed gives the same uuids.
+    let same = Served::start_with(
+        "two-pools.toml",
+        &["--listen", "127.0.0.1:0", "--seed", "7"],
+        3,
+    );
+    let other = Served::start_with(
+        "two-pools.toml",
+        &["--listen", "127.0.0.1:0", "--seed", "8"],
+        3,
+    );
+    let root = ("root", "password");
+    assert_eq!(vm_uuid(same.pool_url("west"), root, "west-vm-01"), ours);
+    assert_ne!(vm_uuid(other.pool_url("west"), root, "west-vm-01"), ours);
+}
+
+#[test]
+fn https_pools_are_verified_by_default_and_trusted_only_on_request() {
+    let dir = std::env::temp_dir().join(format!("abd-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tls_dir = dir.join("certs");
+    let tls_dir = tls_dir.to_str().unwrap();
+    let served = Served::start_with(
+        "leftovers.toml",
+        &["--listen", "127.0.0.1:0", "--tls", tls_dir],
+        3,
+    );
+    let cert = format!("{tls_dir}/lab.pem");
+    assert!(
+        served.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        served.url
+    );
+    assert_eq!(served.lines[1], format!("  certificate {cert}"));
+    let pw = password_file("tls", "password");
+    let validate = |url: &str, extra: &[&str]| {
+        let mut args = vec!["validate", "--pool", url, "--password-file", pw.as_str()];
+        args.extend(extra);
+        abd(&args)
+    };
+    // Verified by default: a self-signed certificate is refused, and the
+    // error says what to do.
+    let (code, stdout, stderr) = validate(&served.url, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("certificate") && stderr.contains("--trust-cert"),
+        "{stderr}"
+    );
+    // Trusting the pool's certificate, or (lab) skipping the check, connects.
+    for extra in [&["--trust-cert", cert.as_str()][..], &["--insecure"]] {
+        let (code, stdout, stderr) = validate(&served.url, extra);
+        assert_eq!(code, 0, "{extra:?}: {stdout}{stderr}");
+        assert!(stdout.contains("Nothing blocks jobs"), "{stdout}");
+    }
+    // The member's endpoint presents the same certificate: the client follows
+    // HOST_IS_SLAVE to the master over HTTPS, still verifying.
+    let member = served
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("  member lab-host-2 xapi "))
+        .expect("a member line");
+    assert!(member.starts_with("https://127.0.0.2:"), "{member}");
+    let (code, stdout, stderr) = validate(member, &["--trust-cert", &cert]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // Another pool's certificate is no good for this one.
+    let other_dir = dir.join("other");
+    let other = Served::start_with(
+        "quickstart.toml",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            other_dir.to_str().unwrap(),
+        ],
+        1,
+    );
+    let other_cert = other_dir.join("lab.pem");
+    let (code, _, stderr) = validate(&served.url, &["--trust-cert", other_cert.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    drop(other);
+    // A file that holds no certificate is named as such.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let (code, _, stderr) = validate(&served.url, &["--trust-cert", junk.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("junk.pem"), "{stderr}");
 }

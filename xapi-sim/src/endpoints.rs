@@ -4,8 +4,10 @@
 //! a pool (the configured master first) listens on `127.0.0.k`, all on one port.
 
 use crate::server::{Endpoint, PoolServer, router};
+use crate::tls::SelfSigned;
 use axum::Router;
 use std::collections::BTreeMap;
+use std::future::pending;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,10 +19,12 @@ pub struct HostEndpoint {
     pub host: String,
     /// The host's address in the model (`host.address`).
     pub address: String,
-    /// Where it answers (`http://ADDR`).
+    /// Where it answers (`http://ADDR`, or `https://ADDR` with TLS).
     pub url: String,
     pub listener: TcpListener,
     pub app: Router,
+    /// The certificate it presents, when it serves HTTPS.
+    tls: Option<SelfSigned>,
     /// The pool, to see whether the host is up; `None` for the one endpoint
     /// that answers as whoever is master.
     host_of: Option<PoolServer>,
@@ -31,13 +35,27 @@ pub struct HostEndpoint {
 const LIVENESS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl HostEndpoint {
+    /// Serves HTTPS instead, presenting `certificate`.
+    pub fn with_tls(mut self, certificate: SelfSigned) -> Self {
+        if let Some(rest) = self.url.strip_prefix("http://") {
+            self.url = format!("https://{rest}");
+        }
+        self.tls = Some(certificate);
+        self
+    }
+
+    /// The IP address it listens on.
+    pub fn ip(&self) -> io::Result<std::net::IpAddr> {
+        Ok(self.listener.local_addr()?.ip())
+    }
+
     /// Serves the endpoint as its host would: while the host is down in the
     /// model (crashed), nothing listens at its address, so clients are
     /// refused as by a dead host; it listens again once the host is back.
     /// Requests under way when the host goes down are answered.
     pub async fn serve(self) -> io::Result<()> {
         let Some(server) = self.host_of else {
-            return axum::serve(self.listener, self.app).await;
+            return serve_until(self.listener, self.app, self.tls.as_ref(), pending()).await;
         };
         let at = self.listener.local_addr()?;
         let mut listener = Some(self.listener);
@@ -56,9 +74,28 @@ impl HostEndpoint {
                     tokio::time::sleep(LIVENESS_POLL).await;
                 }
             };
-            axum::serve(bound, self.app.clone())
-                .with_graceful_shutdown(gone_down)
-                .await?;
+            serve_until(bound, self.app.clone(), self.tls.as_ref(), gone_down).await?;
+        }
+    }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` completes.
+async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<&SelfSigned>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(certificate) => {
+            axum::serve(certificate.listen(listener)?, app)
+                .with_graceful_shutdown(stop)
+                .await
         }
     }
 }
@@ -88,6 +125,7 @@ pub async fn bind_pool(server: PoolServer, addr: SocketAddr) -> io::Result<Vec<H
             url,
             listener,
             app: router(server),
+            tls: None,
             host_of: None,
         }]);
     }
@@ -130,6 +168,7 @@ async fn bind_all(
             url: format!("http://{}", listener.local_addr()?),
             listener,
             app: router(server.clone().answering_as(endpoint)),
+            tls: None,
             host_of: Some(server.clone()),
         });
     }

@@ -22,6 +22,7 @@ pub mod server;
 pub mod spec;
 pub mod time;
 mod timing;
+pub mod tls;
 pub use xapi_proto::vhd;
 
 use log::{Event, EventLog};

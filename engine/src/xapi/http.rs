@@ -28,7 +28,8 @@ pub enum TlsPolicy {
     /// Verify against the system's trusted roots.
     #[default]
     Verify,
-    /// Also trust this PEM certificate (a pool's self-signed certificate).
+    /// Also trust the PEM certificates in this file (a pool's self-signed
+    /// certificate, or its hosts' certificates one after another).
     Trust(PathBuf),
     /// Accept any certificate (lab pools only).
     SkipVerification,
@@ -293,10 +294,18 @@ fn build_client(options: &HttpOptions, keep_alive: bool) -> Result<reqwest::Clie
             let bytes = std::fs::read(pem).map_err(|e| {
                 CallError::Transport(format!("cannot read certificate {}: {e}", pem.display()))
             })?;
-            let cert = reqwest::Certificate::from_pem(&bytes).map_err(|e| {
+            let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
                 CallError::Transport(format!("bad certificate {}: {e}", pem.display()))
             })?;
-            builder = builder.add_root_certificate(cert);
+            if certs.is_empty() {
+                return Err(CallError::Transport(format!(
+                    "{} holds no PEM certificate",
+                    pem.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         TlsPolicy::SkipVerification => builder = builder.danger_accept_invalid_certs(true),
     }
@@ -373,7 +382,9 @@ fn never_connected(e: &reqwest::Error) -> bool {
     e.is_timeout()
 }
 
-/// A reqwest error without the request URL's query (which may carry a session).
+/// A reqwest error, with the causes under it (where a refused connection or
+/// an untrusted certificate is named), without the request URL's query
+/// (which may carry a session).
 fn describe(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -382,7 +393,18 @@ fn describe(e: reqwest::Error) -> String {
     } else {
         "failed"
     };
-    format!("{kind}: {}", e.without_url())
+    let e = e.without_url();
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[async_trait]
