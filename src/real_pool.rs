@@ -168,7 +168,13 @@ async fn open(
     let tokens = Arc::clone(connection.agent.tokens());
     let verifying = options.tls == TlsPolicy::Verify;
     let engine = match reclaim {
-        true => Engine::start(engine_config, vec![connection]).await,
+        true => {
+            let options = engine::StartOptions {
+                wall_clock_now: Some(std::time::SystemTime::now()),
+                ..Default::default()
+            };
+            Engine::start_with(engine_config, vec![connection], options).await
+        }
         false => Engine::connect(engine_config, vec![connection]).await,
     }
     .map_err(

@@ -414,6 +414,8 @@ async fn drive(
         let options = engine::StartOptions {
             journal: Some(Arc::clone(&journal)),
             epoch: Some(clock.instant_at(Duration::ZERO)),
+            // Versions carry simulated time: a run is a function of its seed.
+            wall_clock_now: None,
         };
         let engine = match Engine::start_with(engine_config.clone(), links.connections(), options)
             .await

@@ -526,7 +526,7 @@ async fn commit_version(
     let manifest = store
         .commit(ads::VersionDraft {
             vm: vm_name.to_string(),
-            taken_at: crate::joblog::format_clock(pool.shared.now().as_millis() as u64),
+            taken_at: pool.shared.timestamp(),
             parent_seq: cbt.parent_seq,
             vm_record,
             disks: report.written.iter().map(|d| d.manifest.clone()).collect(),

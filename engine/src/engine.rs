@@ -42,6 +42,9 @@ pub struct StartOptions {
     /// Engine time zero (default: now, less the time the journal already
     /// covers, so that engine time goes on across restarts).
     pub epoch: Option<tokio::time::Instant>,
+    /// The wall-clock time now, against a real pool: backup versions are
+    /// stamped with dates. Without it (simulation) they carry engine time.
+    pub wall_clock_now: Option<std::time::SystemTime>,
 }
 
 impl Engine {
@@ -104,7 +107,11 @@ impl Engine {
             )),
             None => None,
         };
-        let shared = Arc::new(Shared::with(config, store, journal, epoch));
+        let mut shared = Shared::with(config, store, journal, epoch);
+        shared.wall_at_epoch = options
+            .wall_clock_now
+            .and_then(|wall| wall.checked_sub(shared.now()));
+        let shared = Arc::new(shared);
         let engine_log = VmLog::new(Arc::clone(&shared.log), Arc::clone(&shared), None);
         engine_log.progress(format!("Engine {} starting", shared.config.engine_id));
         let mut pools = BTreeMap::new();

@@ -39,6 +39,10 @@ pub struct Shared {
     pub(crate) background: Mutex<tokio::task::JoinSet<()>>,
     /// Leftovers the background retries still try to remove.
     pub(crate) leftovers_pending: std::sync::atomic::AtomicUsize,
+    /// The wall-clock time at engine time zero, against a real pool: what
+    /// backup versions are stamped with. None in simulation, where versions
+    /// carry engine time (runs stay a function of their seed).
+    pub(crate) wall_at_epoch: Option<std::time::SystemTime>,
     next_holder: AtomicU64,
 }
 
@@ -72,6 +76,7 @@ impl Shared {
             journal,
             background: Mutex::default(),
             leftovers_pending: Default::default(),
+            wall_at_epoch: None,
             next_holder: AtomicU64::new(1),
         }
     }
@@ -79,6 +84,16 @@ impl Shared {
     /// Engine time now.
     pub fn now(&self) -> Duration {
         Instant::now().duration_since(self.epoch)
+    }
+
+    /// When something happens now, as a backup version records it: the
+    /// wall-clock date and time (RFC 3339, UTC) against a real pool, engine
+    /// time in simulation.
+    pub fn timestamp(&self) -> String {
+        match self.wall_at_epoch {
+            Some(wall) => humantime::format_rfc3339_seconds(wall + self.now()).to_string(),
+            None => crate::joblog::format_clock(self.now().as_millis() as u64),
+        }
     }
 
     /// Records an accounting change now.
