@@ -9,6 +9,7 @@ pub mod real_pool;
 pub mod runner;
 pub mod scenario;
 pub mod serve;
+pub mod served_agents;
 pub mod sim_agents;
 pub mod sim_link;
 pub mod store_faults;

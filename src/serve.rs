@@ -1,8 +1,11 @@
 //! `abd sim serve`: the scenario's simulated pools served over HTTP as XAPI
 //! pool masters, one port per pool, in real time (or sped up). On 127.0.0.1
-//! each member host also answers, at 127.0.0.k on the same port.
+//! each member host also answers, at 127.0.0.k on the same port, and each
+//! booted delegate's agent at its (loopback) address: an engine in real-pool
+//! mode can run whole jobs against it.
 
 use crate::scenario::Scenario;
+use crate::served_agents::{self, AgentHost};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,11 +40,15 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
     if let Some(password) = options.password {
         world.credentials.password = password;
     }
+    let on_loopback = options.listen.ip() == std::net::Ipv4Addr::LOCALHOST;
     let sim = Arc::new(Mutex::new(Sim::new(
         &world,
         options.seed.unwrap_or(scenario.seed),
     )?));
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Agents read and write disks on worker threads, and reach the data
+    // store from there through the runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
@@ -57,11 +64,18 @@ pub fn serve(scenario: &Scenario, options: ServeOptions) -> anyhow::Result<()> {
                 .expect("simulator lock")
                 .pool_id(&pool.name)
                 .expect("pool exists");
-            let server = PoolServer::new(Arc::clone(&sim), id, clock.clone());
-            if addr.ip() == std::net::Ipv4Addr::LOCALHOST {
+            let mut server = PoolServer::new(Arc::clone(&sim), id, clock.clone());
+            let agents = on_loopback.then(|| AgentHost::new(&sim, id));
+            if let Some(agents) = &agents {
                 xapi_sim::endpoints::readdress_for_loopback(&server);
+                server = server.after_each_call(agents.after_call());
             }
             let mut endpoints = bind_pool(server, addr).await?;
+            if let Some(agents) = agents {
+                let port = endpoints[0].listener.local_addr()?.port();
+                served_agents::dhcp_on_loopback(&mut sim.lock().expect("simulator lock"), id, port);
+                tokio::spawn(agents.watch(clock.clone()));
+            }
             let certificate = match &options.tls_dir {
                 Some(dir) => Some(certify(&pool.name, &mut endpoints, dir)?),
                 None => None,

@@ -275,21 +275,36 @@ struct SimDevices {
 
 impl SimDevices {
     fn plugged(&self, device: u32) -> io::Result<AttachedDisk> {
-        let disks = lock(&self.sim)
-            .appliance_disks(self.pool, self.clock.now(), self.ip)
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "the delegate is not running")
-            })?;
-        disks
-            .into_iter()
-            .find(|d| d.userdevice == device.to_string())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no disk is plugged as device {device}"),
-                )
-            })
+        plugged_disk(
+            &mut lock(&self.sim),
+            self.pool,
+            self.clock.now(),
+            self.ip,
+            device,
+        )
     }
+}
+
+/// The disk plugged as `device` into the delegate answering at `ip`, at `now`.
+pub(crate) fn plugged_disk(
+    sim: &mut xapi_sim::Sim,
+    pool: PoolId,
+    now: xapi_sim::time::SimTime,
+    ip: Ipv4Addr,
+    device: u32,
+) -> io::Result<AttachedDisk> {
+    let disks = sim
+        .appliance_disks(pool, now, ip)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the delegate is not running"))?;
+    disks
+        .into_iter()
+        .find(|d| d.userdevice == device.to_string())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no disk is plugged as device {device}"),
+            )
+        })
 }
 
 impl SimDevices {
@@ -297,12 +312,7 @@ impl SimDevices {
         let disk = self.plugged(device)?;
         // A transfer starts: latency left over from one that failed is not its.
         *self.store_wait.lock().expect("store wait lock") = Duration::ZERO;
-        Ok(SimDisk {
-            sim: Arc::clone(&self.sim),
-            pool: self.pool,
-            vdi_uuid: disk.vdi_uuid,
-            size_bytes: disk.virtual_size as u64,
-        })
+        Ok(SimDisk::new(Arc::clone(&self.sim), self.pool, disk))
     }
 }
 
@@ -349,12 +359,25 @@ impl DeviceSet for SimDevices {
     }
 }
 
-/// A simulated VDI as a delegate's agent sees it (`/dev/xvdX` in a real delegate).
-struct SimDisk {
+/// A simulated VDI as a delegate's agent sees it (`/dev/xvdX` in a real
+/// delegate); served delegates' agents read it too.
+pub(crate) struct SimDisk {
     sim: SharedSim,
     pool: PoolId,
     vdi_uuid: String,
     size_bytes: u64,
+}
+
+impl SimDisk {
+    /// The VDI plugged as `disk` into a delegate of `pool`.
+    pub(crate) fn new(sim: SharedSim, pool: PoolId, disk: AttachedDisk) -> Self {
+        SimDisk {
+            sim,
+            pool,
+            vdi_uuid: disk.vdi_uuid,
+            size_bytes: disk.virtual_size as u64,
+        }
+    }
 }
 
 impl ads::DiskSource for SimDisk {

@@ -5,8 +5,12 @@ mod common;
 use common::abd;
 use std::process::Command;
 
+/// A shipped scenario's path (or `name` itself when it is a path already).
 fn scenario(name: &str) -> String {
-    format!("{}/scenarios/{name}", env!("CARGO_MANIFEST_DIR"))
+    match name.starts_with('/') {
+        true => name.to_string(),
+        false => format!("{}/scenarios/{name}", env!("CARGO_MANIFEST_DIR")),
+    }
 }
 
 #[test]
@@ -259,44 +263,184 @@ fn a_wrong_password_is_a_clean_error_that_never_shows_the_password() {
     assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
 }
 
-#[test]
-fn real_pool_diag_runs_the_lifecycle_over_http_and_cleans_up() {
-    // The served simulator's delegates get addresses in its own (simulated)
-    // network, where no agent listens for this process: the diagnostic goes
-    // through clone, boot and address over real XAPI, fails at the agent step
-    // (identity) with a clear reason, and still tears the delegate down.
-    let served = Served::start("leftovers.toml");
-    let pw = password_file("diag", "password");
-    let dir = std::env::temp_dir().join(format!("abd-cli-diag-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// An engine configuration for the served pool `lab`, in `dir`.
+fn engine_config(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("engine.toml");
     std::fs::write(
         &config,
         "[engine]\nprovision_attempts = 1\n[delegates]\nname = \"lab\"\n",
     )
     .unwrap();
-    let (code, stdout, stderr) = abd(&[
-        "diag",
-        "--pool",
-        &served.url,
-        "--password-file",
-        &pw,
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    config.to_str().unwrap().to_string()
+}
+
+#[test]
+fn real_pool_diag_runs_the_lifecycle_over_http_and_cleans_up() {
+    // On loopback each served delegate's agent listens at its address: the
+    // whole diagnostic passes over real XAPI and the agent's HTTP.
+    let served = Served::start("leftovers.toml");
+    let pw = password_file("diag", "password");
+    let dir = std::env::temp_dir().join(format!("abd-cli-diag-{}", std::process::id()));
+    let config = engine_config(&dir);
+    let diag = |url: &str| {
+        abd(&[
+            "diag",
+            "--pool",
+            url,
+            "--password-file",
+            &pw,
+            "--config",
+            &config,
+        ])
+    };
+    let (code, stdout, stderr) = diag(&served.url);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for step in [
+        "template",
+        "provision",
+        "boot",
+        "address",
+        "identity",
+        "teardown",
+    ] {
+        assert!(
+            stdout.contains(&format!("Diag step {step}: passed")),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("Diagnostic of pool lab: passed"),
+        "{stdout}"
+    );
+    // Only our own delegate came and went; the look-alikes are untouched.
+    for name in ["ABD 1", "ABD 2"] {
+        assert_eq!(vms_named(&served.url, name), 1, "{name}");
+    }
+    // Served off loopback, nothing answers for the delegate at its (model)
+    // address, or something that is not its agent (which of the two depends
+    // on the machine's network): the diagnostic fails at the agent step
+    // with a clear reason, and still tears the delegate down.
+    let off_loopback = Served::start_with("leftovers.toml", &["--listen", "0.0.0.0:0"], 1);
+    let (code, stdout, stderr) = diag(&off_loopback.url);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
         stdout.contains("Diagnostic of pool lab: FAILED"),
         "{stdout}"
     );
-    // Nothing, or something that is not this delegate's agent, answers there
-    // (which of the two depends on the machine's network).
     assert!(stdout.contains("Diag step identity: FAILED"), "{stdout}");
     assert!(stdout.contains("torn down"), "{stdout}");
-    // Only our own delegate came and went; the look-alikes are untouched.
     for name in ["ABD 1", "ABD 2"] {
+        assert_eq!(vms_named(&off_loopback.url, name), 1, "{name}");
+    }
+}
+
+/// How many VMs the served pool has that are snapshots, and how many VDIs.
+fn snapshots_and_vdis(url: &str) -> (usize, usize) {
+    use engine::xapi::Transport;
+    let (rt, http, session) = login(url);
+    rt.block_on(async {
+        let vms = http
+            .call("VM.get_all_records", vec![session.clone()])
+            .await
+            .unwrap();
+        let snapshots = vms
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|vm| vm["is_a_snapshot"] == serde_json::json!(true))
+            .count();
+        let vdis = http.call("VDI.get_all", vec![session]).await.unwrap();
+        (snapshots, vdis.as_array().unwrap().len())
+    })
+}
+
+#[test]
+fn real_pool_backup_runs_a_job_through_served_delegates_and_leaves_nothing() {
+    let dir = std::env::temp_dir().join(format!("abd-cli-backup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // leftovers.toml, with small disks so the real bytes go by quickly.
+    let text = std::fs::read_to_string(scenario("leftovers.toml")).unwrap();
+    let small = text.replace("disks_gib = [10]", "disks_gib = [0.0625]");
+    assert_ne!(small, text, "leftovers.toml has its 10 GiB VMs");
+    let scenario_file = dir.join("small.toml");
+    std::fs::write(&scenario_file, small).unwrap();
+    let served = Served::start(scenario_file.to_str().unwrap());
+    let before = snapshots_and_vdis(&served.url);
+    let store = dir.join("store");
+    let store = store.to_str().unwrap();
+    assert_eq!(abd(&["ads", "init", store]).0, 0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (store_url, store_listen) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}"),
+    );
+    let pw = password_file("backup", "password");
+    let config = engine_config(&dir);
+    let (code, stdout, stderr) = abd(&[
+        "backup",
+        "--pool",
+        &served.url,
+        "--password-file",
+        &pw,
+        "--config",
+        &config,
+        "--vm",
+        "vm-01",
+        "--vm",
+        "vm-02",
+        "--store",
+        store,
+        "--store-url",
+        &store_url,
+        "--store-listen",
+        &store_listen,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Job backup finished: success (2 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Version 1 committed to the data store"),
+        "{stdout}"
+    );
+    // Delegates and snapshots are gone (one VDI more: the delegate
+    // template's disk, which the job deployed and keeps); the look-alikes
+    // were never touched.
+    assert_eq!(snapshots_and_vdis(&served.url), (before.0, before.1 + 1));
+    for name in ["ABD 1", "ABD 2", "ABD 7"] {
         assert_eq!(vms_named(&served.url, name), 1, "{name}");
     }
+    // Each version is dated by the wall clock, and restores the disk the
+    // pool holds, byte for byte.
+    let (code, listed, _) = abd(&["ads", "list", store, "--json"]);
+    assert_eq!(code, 0);
+    let versions: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(versions.as_array().map(Vec::len), Some(2), "{listed}");
+    for version in versions.as_array().unwrap() {
+        let taken = version["taken_at"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(taken).is_ok(), "{taken}");
+    }
+    let image = dir.join("vm-01.img");
+    let (code, stdout, stderr) = abd(&[
+        "ads",
+        "restore",
+        store,
+        "--vm",
+        "vm-01",
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        exported(&served.url, "vm-01 disk 0")
+    );
 }
 
 #[test]

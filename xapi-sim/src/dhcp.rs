@@ -88,6 +88,17 @@ impl DhcpServer {
     pub fn capacity(&self) -> u32 {
         self.last - self.first + 1
     }
+
+    /// The range handed out.
+    pub fn range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (Ipv4Addr::from(self.first), Ipv4Addr::from(self.last))
+    }
+
+    /// Hands out `first..=last` instead; leases held keep their addresses.
+    pub fn move_range(&mut self, first: Ipv4Addr, last: Ipv4Addr) {
+        self.first = u32::from(first);
+        self.last = u32::from(last).max(self.first);
+    }
 }
 
 #[cfg(test)]

@@ -617,6 +617,25 @@ impl Sim {
         }
     }
 
+    /// How many of `pool`'s networks have a DHCP server.
+    pub fn dhcp_networks(&self, pool: PoolId) -> usize {
+        self.pools[pool.0].dhcp.len()
+    }
+
+    /// Moves the DHCP ranges of `pool`'s networks: `to` gets each network's
+    /// position among them and its range, and gives the new range. Meant for
+    /// serving before any lease is held.
+    pub fn move_dhcp_ranges(
+        &mut self,
+        pool: PoolId,
+        to: impl Fn(usize, (Ipv4Addr, Ipv4Addr)) -> (Ipv4Addr, Ipv4Addr),
+    ) {
+        for (j, server) in self.pools[pool.0].dhcp.values_mut().enumerate() {
+            let (first, last) = to(j, server.range());
+            server.move_range(first, last);
+        }
+    }
+
     /// The address a client of `pool` is configured with (the first master's).
     pub fn configured_address(&self, pool: PoolId) -> String {
         self.pools[pool.0].configured_address.clone()
@@ -778,6 +797,23 @@ impl Sim {
     pub fn appliance_at(&mut self, pool: PoolId, now: SimTime, ip: Ipv4Addr) -> ApplianceAnswer {
         self.advance_to(now);
         ops::appliance_at(&self.pools[pool.0], ip)
+    }
+
+    /// Every address at which a running appliance answers in `pool` now,
+    /// with what it answers as (its VM's uuid and `vm-data`), by address.
+    pub fn appliances(&mut self, pool: PoolId, now: SimTime) -> Vec<(Ipv4Addr, ApplianceAnswer)> {
+        self.advance_to(now);
+        let m = &self.pools[pool.0];
+        let addresses: std::collections::BTreeSet<Ipv4Addr> = m
+            .guests
+            .values()
+            .filter_map(|g| g.address.map(|(ip, _)| ip))
+            .collect();
+        addresses
+            .into_iter()
+            .map(|ip| (ip, ops::appliance_at(m, ip)))
+            .filter(|(_, answer)| matches!(answer, ApplianceAnswer::Appliance { .. }))
+            .collect()
     }
 
     /// The disks hot-plugged into the appliance answering at `ip` (devices 1..n).

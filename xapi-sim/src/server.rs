@@ -43,7 +43,8 @@ impl ServeClock {
         }
     }
 
-    fn now(&self) -> SimTime {
+    /// The simulated time now.
+    pub fn now(&self) -> SimTime {
         match self {
             ServeClock::Real { start, speed } => SimTime::from(start.elapsed().mul_f64(*speed)),
             ServeClock::External(ms) => SimTime(ms.load(Ordering::SeqCst)),
@@ -76,6 +77,11 @@ pub enum Endpoint {
     },
 }
 
+/// What runs after each call, with the model still locked: whatever the
+/// caller learns from the reply is already true beside the model (a served
+/// delegate's agent listens once its address can be read).
+pub type AfterCall = Arc<dyn Fn(&mut Sim, PoolId, SimTime) + Send + Sync>;
+
 /// One pool of a shared simulator, as an HTTP service.
 #[derive(Clone)]
 pub struct PoolServer {
@@ -83,6 +89,7 @@ pub struct PoolServer {
     pub pool: PoolId,
     pub clock: ServeClock,
     pub endpoint: Endpoint,
+    after_call: Option<AfterCall>,
 }
 
 /// Longest `event.from` wait, in real seconds.
@@ -102,7 +109,14 @@ impl PoolServer {
             pool,
             clock,
             endpoint: Endpoint::Master,
+            after_call: None,
         }
+    }
+
+    /// The same pool, running `hook` after each call.
+    pub fn after_each_call(mut self, hook: AfterCall) -> Self {
+        self.after_call = Some(hook);
+        self
     }
 
     /// The same pool, answering as the host `endpoint` names.
@@ -171,7 +185,11 @@ impl PoolServer {
         // Read the clock under the lock, so concurrent calls reach the model in time order.
         let now = self.clock.now().max(sim.now());
         self.check_master(&mut sim, now)?;
-        sim.dispatch(self.pool, now, method, params)
+        let reply = sim.dispatch(self.pool, now, method, params);
+        if let Some(hook) = &self.after_call {
+            hook(&mut sim, self.pool, now);
+        }
+        reply
     }
 
     /// `Async.X.y`: answers a task at once; the call runs and completes the task.
