@@ -184,6 +184,27 @@ fn vm_uuid(url: &str, (user, password): (&str, &str), name: &str) -> String {
     })
 }
 
+/// The served pool's delegate templates: uuid and other_config of each.
+fn delegate_templates(url: &str) -> Vec<(String, serde_json::Value)> {
+    use engine::xapi::Transport;
+    let (rt, http, session) = login(url);
+    let vms = rt
+        .block_on(http.call("VM.get_all_records", vec![session]))
+        .unwrap();
+    vms.as_object()
+        .unwrap()
+        .values()
+        .filter(|vm| vm["is_a_template"] == serde_json::json!(true))
+        .filter(|vm| vm["other_config"]["abd:role"] == "template")
+        .map(|vm| {
+            (
+                vm["uuid"].as_str().unwrap().to_string(),
+                vm["other_config"].clone(),
+            )
+        })
+        .collect()
+}
+
 /// How many VMs the served pool has with this name.
 fn vms_named(url: &str, name: &str) -> usize {
     use engine::xapi::Transport;
@@ -235,6 +256,16 @@ fn real_pool_mode_validates_and_manages_only_its_own_template() {
         pool(&["template", "deploy", "--json-rpc"]).1,
         "delegate template: already present on SR \"nfs\"\n"
     );
+    // Redeploying replaces the template with a new one, hidden as the first.
+    let first = delegate_templates(&served.url);
+    assert_eq!(
+        pool(&["template", "redeploy"]).1,
+        "delegate template: redeployed on SR \"nfs\"\n"
+    );
+    let second = delegate_templates(&served.url);
+    assert_eq!((first.len(), second.len()), (1, 1), "{first:?} {second:?}");
+    assert_ne!(first[0].0, second[0].0, "a new template");
+    assert_eq!(second[0].1["HideFromXenCenter"], "true");
     assert_eq!(
         pool(&["template", "delete"]).1,
         "delegate template: deleted\n"
@@ -437,9 +468,35 @@ fn real_pool_backup_runs_a_job_through_served_delegates_and_leaves_nothing() {
         image.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    let original = exported(&served.url, "vm-01 disk 0");
+    assert_eq!(std::fs::read(&image).unwrap(), original);
+    // A restore through a delegate: its agent reads the store and writes a
+    // new VDI in the pool, which then holds the original bytes.
+    let (code, stdout, stderr) = abd(&[
+        "restore",
+        "--pool",
+        &served.url,
+        "--password-file",
+        &pw,
+        "--config",
+        &config,
+        "--vm",
+        "vm-01",
+        "--store",
+        store,
+        "--store-url",
+        &store_url,
+        "--store-listen",
+        &store_listen,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("Restored into VDI"), "{stdout}");
+    assert_eq!(exported(&served.url, "vm-01 restored v1 disk 1"), original);
+    let (snapshots, vdis) = snapshots_and_vdis(&served.url);
     assert_eq!(
-        std::fs::read(&image).unwrap(),
-        exported(&served.url, "vm-01 disk 0")
+        (snapshots, vdis),
+        (before.0, before.1 + 2),
+        "template and restored disks only"
     );
 }
 
