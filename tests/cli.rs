@@ -413,25 +413,30 @@ fn real_pool_backup_runs_a_job_through_served_delegates_and_leaves_nothing() {
     );
     let pw = password_file("backup", "password");
     let config = engine_config(&dir);
-    let (code, stdout, stderr) = abd(&[
-        "backup",
-        "--pool",
-        &served.url,
-        "--password-file",
-        &pw,
-        "--config",
-        &config,
-        "--vm",
-        "vm-01",
-        "--vm",
-        "vm-02",
-        "--store",
-        store,
-        "--store-url",
-        &store_url,
-        "--store-listen",
-        &store_listen,
-    ]);
+    // A real-pool command on the served pool, with its data store served to
+    // the delegates.
+    let with_store = |command: &str, vms: &[&str]| {
+        let mut args = vec![
+            command,
+            "--pool",
+            &served.url,
+            "--password-file",
+            &pw,
+            "--config",
+            &config,
+            "--store",
+            store,
+            "--store-url",
+            &store_url,
+            "--store-listen",
+            &store_listen,
+        ];
+        for vm in vms {
+            args.extend(["--vm", vm]);
+        }
+        abd(&args)
+    };
+    let (code, stdout, stderr) = with_store("backup", &["vm-01", "vm-02"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("Job backup finished: success (2 ok"),
@@ -472,23 +477,7 @@ fn real_pool_backup_runs_a_job_through_served_delegates_and_leaves_nothing() {
     assert_eq!(std::fs::read(&image).unwrap(), original);
     // A restore through a delegate: its agent reads the store and writes a
     // new VDI in the pool, which then holds the original bytes.
-    let (code, stdout, stderr) = abd(&[
-        "restore",
-        "--pool",
-        &served.url,
-        "--password-file",
-        &pw,
-        "--config",
-        &config,
-        "--vm",
-        "vm-01",
-        "--store",
-        store,
-        "--store-url",
-        &store_url,
-        "--store-listen",
-        &store_listen,
-    ]);
+    let (code, stdout, stderr) = with_store("restore", &["vm-01"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("Restored into VDI"), "{stdout}");
     assert_eq!(exported(&served.url, "vm-01 restored v1 disk 1"), original);
