@@ -190,7 +190,10 @@ async fn open(
         let listener = tokio::net::TcpListener::bind(&args.store_listen)
             .await
             .map_err(|e| anyhow::anyhow!("serving the data store on {}: {e}", args.store_listen))?;
-        let service = engine::store_server::router(Arc::clone(data), tokens);
+        let service = abd_agent::http::served_on_the_network(engine::store_server::router(
+            Arc::clone(data),
+            tokens,
+        ));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, service).await {
                 tracing::error!("the data store service stopped: {e}");

@@ -173,7 +173,7 @@ impl AgentHost {
             execution: Execution::Worker,
         });
         tracing::info!("delegate {vm_uuid}: agent listening on {at}");
-        let router = abd_agent::router(Arc::clone(&agent));
+        let router = abd_agent::http::served_on_the_network(abd_agent::router(Arc::clone(&agent)));
         let serving = self.runtime.spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::warn!("the agent on {at} stopped: {e}");

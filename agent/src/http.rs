@@ -25,6 +25,20 @@ pub async fn exchange(
     Ok(response)
 }
 
+/// Longest a request body may go without a byte arriving at a server on a
+/// real network (the agent's, the data store's): a stalled or trickling peer
+/// gets an error answer and cannot hold a connection for good.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `router` as served on a real network: with [`BODY_IDLE_TIMEOUT`]. (Not
+/// in simulation, where requests go to the router in-process on a clock
+/// that jumps ahead while nothing is ready.)
+pub fn served_on_the_network(router: axum::Router) -> axum::Router {
+    router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        BODY_IDLE_TIMEOUT,
+    ))
+}
+
 /// Serves `request` with `service` in this process and reads the whole answer.
 pub async fn call_service(
     service: &axum::Router,
@@ -49,4 +63,35 @@ pub fn presented_bearer(headers: &HeaderMap) -> &str {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_on_the_network_answers_a_stalled_body_after_the_idle_limit() {
+        let echo =
+            axum::Router::new().route("/", axum::routing::put(|body: String| async { body }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, served_on_the_network(echo)).await });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly this";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut reply = vec![0u8; 1024];
+        let n = tokio::time::timeout(BODY_IDLE_TIMEOUT * 10, stream.read(&mut reply))
+            .await
+            .expect("the server waits for good")
+            .unwrap();
+        let status = String::from_utf8_lossy(&reply[..n]);
+        assert!(status.starts_with("HTTP/1.1 4"), "{status}");
+        assert!(
+            started.elapsed() >= BODY_IDLE_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -98,8 +98,11 @@ async fn main() -> anyhow::Result<()> {
         "abd-agent (VM {vm_uuid}) listening on {}",
         listener.local_addr()?
     );
-    axum::serve(listener, abd_agent::router(agent))
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        abd_agent::http::served_on_the_network(abd_agent::router(agent)),
+    )
+    .await
+    .context("serving")?;
     Ok(())
 }

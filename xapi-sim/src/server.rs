@@ -20,6 +20,10 @@ use xapi_proto::{Value, XapiError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest a request body may go without a byte arriving, on a pool served
+/// in real time: a stalled or trickling client gets an error answer and
+/// cannot hold a connection for good.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes per piece of an `/export_raw_vdi` stream.
 const EXPORT_PIECE_BYTES: u64 = 4 << 20;
 
@@ -238,9 +242,12 @@ impl PoolServer {
     }
 }
 
-/// The HTTP routes of one pool master.
+/// The HTTP routes of one pool master. Served in real time, a body that
+/// stops arriving for [`BODY_IDLE_TIMEOUT`] is answered with an error (on an
+/// external clock, the runner's, time is simulated and nothing stalls).
 pub fn router(server: PoolServer) -> Router {
-    Router::new()
+    let real_time = !server.clock.is_external();
+    let routes = Router::new()
         .route("/jsonrpc", post(json_rpc))
         .route("/", post(xml_rpc))
         .route("/export_raw_vdi", get(export_raw_vdi))
@@ -256,7 +263,13 @@ pub fn router(server: PoolServer) -> Router {
         )
         .fallback(post(xml_rpc))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(server)
+        .with_state(server);
+    match real_time {
+        true => routes.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_IDLE_TIMEOUT,
+        )),
+        false => routes,
+    }
 }
 
 fn bad_request(message: String) -> Response {

@@ -342,3 +342,38 @@ until_s = 20
     assert_eq!(status, 200);
     assert!(body.contains("HOST_IS_SLAVE"), "{body}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_is_answered_not_waited_for() {
+    use xapi_sim::server::BODY_IDLE_TIMEOUT;
+    let addr = serve().await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Promises 1000 bytes, sends 10, then nothing (the connection stays open).
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n<methodCal";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = Vec::new();
+    let answer = async {
+        let mut buf = [0u8; 4096];
+        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(BODY_IDLE_TIMEOUT * 10, answer)
+        .await
+        .expect("the server waits for the rest of the body for good");
+    let waited = started.elapsed();
+    let head = String::from_utf8_lossy(&reply).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((400..500).contains(&status), "{head}");
+    assert!(
+        waited >= BODY_IDLE_TIMEOUT && waited < BODY_IDLE_TIMEOUT * 2,
+        "answered after {waited:?}"
+    );
+    // The server goes on answering.
+    assert_eq!(post(addr, "/", LOGIN).await.0, 200);
+}
