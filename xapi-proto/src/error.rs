@@ -30,6 +30,7 @@ pub mod codes {
     pub const DEVICE_ALREADY_ATTACHED: &str = "DEVICE_ALREADY_ATTACHED";
     pub const DEVICE_ALREADY_DETACHED: &str = "DEVICE_ALREADY_DETACHED";
     pub const DEVICE_ALREADY_EXISTS: &str = "DEVICE_ALREADY_EXISTS";
+    pub const INVALID_DEVICE: &str = "INVALID_DEVICE";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const TASK_CANCELLED: &str = "TASK_CANCELLED";
     pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";

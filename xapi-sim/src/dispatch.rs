@@ -25,7 +25,8 @@ const CLASSES: &[&str] = &[
     "task",
 ];
 
-/// Write calls: (method, parameter count including the session).
+/// Calls besides the generic getters: (method, parameter count including
+/// the session).
 const WRITES: &[(&str, usize)] = &[
     ("VM.create", 2),
     ("VM.add_to_blocked_operations", 4),
@@ -57,6 +58,8 @@ const WRITES: &[(&str, usize)] = &[
     ("VDI.disable_cbt", 2),
     ("VDI.list_changed_blocks", 3),
     ("VDI.data_destroy", 2),
+    ("VM.get_allowed_VIF_devices", 2),
+    ("VM.get_allowed_VBD_devices", 2),
     ("VIF.create", 2),
     ("VIF.destroy", 2),
     ("VBD.create", 2),
@@ -256,6 +259,13 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
                 &ref_param(a, 0, "vdi_from")?,
                 &ref_param(a, 1, "vdi_to")?,
             )?),
+            "VM.get_allowed_VIF_devices" => {
+                Value::from(ctx.allowed_vif_devices(&ref_param(a, 0, "vm")?)?)
+            }
+            "VM.get_allowed_VBD_devices" => {
+                let vm = ref_param(a, 0, "vm")?;
+                Value::from(ctx.allowed_vbd_devices(ctx.vm(&vm)?))
+            }
             "VIF.create" => refv(ctx.vif_create(record_param(a, 0, "args")?)?),
             "VIF.destroy" => void(ctx.vif_destroy(&ref_param(a, 0, "self")?)?),
             "VBD.create" => refv(ctx.vbd_create(record_param(a, 0, "args")?)?),

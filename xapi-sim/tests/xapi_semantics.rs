@@ -629,3 +629,59 @@ fn only_real_getters_answer() {
         ["MESSAGE_METHOD_UNKNOWN", "VM.get_no_such_field"]
     );
 }
+
+#[test]
+fn allowed_devices_are_those_no_vif_or_vbd_holds_and_a_vif_device_is_a_number() {
+    let mut w = World::new();
+    let vm = w.vm("vm-01");
+    let vif_devices = |w: &mut World| -> Vec<String> {
+        serde_json::from_value(w.ok("VM.get_allowed_VIF_devices", &[vm.clone()])).unwrap()
+    };
+    let vbd_devices = |w: &mut World| -> Vec<String> {
+        serde_json::from_value(w.ok("VM.get_allowed_VBD_devices", &[vm.clone()])).unwrap()
+    };
+    // vm-01 has one VIF (device 0) and one disk (userdevice 0).
+    let all_but_0: Vec<String> = (1..=15).map(|n| n.to_string()).collect();
+    assert_eq!(vif_devices(&mut w), all_but_0);
+    let vbds = vbd_devices(&mut w);
+    assert_eq!(
+        (vbds.len(), vbds[0].as_str(), vbds[253].as_str()),
+        (254, "1", "254")
+    );
+
+    let network = w.ok("network.get_all", &[])[0].clone();
+    let vif = |device: &str| {
+        json!({"device": device, "network": network, "VM": vm, "MAC": "", "MTU": "1500",
+               "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+    };
+    assert_eq!(
+        w.err("VIF.create", &[vif("eth1")]),
+        ["INVALID_DEVICE", "eth1"]
+    );
+    assert_eq!(
+        w.err("VIF.create", &[vif("0")]),
+        ["DEVICE_ALREADY_EXISTS", "0"]
+    );
+    w.ok("VIF.create", &[vif("3")]);
+    assert!(!vif_devices(&mut w).contains(&"3".to_string()));
+    assert_eq!(vif_devices(&mut w).len(), 14);
+
+    // A VBD made with `autodetect` takes the first allowed device.
+    let vdi = w.ok("VM.get_VBDs", &[vm.clone()]);
+    let vdi = w.ok("VBD.get_VDI", &[vdi[0].clone()]);
+    let cd = w.ok(
+        "VBD.create",
+        &[
+            json!({"VM": vm, "VDI": vdi, "userdevice": "autodetect", "bootable": false,
+                 "mode": "RO", "type": "Disk", "empty": false, "other_config": {},
+                 "qos_algorithm_type": "", "qos_algorithm_params": {}}),
+        ],
+    );
+    assert_eq!(w.ok("VBD.get_userdevice", &[cd]), "1");
+    assert_eq!(vbd_devices(&mut w)[0], "2");
+    // Unknown VMs are HANDLE_INVALID, as anywhere.
+    assert_eq!(
+        w.err("VM.get_allowed_VIF_devices", &[json!("OpaqueRef:nope")]),
+        ["HANDLE_INVALID", "VM", "OpaqueRef:nope"]
+    );
+}

@@ -11,6 +11,13 @@ impl Ctx<'_> {
         if !self.m.networks.contains_key(&spec.network) {
             return Err(XapiError::handle_invalid("network", spec.network.as_str()));
         }
+        // As XAPI: a VIF's device is an unsigned number.
+        if spec.device.is_empty() || !spec.device.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(XapiError::new(
+                codes::INVALID_DEVICE,
+                [spec.device.as_str()],
+            ));
+        }
         let taken = vm
             .vifs
             .iter()
@@ -142,16 +149,44 @@ impl Ctx<'_> {
     }
 
     fn free_userdevice(&self, vm: &VmRecord) -> String {
-        let used: Vec<String> = vm
+        self.allowed_vbd_devices(vm)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "255".into())
+    }
+
+    /// `VM.get_allowed_VIF_devices`: as XAPI, devices "0" to "15" that none
+    /// of the VM's VIFs has.
+    pub(crate) fn allowed_vif_devices(&self, vm: &OpaqueRef) -> Result<Vec<String>, XapiError> {
+        let vm = self.vm(vm)?;
+        let used: Vec<&str> = vm
+            .vifs
+            .iter()
+            .filter_map(|v| self.m.vifs.get(v))
+            .map(|v| v.device.as_str())
+            .collect();
+        Ok((0..=15)
+            .map(|n: u32| n.to_string())
+            .filter(|d| !used.contains(&d.as_str()))
+            .collect())
+    }
+
+    /// `VM.get_allowed_VBD_devices`: as XAPI, disk numbers "0" to "254"
+    /// ("255" for a control domain) that none of the VM's VBDs uses, by
+    /// userdevice or by device name (`xvdb` is disk 1).
+    pub(crate) fn allowed_vbd_devices(&self, vm: &VmRecord) -> Vec<String> {
+        let used: Vec<u32> = vm
             .vbds
             .iter()
             .filter_map(|b| self.m.vbds.get(b))
-            .map(|b| b.userdevice.clone())
+            .flat_map(|b| [disk_number(&b.userdevice), disk_number(&b.device)])
+            .flatten()
             .collect();
-        (0..16)
+        let last = if vm.is_control_domain { 255 } else { 254 };
+        (0..=last)
+            .filter(|n| !used.contains(n))
             .map(|n| n.to_string())
-            .find(|d| !used.contains(d))
-            .unwrap_or_else(|| "16".into())
+            .collect()
     }
 
     fn vbd(&self, vbd: &OpaqueRef) -> Result<&VbdRecord, XapiError> {
@@ -426,5 +461,21 @@ impl Ctx<'_> {
         let (since, until) = (a.day_at(self.now), b.day_at(self.now));
         let changed = a.disk.changed_blocks(since.min(until), since.max(until));
         Ok(crate::content::cbt_bitmap_base64(&changed))
+    }
+}
+
+/// The disk number a VBD's userdevice or device names: `"3"`, or a device
+/// name such as `xvdd`, `hdd` or `sdd` (3).
+fn disk_number(device: &str) -> Option<u32> {
+    if let Ok(n) = device.parse::<u32>() {
+        return Some(n);
+    }
+    let letters = ["xvd", "hd", "sd"]
+        .iter()
+        .find_map(|prefix| device.strip_prefix(prefix))?;
+    let mut letter = letters.bytes();
+    match (letter.next(), letter.next()) {
+        (Some(c @ b'a'..=b'z'), None) => Some(u32::from(c - b'a')),
+        _ => None,
     }
 }
