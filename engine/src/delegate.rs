@@ -229,18 +229,13 @@ async fn configure(
     let disks = own_disks(pool, &record)
         .await
         .map_err(fail("reading its disks"))?;
-    d.own_vdis = disks.iter().map(|(vdi, _)| vdi.clone()).collect();
-    d.own_srs = disks.into_iter().map(|(_, sr)| sr).collect();
-    // Its disks outlive the VM for a moment at teardown: tagged, they are
-    // found again if the engine dies in that moment.
-    let engine_id = pool.engine_config().engine_id.clone();
-    for vdi in &d.own_vdis {
-        for (key, value) in tags::ownership(&engine_id, tags::ROLE_DELEGATE_DISK) {
-            x.vdi_set_other_config_key(vdi, key, value)
-                .await
-                .map_err(fail("tagging its disk"))?;
-        }
-    }
+    tag_own_disks(pool, &disks)
+        .await
+        .map_err(fail("tagging its disk"))?;
+    // Known only once tagged: a teardown of a delegate whose disks are not
+    // known yet reads and tags them itself.
+    d.own_vdis = disks.iter().map(|disk| disk.vdi.clone()).collect();
+    d.own_srs = disks.into_iter().map(|disk| disk.sr).collect();
     for vif in &record.vifs {
         x.vif_destroy(vif)
             .await
@@ -305,18 +300,51 @@ pub fn network_settings(
 async fn own_disks(
     pool: &PoolRuntime,
     vm: &VmRecord,
-) -> Result<Vec<(OpaqueRef, OpaqueRef)>, crate::xapi::CallError> {
+) -> Result<Vec<OwnDisk>, crate::xapi::CallError> {
+    let engine_id = &pool.engine_config().engine_id;
     let mut disks = Vec::new();
     for vbd in &vm.vbds {
         let record = pool.xapi.vbd_get_record(vbd).await?;
         if record.userdevice == "0" && !record.empty {
             let vdi = pool.xapi.vdi_get_record(&record.vdi).await?;
             if !vdi.is_a_snapshot {
-                disks.push((record.vdi, vdi.sr));
+                disks.push(OwnDisk {
+                    vdi: record.vdi,
+                    sr: vdi.sr,
+                    tagged: tags::has_engine_id(&vdi.other_config, engine_id)
+                        && vdi.other_config.get(tags::ROLE).map(String::as_str)
+                            == Some(tags::ROLE_DELEGATE_DISK),
+                });
             }
         }
     }
     Ok(disks)
+}
+
+/// A disk of a delegate's own (its system disk, cloned from the template).
+struct OwnDisk {
+    vdi: OpaqueRef,
+    sr: OpaqueRef,
+    /// Tagged as this engine's delegate disk already.
+    tagged: bool,
+}
+
+/// Tags the delegate's disks that are not yet: they outlive the VM for a
+/// moment at teardown, and tagged they are found again (as orphans) if the
+/// engine dies in that moment.
+async fn tag_own_disks(
+    pool: &PoolRuntime,
+    disks: &[OwnDisk],
+) -> Result<(), crate::xapi::CallError> {
+    let engine_id = &pool.engine_config().engine_id;
+    for disk in disks.iter().filter(|disk| !disk.tagged) {
+        for (key, value) in tags::ownership(engine_id, tags::ROLE_DELEGATE_DISK) {
+            pool.xapi
+                .vdi_set_other_config_key(&disk.vdi, key, value)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Boots the delegate on a host that sees `required_srs`, within the boot caps.
@@ -693,7 +721,7 @@ pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
 }
 
 /// A delegate's removal that stopped partway: why, and the disks still to
-/// destroy when the VM itself is already gone.
+/// destroy (after the VM, when it is still there).
 pub(crate) struct DelegateRemovalFailed {
     pub error: EngineError,
     pub disks_left: Vec<OpaqueRef>,
@@ -758,11 +786,28 @@ pub(crate) async fn destroy_delegate_vm(
         let disks = own_disks(pool, &record)
             .await
             .map_err(fail("reading its disks"))?;
-        disks.into_iter().map(|(vdi, _)| vdi).collect()
+        // Cut short before its disks were tagged (a lost reply, a failure
+        // while provisioning): tagged now, before the VM goes.
+        tag_own_disks(pool, &disks)
+            .await
+            .map_err(fail("tagging its disk"))?;
+        disks.into_iter().map(|disk| disk.vdi).collect()
     } else {
         own_vdis.to_vec()
     };
-    x.vm_destroy(vm).await.map_err(fail("destroy"))?;
+    if let Err(e) = x.vm_destroy(vm).await {
+        // A destroy whose reply was lost may have destroyed it: the pool says.
+        let gone = e.may_have_taken_effect()
+            && x.vm_get_record(vm)
+                .await
+                .is_err_and(|read| read.code() == Some(xapi_proto::codes::HANDLE_INVALID));
+        if !gone {
+            return Err(DelegateRemovalFailed {
+                error: fail("destroy")(e),
+                disks_left: own,
+            });
+        }
+    }
     for (i, vdi) in own.iter().enumerate() {
         if let Err(e) = x.vdi_destroy(vdi).await {
             return Err(DelegateRemovalFailed {

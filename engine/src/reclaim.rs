@@ -124,13 +124,23 @@ impl Leftover {
                 disks,
                 ..
             } => {
-                if disks.is_empty() {
-                    destroy_delegate_vm(pool, vm, &[]).await.map_err(|failed| {
-                        *disks = failed.disks_left;
-                        failed.error
-                    })?;
-                } else {
+                // Known disks may outlive the VM (a removal that stopped
+                // after destroying it), or not (its destroy failed).
+                let vm_gone = !disks.is_empty()
+                    && pool
+                        .xapi
+                        .vm_get_record(vm)
+                        .await
+                        .is_err_and(|e| e.code() == Some(codes::HANDLE_INVALID));
+                if vm_gone {
                     remove_disks_left(pool, name, disks).await?;
+                } else {
+                    destroy_delegate_vm(pool, vm, disks)
+                        .await
+                        .map_err(|failed| {
+                            *disks = failed.disks_left;
+                            failed.error
+                        })?;
                 }
                 pool.release_held_lease(vm);
                 if *earlier {
