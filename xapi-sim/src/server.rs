@@ -96,6 +96,10 @@ pub struct PoolServer {
     after_call: Option<AfterCall>,
 }
 
+/// How long a call the network lost is held unanswered, in real time:
+/// longer than clients wait for a reply (the engine gives up at 600 s).
+const UNANSWERED_HOLD: Duration = Duration::from_secs(1800);
+
 /// Longest `event.from` wait, in real seconds.
 const MAX_EVENT_WAIT_S: f64 = 60.0;
 /// How often a waiting `event.from` looks again.
@@ -166,9 +170,61 @@ impl PoolServer {
             "event.from" => self.event_from(params).await,
             _ => match method.strip_prefix("Async.") {
                 Some(inner) => self.start_task(method, inner, params),
-                None => self.call_sync(method, params).await,
+                None => self.call_over_the_network(method, params).await,
             },
         }
+    }
+
+    /// A synchronous call as the network between client and master treats
+    /// it, served in real time: a request a `network` fault on
+    /// `engine_master` loses never arrives, and its client hears nothing;
+    /// a reply a partition holds comes when the path heals, and one that
+    /// `reply_lost` (or a partition that never heals) loses never comes.
+    /// On an external clock the runner's links do all this themselves.
+    async fn call_over_the_network(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Value, XapiError> {
+        if self.clock.is_external() {
+            return self.call_sync(method, params).await;
+        }
+        let link = crate::faults::NetworkLink::EngineMaster;
+        let delivery = {
+            let mut sim = self.lock();
+            let now = self.clock.now().max(sim.now());
+            sim.network_delivery(self.pool, now, link, "the pool master")
+        };
+        match delivery {
+            crate::faults::Delivery::Lost => return self.never_answered(method).await,
+            crate::faults::Delivery::Delivered(delay) => {
+                tokio::time::sleep(self.clock.real(delay)).await
+            }
+        }
+        let result = self.call_sync(method, params).await;
+        let (path, now) = {
+            let mut sim = self.lock();
+            let now = self.clock.now().max(sim.now());
+            (sim.reply_path(self.pool, now, method, result.is_ok()), now)
+        };
+        match path {
+            crate::faults::ReplyPath::Clear => result,
+            crate::faults::ReplyPath::HeldUntil(heals) => {
+                tokio::time::sleep(self.clock.real(heals.since(now))).await;
+                result
+            }
+            crate::faults::ReplyPath::Cut => self.never_answered(method).await,
+        }
+    }
+
+    /// What a client whose request or reply the network lost gets: nothing
+    /// for longer than any client waits ([`UNANSWERED_HOLD`]), then an error
+    /// nobody reads, so the connection's task ends.
+    async fn never_answered(&self, method: &str) -> Result<Value, XapiError> {
+        tokio::time::sleep(UNANSWERED_HOLD).await;
+        Err(XapiError::internal(format!(
+            "{method}: the network lost this exchange"
+        )))
     }
 
     /// Waits the call's simulated duration, then dispatches it.

@@ -8,12 +8,16 @@ use xapi_sim::server::{MAX_BODY_BYTES, PoolServer, ServeClock, router};
 use xapi_sim::spec::WorldSpec;
 
 async fn serve() -> std::net::SocketAddr {
-    let spec: WorldSpec =
-        toml::from_str("[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n")
-            .unwrap();
+    serve_world("", 1000.0).await
+}
+
+/// A pool `p` with an SR, and `more` (TOML), served at `speed`.
+async fn serve_world(more: &str, speed: f64) -> std::net::SocketAddr {
+    let text = format!("[[pool]]\nname = \"p\"\n[[pool.sr]]\nname = \"s\"\nsize_gib = 10\n{more}");
+    let spec: WorldSpec = toml::from_str(&text).unwrap();
     let sim = Sim::new(&spec, 1).unwrap();
     let pool = sim.pool_id("p").unwrap();
-    let server = PoolServer::new(Arc::new(Mutex::new(sim)), pool, ServeClock::new(1000.0));
+    let server = PoolServer::new(Arc::new(Mutex::new(sim)), pool, ServeClock::new(speed));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(server)).await });
@@ -375,5 +379,76 @@ async fn a_body_that_stops_arriving_is_answered_not_waited_for() {
         "answered after {waited:?}"
     );
     // The server goes on answering.
+    assert_eq!(post(addr, "/", LOGIN).await.0, 200);
+}
+
+/// A pool with a VM `vm`, served in real time (paused here), with `faults`
+/// (TOML `[[fault]]` entries).
+async fn serve_with_faults(faults: &str) -> std::net::SocketAddr {
+    serve_world(&format!("[[pool.vms]]\nname = \"vm\"\n{faults}"), 1.0).await
+}
+
+/// The value of an XML-RPC reply (`<value>...</value>` inside `Value`).
+fn xml_value(body: &str) -> String {
+    let after = body.split("<name>Value</name>").nth(1).unwrap_or_default();
+    let inner = after.split("<value>").nth(1).unwrap_or_default();
+    inner
+        .split("</value>")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn xml_call(method: &str, params: &[&str]) -> String {
+    let params: String = params
+        .iter()
+        .map(|p| format!("<param><value>{p}</value></param>"))
+        .collect();
+    format!("<methodCall><methodName>{method}</methodName><params>{params}</params></methodCall>")
+}
+
+#[tokio::test(start_paused = true)]
+async fn served_in_real_time_a_lost_reply_never_comes_but_the_call_took_effect() {
+    let addr = serve_with_faults(
+        "[[fault]]\nkind = \"reply_lost\"\npool = \"p\"\nmethod = \"VM.set_name_label\"\nrate = 1.0\n",
+    )
+    .await;
+    let session = xml_value(&post(addr, "/", LOGIN).await.2);
+    let vms = post(
+        addr,
+        "/",
+        &xml_call("VM.get_by_name_label", &[&session, "vm"]),
+    )
+    .await
+    .2;
+    let start = vms.find("OpaqueRef:").expect("a VM ref");
+    let vm = vms[start..].split('<').next().unwrap().to_string();
+    let rename = xml_call("VM.set_name_label", &[&session, &vm, "renamed"]);
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(600),
+        post(addr, "/", &rename),
+    )
+    .await;
+    assert!(waited.is_err(), "a reply came: {waited:?}");
+    // Yet the VM was renamed.
+    let name = post(addr, "/", &xml_call("VM.get_name_label", &[&session, &vm]))
+        .await
+        .2;
+    assert_eq!(xml_value(&name), "renamed", "{name}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn served_in_real_time_a_partition_loses_requests_until_it_heals() {
+    // From 0 to 120 s every request to the master is lost: a call sent then
+    // gets no answer and does nothing.
+    let addr = serve_with_faults(
+        "[[fault]]\nkind = \"network\"\npool = \"p\"\nlink = \"engine_master\"\nrate = 1.0\nuntil_s = 120\n",
+    )
+    .await;
+    let lost =
+        tokio::time::timeout(std::time::Duration::from_secs(60), post(addr, "/", LOGIN)).await;
+    assert!(lost.is_err(), "an answer crossed the partition: {lost:?}");
+    // Healed: calls are answered again.
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
     assert_eq!(post(addr, "/", LOGIN).await.0, 200);
 }
