@@ -411,14 +411,14 @@ async fn drive(
     loop {
         let crash = scenario.engine_crashes.get(incarnation);
         let crash_at = crash.map(|c| clock.instant_at(Duration::from_secs_f64(*c.at_s.get_ref())));
-        let options = engine::StartOptions {
-            journal: Some(Arc::clone(&journal)),
-            epoch: Some(clock.instant_at(Duration::ZERO)),
-            // Versions carry simulated time: a run is a function of its seed.
-            wall_clock_now: None,
-        };
-        let engine = match Engine::start_with(engine_config.clone(), links.connections(), options)
-            .await
+        let engine = match start_supervised(
+            &engine_config,
+            &links,
+            &journal,
+            clock,
+            &mut engine_log,
+        )
+        .await
         {
             Ok(engine) => {
                 if let Some(store) = engine.data_store() {
@@ -889,4 +889,48 @@ fn digest(events: &[Event], jobs: &[JobRun], engine_log: &JobLog) -> String {
         h.update(b"\n");
     }
     h.finalize().to_hex().to_string()
+}
+
+/// Starts made before an engine that cannot start (its pool out of reach
+/// for longer than it waits) is given up on.
+const ENGINE_START_ATTEMPTS: u32 = 5;
+/// Pause before the next start, as a service manager restarting a failed
+/// service waits.
+const ENGINE_RESTART_PAUSE: Duration = Duration::from_secs(60);
+
+/// Starts an engine as a service manager would: one that fails to start is
+/// started again after a pause, a few times, each failure in the engine log.
+async fn start_supervised(
+    engine_config: &engine::config::EngineConfig,
+    links: &Links<'_>,
+    journal: &Arc<engine::journal::Journal>,
+    clock: SimClock,
+    engine_log: &mut JobLog,
+) -> Result<Engine, engine::EngineError> {
+    let mut attempt = 1;
+    loop {
+        let options = engine::StartOptions {
+            journal: Some(Arc::clone(journal)),
+            epoch: Some(clock.instant_at(Duration::ZERO)),
+            // Versions carry simulated time: a run is a function of its seed.
+            wall_clock_now: None,
+        };
+        match Engine::start_with(engine_config.clone(), links.connections(), options).await {
+            Ok(engine) => return Ok(engine),
+            Err(e) if attempt < ENGINE_START_ATTEMPTS => {
+                engine_log.push(
+                    tokio::time::Instant::now().duration_since(clock.instant_at(Duration::ZERO)),
+                    engine::joblog::LineStatus::Warn,
+                    None,
+                    format!(
+                        "Engine did not start ({e}); its service manager starts it again in {}",
+                        engine::joblog::format_duration(ENGINE_RESTART_PAUSE)
+                    ),
+                );
+                tokio::time::sleep(ENGINE_RESTART_PAUSE).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
