@@ -128,3 +128,46 @@ fn json_summary_has_stable_keys() {
     );
     assert_eq!(json["jobs"][0]["status"], "success");
 }
+
+/// XAPI calls of the quickstart job with boots of `boot_s` seconds, with
+/// `event.from` answered or (`events = false`) refused as unknown.
+fn quickstart_calls(boot_s: u32, events: bool) -> u64 {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[[pool]]",
+        &format!("[timing]\nboot_s = [{boot_s}, {boot_s}]\n\n[[pool]]"),
+        1,
+    );
+    if !events {
+        text.push_str(
+            "\n[[fault]]\nkind = \"xapi_error\"\npool = \"lab\"\nmethod = \"event.from\"\n\
+             error = [\"MESSAGE_METHOD_UNKNOWN\", \"event.from\"]\nrate = 1.0\n",
+        );
+    }
+    let scenario =
+        Scenario::parse("quickstart-variant.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(
+        summary.ok,
+        "boot {boot_s} s, events {events}:\n{}",
+        summary.text()
+    );
+    summary.xapi_calls
+}
+
+#[test]
+fn waiting_for_an_address_costs_no_more_calls_for_a_slow_boot_and_polls_where_events_fail() {
+    // With event.from, a boot nine times as slow costs (almost) no more calls.
+    let (fast, slow) = (quickstart_calls(10, true), quickstart_calls(90, true));
+    assert!(
+        slow <= fast + fast / 50,
+        "event.from: {fast} calls with 10 s boots, {slow} with 90 s boots"
+    );
+    // A pool that refuses event.from is polled: still every VM done, and the
+    // slower the boot, the more calls.
+    let (fast_polled, slow_polled) = (quickstart_calls(10, false), quickstart_calls(90, false));
+    assert!(
+        slow_polled > fast_polled + 12 * 20,
+        "polling: {fast_polled} calls with 10 s boots, {slow_polled} with 90 s boots"
+    );
+}
