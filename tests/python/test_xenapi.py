@@ -5,7 +5,10 @@ it as a client would drive a real pool master.
 """
 
 import os
+import shutil
+import ssl
 import subprocess
+import tempfile
 import time
 import unittest
 import urllib.parse
@@ -197,6 +200,58 @@ class SimulatedPool(unittest.TestCase):
     def test_list_methods(self):
         methods = self.session.system.listMethods()
         self.assertIn("VM.get_all_records", methods)
+
+    def test_allowed_devices(self):
+        vm = self.x.VM.get_by_name_label("vm-10")[0]
+        used = {self.x.VIF.get_device(v) for v in self.x.VM.get_VIFs(vm)}
+        allowed = self.x.VM.get_allowed_VIF_devices(vm)
+        self.assertEqual(sorted(set(allowed) | used, key=int), [str(n) for n in range(16)])
+        self.assertFalse(used & set(allowed))
+        self.assertNotIn("0", self.x.VM.get_allowed_VBD_devices(vm))
+
+
+class SimulatedPoolOverHttps(unittest.TestCase):
+    """`abd sim serve --tls DIR`: a self-signed certificate, as a fresh host has."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = tempfile.mkdtemp(prefix="abd-tls-")
+        cls.server = subprocess.Popen(
+            [os.environ["ABD_BIN"], "sim", "serve", SCENARIO,
+             "--listen", "127.0.0.1:0", "--speed", "1000", "--tls", cls.certs],
+            stdout=subprocess.PIPE, text=True)
+        line = cls.server.stdout.readline().split()
+        assert line[:3] == ["pool", "lab", "xapi"] and line[3].startswith("https://"), line
+        cls.url = line[3]
+        cert = cls.server.stdout.readline().split()
+        assert cert[0] == "certificate", cert
+        cls.cert = cert[1]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.terminate()
+        cls.server.wait(timeout=10)
+        cls.server.stdout.close()
+        shutil.rmtree(cls.certs, ignore_errors=True)
+
+    def login(self, session):
+        session.xenapi.login_with_password("root", "password", "2.21", "abd-tests")
+        hosts = session.xenapi.host.get_all()
+        session.xenapi.session.logout()
+        session("close")()
+        return hosts
+
+    def test_verified_by_default_so_a_self_signed_certificate_is_refused(self):
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            self.login(XenAPI.Session(self.url))
+
+    def test_trusting_the_pools_certificate_connects(self):
+        context = ssl.create_default_context(cafile=self.cert)
+        transport = xmlrpc.client.SafeTransport(context=context)
+        self.assertEqual(len(self.login(XenAPI.Session(self.url, transport=transport))), 2)
+
+    def test_skipping_verification_connects(self):
+        self.assertEqual(len(self.login(XenAPI.Session(self.url, ignore_ssl=True))), 2)
 
 
 if __name__ == "__main__":
