@@ -169,6 +169,31 @@ class SimulatedPool(unittest.TestCase):
             self.x.VDI.destroy(vdi)
         self.x.VM.start(vm, False, False)
 
+    def test_event_from_follows_tasks(self):
+        # How clients (Xen Orchestra's among them) wait for an Async call:
+        # watch the task class until the task's status leaves "pending".
+        event_from = getattr(self.x.event, "from")
+        token = event_from(["task"], "", 1.0)["token"]
+        vm = self.x.VM.get_by_name_label("vm-11")[0]
+        task = self.x.Async.VM.snapshot(vm, "watched-snapshot")
+        seen, deadline = [], time.time() + 10
+        while time.time() < deadline and not any(
+                e["snapshot"].get("status") == "success" for e in seen):
+            batch = event_from(["task"], token, 5.0)
+            token = batch["token"]
+            self.assertIn("task", batch["valid_ref_counts"])
+            seen += [e for e in batch["events"] if e["ref"] == task]
+        self.assertEqual(seen[0]["operation"], "add", seen)
+        self.assertEqual(seen[-1]["snapshot"]["status"], "success", seen)
+        snapshot = self.x.task.get_result(task).replace("<value>", "").replace("</value>", "")
+        self.x.task.destroy(task)
+        gone = event_from(["task"], token, 1.0)["events"]
+        self.assertIn("del", [e["operation"] for e in gone if e["ref"] == task], gone)
+        vdis = [self.x.VBD.get_VDI(vbd) for vbd in self.x.VM.get_VBDs(snapshot)]
+        self.x.VM.destroy(snapshot)
+        for vdi in vdis:
+            self.x.VDI.destroy(vdi)
+
     def test_event_from_reports_changes(self):
         everything = getattr(self.x.event, "from")(["vm"], "", 1.0)
         adds = [e for e in everything["events"] if e["operation"] == "add"]
