@@ -408,7 +408,7 @@ fn real_pool(job: impl std::future::Future<Output = anyhow::Result<bool>>) -> Ex
 }
 
 async fn validate(args: abd::real_pool::PoolArgs, json: bool) -> anyhow::Result<bool> {
-    let (engine, name) = abd::real_pool::connect(&args).await?;
+    let (engine, name) = abd::real_pool::check(&args).await?;
     let report = engine.validate(&name).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

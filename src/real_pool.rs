@@ -72,19 +72,25 @@ pub struct StoreArgs {
     pub store_url: Option<String>,
 }
 
-/// Longest `connect` waits for a pool that cannot be reached, in seconds.
+/// Longest `check` waits for a pool that cannot be reached, in seconds.
 const CHECK_UNREACHABLE_LIMIT_S: u64 = 15;
 
-/// Connects the engine to the pool without changing anything (it waits at
-/// most 15 s for a pool that cannot be reached).
+/// Connects the engine to the pool for a read-only check (`validate`): it
+/// waits at most 15 s for a pool that cannot be reached.
+pub async fn check(args: &PoolArgs) -> anyhow::Result<(Engine, String)> {
+    open(args, None, Open::Check).await
+}
+
+/// Connects the engine to the pool without reclaiming anything (the
+/// operator's template commands).
 pub async fn connect(args: &PoolArgs) -> anyhow::Result<(Engine, String)> {
-    open(args, None, false).await
+    open(args, None, Open::Connect).await
 }
 
 /// Starts the engine on the pool for work: reclaims this engine's leftovers,
 /// and with `store` serves the data store to delegates.
 pub async fn start(args: &PoolArgs, store: Option<&StoreArgs>) -> anyhow::Result<(Engine, String)> {
-    open(args, store, true).await
+    open(args, store, Open::Start).await
 }
 
 /// Starts the engine on the pool for work that no delegate does (restores
@@ -97,13 +103,24 @@ pub async fn start_without_delegates(
         store: Some(store.to_path_buf()),
         ..Default::default()
     };
-    open(args, Some(&store), true).await
+    open(args, Some(&store), Open::Start).await
+}
+
+/// How `open` connects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Read-only, and soon told when the pool cannot be reached.
+    Check,
+    /// Without reclaiming leftovers.
+    Connect,
+    /// For work: leftovers of earlier runs are reclaimed.
+    Start,
 }
 
 async fn open(
     args: &PoolArgs,
     store: Option<&StoreArgs>,
-    reclaim: bool,
+    how: Open,
 ) -> anyhow::Result<(Engine, String)> {
     let config: ConfigFile = match &args.config {
         None => ConfigFile::default(),
@@ -146,7 +163,7 @@ async fn open(
         other_hosts: args.pool_hosts.clone(),
     };
     let mut engine_config = config.engine;
-    if !reclaim {
+    if how == Open::Check {
         // An operator's one-off check should say soon that the pool cannot be
         // reached, not wait as long as a job would.
         engine_config.xapi_unreachable_limit_s = engine_config
@@ -167,7 +184,7 @@ async fn open(
     }
     let tokens = Arc::clone(connection.agent.tokens());
     let verifying = options.tls == TlsPolicy::Verify;
-    let engine = match reclaim {
+    let engine = match how == Open::Start {
         true => {
             let options = engine::StartOptions {
                 wall_clock_now: Some(std::time::SystemTime::now()),

@@ -138,7 +138,11 @@ impl Leftover {
                     destroy_delegate_vm(pool, vm, disks)
                         .await
                         .map_err(|failed| {
-                            *disks = failed.disks_left;
+                            // A failure that says nothing of the disks (a
+                            // read that failed) keeps the ones known.
+                            if !failed.disks_left.is_empty() {
+                                *disks = failed.disks_left;
+                            }
                             failed.error
                         })?;
                 }

@@ -407,22 +407,23 @@ fn xml_call(method: &str, params: &[&str]) -> String {
     format!("<methodCall><methodName>{method}</methodName><params>{params}</params></methodCall>")
 }
 
+/// A session on the served pool, and its VM `vm`.
+async fn session_and_vm(addr: std::net::SocketAddr) -> (String, String) {
+    let session = xml_value(&post(addr, "/", LOGIN).await.2);
+    let call = xml_call("VM.get_by_name_label", &[&session, "vm"]);
+    let vms = post(addr, "/", &call).await.2;
+    let start = vms.find("OpaqueRef:").expect("a VM ref");
+    let vm = vms[start..].split('<').next().unwrap().to_string();
+    (session, vm)
+}
+
 #[tokio::test(start_paused = true)]
 async fn served_in_real_time_a_lost_reply_never_comes_but_the_call_took_effect() {
     let addr = serve_with_faults(
         "[[fault]]\nkind = \"reply_lost\"\npool = \"p\"\nmethod = \"VM.set_name_label\"\nrate = 1.0\n",
     )
     .await;
-    let session = xml_value(&post(addr, "/", LOGIN).await.2);
-    let vms = post(
-        addr,
-        "/",
-        &xml_call("VM.get_by_name_label", &[&session, "vm"]),
-    )
-    .await
-    .2;
-    let start = vms.find("OpaqueRef:").expect("a VM ref");
-    let vm = vms[start..].split('<').next().unwrap().to_string();
+    let (session, vm) = session_and_vm(addr).await;
     let rename = xml_call("VM.set_name_label", &[&session, &vm, "renamed"]);
     let waited = tokio::time::timeout(
         std::time::Duration::from_secs(600),
@@ -439,16 +440,22 @@ async fn served_in_real_time_a_lost_reply_never_comes_but_the_call_took_effect()
 
 #[tokio::test(start_paused = true)]
 async fn served_in_real_time_a_partition_loses_requests_until_it_heals() {
-    // From 0 to 120 s every request to the master is lost: a call sent then
+    // From 10 to 120 s every request to the master is lost: a call sent then
     // gets no answer and does nothing.
     let addr = serve_with_faults(
-        "[[fault]]\nkind = \"network\"\npool = \"p\"\nlink = \"engine_master\"\nrate = 1.0\nuntil_s = 120\n",
+        "[[fault]]\nkind = \"network\"\npool = \"p\"\nlink = \"engine_master\"\nrate = 1.0\nfrom_s = 10\nuntil_s = 120\n",
     )
     .await;
+    let (session, vm) = session_and_vm(addr).await;
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    let rename = xml_call("VM.set_name_label", &[&session, &vm, "renamed"]);
     let lost =
-        tokio::time::timeout(std::time::Duration::from_secs(60), post(addr, "/", LOGIN)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(60), post(addr, "/", &rename)).await;
     assert!(lost.is_err(), "an answer crossed the partition: {lost:?}");
-    // Healed: calls are answered again.
+    // Healed: calls are answered again, and the lost one never happened.
     tokio::time::sleep(std::time::Duration::from_secs(120)).await;
-    assert_eq!(post(addr, "/", LOGIN).await.0, 200);
+    let name = post(addr, "/", &xml_call("VM.get_name_label", &[&session, &vm]))
+        .await
+        .2;
+    assert_eq!(xml_value(&name), "vm", "{name}");
 }

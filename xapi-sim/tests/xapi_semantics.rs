@@ -658,6 +658,12 @@ fn allowed_devices_are_those_no_vif_or_vbd_holds_and_a_vif_device_is_a_number() 
         w.err("VIF.create", &[vif("eth1")]),
         ["INVALID_DEVICE", "eth1"]
     );
+    assert_eq!(w.err("VIF.create", &[vif("")]), ["INVALID_DEVICE", ""]);
+    // Devices are numbers: "00" is device 0, which vm-01 has.
+    assert_eq!(
+        w.err("VIF.create", &[vif("00")]),
+        ["DEVICE_ALREADY_EXISTS", "00"]
+    );
     assert_eq!(
         w.err("VIF.create", &[vif("0")]),
         ["DEVICE_ALREADY_EXISTS", "0"]

@@ -11,18 +11,18 @@ impl Ctx<'_> {
         if !self.m.networks.contains_key(&spec.network) {
             return Err(XapiError::handle_invalid("network", spec.network.as_str()));
         }
-        // As XAPI: a VIF's device is an unsigned number.
-        if spec.device.is_empty() || !spec.device.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(XapiError::new(
-                codes::INVALID_DEVICE,
-                [spec.device.as_str()],
-            ));
-        }
+        // As XAPI: a VIF's device is an unsigned number, unique by value.
+        let number = spec
+            .device
+            .parse::<u32>()
+            .ok()
+            .filter(|_| spec.device.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| XapiError::new(codes::INVALID_DEVICE, [spec.device.as_str()]))?;
         let taken = vm
             .vifs
             .iter()
             .filter_map(|v| self.m.vifs.get(v))
-            .any(|v| v.device == spec.device);
+            .any(|v| v.device.parse::<u32>().ok() == Some(number));
         if taken {
             return Err(XapiError::new(
                 codes::DEVICE_ALREADY_EXISTS,
@@ -102,7 +102,10 @@ impl Ctx<'_> {
             return Err(XapiError::handle_invalid("VDI", spec.vdi.as_str()));
         }
         let userdevice = if spec.userdevice == "autodetect" {
-            self.free_userdevice(&vm)
+            self.allowed_vbd_devices(&vm)
+                .into_iter()
+                .next()
+                .ok_or_else(|| XapiError::new(codes::INVALID_DEVICE, ["autodetect"]))?
         } else {
             spec.userdevice.clone()
         };
@@ -146,13 +149,6 @@ impl Ctx<'_> {
             self.vm_label(&spec.vm)
         ));
         Ok(vbd_ref)
-    }
-
-    fn free_userdevice(&self, vm: &VmRecord) -> String {
-        self.allowed_vbd_devices(vm)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| "255".into())
     }
 
     /// `VM.get_allowed_VIF_devices`: as XAPI, devices "0" to "15" that none
@@ -464,15 +460,14 @@ impl Ctx<'_> {
     }
 }
 
-/// The disk number a VBD's userdevice or device names: `"3"`, or a device
-/// name such as `xvdd`, `hdd` or `sdd` (3).
+/// The disk number a VBD's userdevice or device names: `"3"`, or a Xen PV
+/// device name `xvda` to `xvdz` (`xvdd` is 3). (XAPI also weighs buses and
+/// partitions, and for HVM guests `hdX`; the model does not.)
 fn disk_number(device: &str) -> Option<u32> {
     if let Ok(n) = device.parse::<u32>() {
         return Some(n);
     }
-    let letters = ["xvd", "hd", "sd"]
-        .iter()
-        .find_map(|prefix| device.strip_prefix(prefix))?;
+    let letters = device.strip_prefix("xvd")?;
     let mut letter = letters.bytes();
     match (letter.next(), letter.next()) {
         (Some(c @ b'a'..=b'z'), None) => Some(u32::from(c - b'a')),
