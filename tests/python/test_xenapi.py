@@ -21,6 +21,13 @@ CLASSES = ["pool", "host", "host_metrics", "SR", "PBD", "network", "PIF", "VM",
            "VM_guest_metrics", "VIF", "VBD", "VDI", "task"]
 
 
+def stop(server):
+    """Stops a served simulator and closes its output."""
+    server.terminate()
+    server.wait(timeout=10)
+    server.stdout.close()
+
+
 class SimulatedPool(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -37,9 +44,7 @@ class SimulatedPool(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait(timeout=10)
-        cls.server.stdout.close()
+        stop(cls.server)
 
     def setUp(self):
         self.session = XenAPI.Session(self.url)
@@ -254,9 +259,7 @@ class SimulatedPoolOverHttps(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait(timeout=10)
-        cls.server.stdout.close()
+        stop(cls.server)
         shutil.rmtree(cls.certs, ignore_errors=True)
 
     def login(self, session):
