@@ -230,6 +230,7 @@ class SimulatedPool(unittest.TestCase):
     def test_list_methods(self):
         methods = self.session.system.listMethods()
         self.assertIn("VM.get_all_records", methods)
+        self.assertIn("Async.VM.clone", methods)
 
     def test_allowed_devices(self):
         vm = self.x.VM.get_by_name_label("vm-10")[0]

@@ -329,8 +329,10 @@ impl Faults {
         ))
     }
 
-    /// True when the reply to `method`, done now, is lost.
+    /// True when the reply to `method`, done now, is lost. A fault on
+    /// `VM.clone` also loses the reply to `Async.VM.clone` (its task).
     pub fn reply_lost(&mut self, pool: usize, now: SimTime, method: &str) -> bool {
+        let method = method.strip_prefix("Async.").unwrap_or(method);
         self.fire(pool, now, FaultKind::ReplyLost, |s| s.covers_method(method))
             .is_some()
     }

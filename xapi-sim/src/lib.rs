@@ -580,6 +580,16 @@ impl Sim {
         );
         while let Some((at, pool, event)) = self.schedule.pop_due(now) {
             self.now = at;
+            if let Scheduled::TaskDone {
+                task,
+                on,
+                method,
+                params,
+            } = event
+            {
+                self.task_done(pool, at, &task, &on, &method, &params);
+                continue;
+            }
             let mut ctx = self.ctx(pool, at);
             ctx.apply_scheduled(event);
             self.mark_stale(pool);
@@ -669,6 +679,89 @@ impl Sim {
         params: &[Value],
     ) -> Result<Value, XapiError> {
         self.advance_to(now);
+        if let Some(inner) = method.strip_prefix("Async.") {
+            return self.task_start(pool, now, method, inner, params);
+        }
+        self.perform_call(pool, now, method, |ctx| {
+            dispatch::dispatch(ctx, method, params)
+        })
+    }
+
+    /// `Async.X.y`, as XAPI has it: checks the call, answers a pending task
+    /// at once, and schedules the call's work to land after its duration,
+    /// completing the task (see [`Scheduled::TaskDone`]).
+    fn task_start(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        method: &str,
+        inner: &str,
+        params: &[Value],
+    ) -> Result<Value, XapiError> {
+        dispatch::precheck(&self.ctx(pool, now), inner, params)?;
+        let task = self.task_create(pool, now, method);
+        let duration = self.call_delay(pool, now, inner);
+        let on = self.pools[pool.0].pool.master.clone();
+        let done = Scheduled::TaskDone {
+            task: task.clone(),
+            on,
+            method: inner.to_string(),
+            params: params[1..].to_vec(),
+        };
+        self.schedule.at(now.after(duration), pool, done);
+        Ok(Value::from(task.as_str()))
+    }
+
+    /// A task's work is due: it lands (faults apply to it as to the call
+    /// made synchronously) and completes the task; a task cancelled
+    /// meanwhile ends cancelled without doing it, and one whose host went
+    /// down fails without doing it.
+    fn task_done(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        task: &xapi_proto::OpaqueRef,
+        on: &xapi_proto::OpaqueRef,
+        method: &str,
+        args: &[Value],
+    ) {
+        let Some(status) = self.pools[pool.0].tasks.get(task).map(|t| t.status) else {
+            // Destroyed by its client meanwhile: the work still lands.
+            let _ = self.perform_call(pool, now, method, |ctx| {
+                dispatch::perform(ctx, method, args)
+            });
+            return;
+        };
+        let host_up = {
+            let m = &self.pools[pool.0];
+            m.hosts
+                .get(on)
+                .and_then(|h| m.host_metrics.get(&h.metrics))
+                .is_some_and(|metrics| metrics.live)
+        };
+        let result = match status {
+            xapi_proto::records::TaskStatus::Cancelling => {
+                Err(XapiError::new(codes::TASK_CANCELLED, [task.as_str()]))
+            }
+            _ if !host_up => Err(XapiError::internal(format!(
+                "{method}: the host running this task went down"
+            ))),
+            _ => self.perform_call(pool, now, method, |ctx| {
+                dispatch::perform(ctx, method, args)
+            }),
+        };
+        self.task_finish(pool, now, task, &result);
+    }
+
+    /// One call's effect on `pool` at `now`, through `perform`, with the
+    /// `xapi_error` faults that strike `method`.
+    fn perform_call(
+        &mut self,
+        pool: PoolId,
+        now: SimTime,
+        method: &str,
+        perform: impl FnOnce(&mut ops::Ctx<'_>) -> Result<Value, XapiError>,
+    ) -> Result<Value, XapiError> {
         self.sync_events(pool, now);
         let fault = self.faults.call_error(pool.0, now, method);
         if let Some((error, false)) = &fault {
@@ -677,7 +770,7 @@ impl Sim {
             return Err(error.clone());
         }
         let mut ctx = self.ctx(pool, now);
-        let mut result = dispatch::dispatch(&mut ctx, method, params);
+        let mut result = perform(&mut ctx);
         if let Some((error, true)) = fault
             && result.is_ok()
         {
@@ -725,20 +818,8 @@ impl Sim {
         }
     }
 
-    /// Checks that a call exists, has the right parameter count and a live
-    /// session, without performing it (for `Async.*`, which answers with a task).
-    pub fn precheck(
-        &mut self,
-        pool: PoolId,
-        method: &str,
-        params: &[Value],
-    ) -> Result<(), XapiError> {
-        let now = self.now;
-        dispatch::precheck(&self.ctx(pool, now), method, params).map(|_| ())
-    }
-
     /// Creates a pending task for an `Async.*` call.
-    pub fn task_create(&mut self, pool: PoolId, now: SimTime, name: &str) -> xapi_proto::OpaqueRef {
+    fn task_create(&mut self, pool: PoolId, now: SimTime, name: &str) -> xapi_proto::OpaqueRef {
         self.advance_to(now);
         let mut ctx = self.ctx(pool, now);
         let (task, uuid) = model::build::new_ids(ctx.rng);
@@ -758,7 +839,7 @@ impl Sim {
     }
 
     /// Completes a task with the call's result (XML-RPC text of the value, or the error).
-    pub fn task_finish(
+    fn task_finish(
         &mut self,
         pool: PoolId,
         now: SimTime,

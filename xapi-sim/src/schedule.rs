@@ -39,6 +39,15 @@ pub(crate) enum Scheduled {
     MasterMove { host: OpaqueRef },
     /// HA's election after the master host `failed`: a live member takes over.
     HaTakeover { failed: OpaqueRef },
+    /// An `Async.*` call's work is done: `method` (without the prefix) lands
+    /// with `params` and completes `task`, unless the task was cancelled or
+    /// the host it runs on (`on`) went down meanwhile.
+    TaskDone {
+        task: OpaqueRef,
+        on: OpaqueRef,
+        method: String,
+        params: Vec<serde_json::Value>,
+    },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.

@@ -168,10 +168,9 @@ impl PoolServer {
                     .collect(),
             )),
             "event.from" => self.event_from(params).await,
-            _ => match method.strip_prefix("Async.") {
-                Some(inner) => self.start_task(method, inner, params),
-                None => self.call_over_the_network(method, params).await,
-            },
+            // `Async.*` too: the model answers a task, and its work lands
+            // when due, whoever calls next (an `event.from` that waits polls).
+            _ => self.call_over_the_network(method, params).await,
         }
     }
 
@@ -250,28 +249,6 @@ impl PoolServer {
             hook(&mut sim, self.pool, now);
         }
         reply
-    }
-
-    /// `Async.X.y`: answers a task at once; the call runs and completes the task.
-    fn start_task(&self, method: &str, inner: &str, params: &[Value]) -> Result<Value, XapiError> {
-        let task = {
-            let mut sim = self.lock();
-            let now = self.clock.now().max(sim.now());
-            self.check_master(&mut sim, now)?;
-            sim.precheck(self.pool, inner, params)?;
-            sim.task_create(self.pool, now, method)
-        };
-        // An accepted task runs to its end where it was accepted, whatever
-        // happens to the master role meanwhile.
-        let server = self.clone().answering_as(Endpoint::Master);
-        let (inner, params, reply) = (inner.to_string(), params.to_vec(), task.clone());
-        tokio::spawn(async move {
-            let result = server.call_sync(&inner, &params).await;
-            let mut sim = server.lock();
-            let now = server.clock.now().max(sim.now());
-            sim.task_finish(server.pool, now, &task, &result);
-        });
-        Ok(Value::from(reply.0))
     }
 
     /// `event.from(classes, token, timeout)`: waits up to `timeout` real

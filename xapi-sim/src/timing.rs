@@ -2,9 +2,12 @@
 
 use crate::spec::{SecondsRange, TimingSpec};
 
-/// The duration range for `method` (`Class.name`, `Async.` prefix ignored).
+/// The duration range for `method` (`Class.name`). An `Async.` call only
+/// creates its task, a write; its work takes the call's own time after.
 pub(crate) fn range_for(t: &TimingSpec, method: &str) -> SecondsRange {
-    let method = method.strip_prefix("Async.").unwrap_or(method);
+    if method.starts_with("Async.") {
+        return t.write_s;
+    }
     let (class, name) = method.split_once('.').unwrap_or(("", method));
     match (class, name) {
         ("session", "login_with_password") => t.login_s,

@@ -94,6 +94,13 @@ impl World {
         self.ok("VM.get_by_name_label", &[json!(name)])[0].clone()
     }
 
+    fn vm_count(&mut self, name: &str) -> usize {
+        self.ok("VM.get_by_name_label", &[json!(name)])
+            .as_array()
+            .unwrap()
+            .len()
+    }
+
     fn wait(&mut self, seconds: u64) {
         self.now_ms += seconds * 1000;
         self.sim.advance_to(SimTime(self.now_ms));
@@ -575,33 +582,72 @@ fn event_from_follows_one_object_and_reports_only_what_changed() {
     assert!(wrote_ip, "{booted}");
 }
 
+/// What an `Async.VM.clone` of the halted `huge` named `name` made of its task and VM
+/// once its time has passed: the task record, and the VMs named `name`.
+fn async_clone(w: &mut World, name: &str, cancel: bool) -> (Value, Value) {
+    let vm = w.vm("huge");
+    let task = w.ok("Async.VM.clone", &[vm, json!(name)]);
+    // The same instant: the clone (1-3 s) cannot have finished.
+    w.now_ms -= 1000;
+    assert_eq!(w.ok("task.get_status", &[task.clone()]), "pending");
+    w.now_ms -= 1000;
+    assert_eq!(w.vm_count(name), 0, "the work lands when its time is up");
+    if cancel {
+        w.now_ms -= 1000;
+        w.ok("task.cancel", &[task.clone()]);
+        w.now_ms -= 1000;
+        assert_eq!(w.ok("task.get_status", &[task.clone()]), "cancelling");
+    }
+    w.wait(10);
+    let record = w.ok("task.get_record", &[task]);
+    let named = w.ok("VM.get_by_name_label", &[json!(name)]);
+    (record, named)
+}
+
+#[test]
+fn an_async_call_answers_a_pending_task_that_its_work_completes_later() {
+    let mut w = World::new();
+    let (record, named) = async_clone(&mut w, "copy", false);
+    assert_eq!(record["status"], "success", "{record}");
+    assert_eq!(record["progress"], 1.0);
+    // The result is the call's, as XML-RPC text.
+    let made = xapi_proto::wire::xmlrpc::parse_value(record["result"].as_str().unwrap()).unwrap();
+    assert_eq!(named, json!([made]));
+}
+
+#[test]
+fn an_async_call_that_fails_fails_its_task_with_the_calls_error() {
+    let mut w = World::new();
+    let task = w.ok(
+        "Async.VM.start",
+        &[json!("OpaqueRef:nope"), json!(false), json!(false)],
+    );
+    w.wait(10);
+    let record = w.ok("task.get_record", &[task]);
+    assert_eq!(record["status"], "failure");
+    assert_eq!(
+        record["error_info"],
+        json!(["HANDLE_INVALID", "VM", "OpaqueRef:nope"])
+    );
+    // What no call could do is refused before any task exists.
+    assert_eq!(
+        w.err("Async.VM.clone", &[json!("OpaqueRef:x")]),
+        ["MESSAGE_PARAMETER_COUNT_MISMATCH", "VM.clone", "3", "2"]
+    );
+}
+
 #[test]
 fn task_cancel_is_cooperative_and_leaves_finished_tasks_alone() {
     let mut w = World::new();
-    w.now_ms += 1000;
-    let task = w
-        .sim
-        .task_create(w.pool, SimTime(w.now_ms), "Async.VM.clone");
-    w.ok("task.cancel", &[json!(task.as_str())]);
-    assert_eq!(
-        w.ok("task.get_status", &[json!(task.as_str())]),
-        "cancelling"
-    );
-    w.now_ms += 1000;
-    w.sim
-        .task_finish(w.pool, SimTime(w.now_ms), &task, &Ok(json!("OpaqueRef:x")));
-    let record = w.ok("task.get_record", &[json!(task.as_str())]);
+    let (record, named) = async_clone(&mut w, "copy", true);
     assert_eq!(record["status"], "cancelled");
-    assert_eq!(
-        record["error_info"],
-        json!(["TASK_CANCELLED", task.as_str()])
-    );
+    let task = record["uuid"].clone();
+    assert_eq!(named, json!([]), "a cancelled clone makes nothing");
+    let task = w.ok("task.get_by_uuid", &[task]);
+    assert_eq!(record["error_info"], json!(["TASK_CANCELLED", task]));
     // Cancelling a finished task changes nothing; an unknown one is a bad handle.
-    w.ok("task.cancel", &[json!(task.as_str())]);
-    assert_eq!(
-        w.ok("task.get_status", &[json!(task.as_str())]),
-        "cancelled"
-    );
+    w.ok("task.cancel", &[task.clone()]);
+    assert_eq!(w.ok("task.get_status", &[task]), "cancelled");
     assert_eq!(
         w.err("task.cancel", &[json!("OpaqueRef:nope")]),
         ["HANDLE_INVALID", "task", "OpaqueRef:nope"]

@@ -292,6 +292,21 @@ pub fn parse_response(body: &str) -> Result<Result<Value, XapiError>, WireError>
     Ok(unwrap_status(v))
 }
 
+/// Parses one `<value>` element on its own, as a task's `result` carries
+/// its call's result; empty text (a call that returns nothing) is null.
+pub fn parse_value(text: &str) -> Result<Value, WireError> {
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    let mut p = Parser {
+        tokens: tokenize(text)?,
+        at: 0,
+    };
+    let v = p.value(0)?;
+    p.end()?;
+    Ok(v)
+}
+
 /// Unwraps XAPI's `{Status, Value}` envelope; a bare value passes through.
 fn unwrap_status(v: Value) -> Result<Value, XapiError> {
     match v.get("Status").and_then(Value::as_str) {
@@ -398,6 +413,18 @@ fn escape_into(out: &mut String, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_task_result_parses_back_to_the_value_it_was_rendered_from() {
+        for v in [
+            Value::from("OpaqueRef:5a1c"),
+            serde_json::json!({"a": ["x", true, "3"]}),
+        ] {
+            assert_eq!(parse_value(&render_value(&v)).unwrap(), v);
+        }
+        assert_eq!(parse_value("").unwrap(), Value::Null);
+        assert!(parse_value("<value>x</value><value>y</value>").is_err());
+    }
+
     use super::*;
     use serde_json::json;
 
