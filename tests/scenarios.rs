@@ -132,10 +132,16 @@ fn json_summary_has_stable_keys() {
 /// XAPI calls of the quickstart job with boots of `boot_s` seconds, with
 /// `event.from` answered or (`events = false`) refused as unknown.
 fn quickstart_calls(boot_s: u32, events: bool) -> u64 {
+    quickstart_calls_with(&format!("boot_s = [{boot_s}, {boot_s}]"), events)
+}
+
+/// XAPI calls of the quickstart job with `timing` (lines of its `[timing]`),
+/// with `event.from` answered or (`events = false`) refused as unknown.
+fn quickstart_calls_with(timing: &str, events: bool) -> u64 {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
     let mut text = std::fs::read_to_string(&path).unwrap().replacen(
         "[[pool]]",
-        &format!("[timing]\nboot_s = [{boot_s}, {boot_s}]\n\n[[pool]]"),
+        &format!("[timing]\n{timing}\n\n[[pool]]"),
         1,
     );
     if !events {
@@ -147,12 +153,40 @@ fn quickstart_calls(boot_s: u32, events: bool) -> u64 {
     let scenario =
         Scenario::parse("quickstart-variant.toml", &text).unwrap_or_else(|e| panic!("{e}"));
     let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
-    assert!(
-        summary.ok,
-        "boot {boot_s} s, events {events}:\n{}",
-        summary.text()
-    );
+    assert!(summary.ok, "{timing}, events {events}:\n{}", summary.text());
     summary.xapi_calls
+}
+
+/// Every call the engine makes as a task, taking `s` seconds.
+fn long_calls_taking(s: u32) -> String {
+    [
+        "clone_s",
+        "provision_s",
+        "start_s",
+        "snapshot_s",
+        "shutdown_s",
+    ]
+    .map(|name| format!("{name} = [{s}, {s}]"))
+    .join("\n")
+}
+
+#[test]
+fn long_calls_run_as_tasks_cost_no_more_calls_when_slow_and_are_read_where_events_fail() {
+    // With event.from, tasks ten times as long cost (almost) no more calls.
+    let fast = quickstart_calls_with(&long_calls_taking(3), true);
+    let slow = quickstart_calls_with(&long_calls_taking(30), true);
+    assert!(
+        slow <= fast + fast / 50,
+        "event.from: {fast} calls with 3 s tasks, {slow} with 30 s tasks"
+    );
+    // A pool that refuses event.from has its tasks read: still every VM
+    // done, and the longer the tasks, the more reads.
+    let fast_polled = quickstart_calls_with(&long_calls_taking(3), false);
+    let slow_polled = quickstart_calls_with(&long_calls_taking(30), false);
+    assert!(
+        slow_polled > fast_polled + 12 * 5 * 3,
+        "polling: {fast_polled} calls with 3 s tasks, {slow_polled} with 30 s tasks"
+    );
 }
 
 #[test]

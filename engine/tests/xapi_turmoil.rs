@@ -1,8 +1,9 @@
 //! The engine's XAPI client and the simulator's XAPI server (`xapi_sim::server`,
 //! XML-RPC at `/`) talking over turmoil's simulated network, as the engine
 //! talks to a pool master: a partition that heals is waited out and reported,
-//! one that lasts past the limit fails the call naming it, a reply lost in
-//! flight is an error that says the call may have taken effect (and it did),
+//! one that lasts past the limit fails the call naming it, a task cut off
+//! by a partition is followed again once it heals, a reply lost in flight is
+//! an error that says the call may have taken effect (and it did),
 //! and latency and loss change timings but not the outcome of a seed.
 //! Deterministic: turmoil runs every host on one thread, on simulated time,
 //! with a seeded RNG.
@@ -70,8 +71,9 @@ async fn serve(sim: Arc<Mutex<Sim>>) -> turmoil::Result {
     .await
 }
 
-fn pool_with_a_vm(seed: u64) -> Arc<Mutex<Sim>> {
-    let spec = toml::from_str(
+/// The pool `lab` with the VM `db`, and the `faults` given (TOML).
+fn pool_with_a_vm(seed: u64, faults: &str) -> Arc<Mutex<Sim>> {
+    let spec = toml::from_str(&format!(
         r#"
 [[pool]]
 name = "lab"
@@ -86,8 +88,8 @@ management = true
 [[pool.vms]]
 name = "db"
 disks_mib = [16]
-"#,
-    )
+{faults}"#
+    ))
     .unwrap();
     Arc::new(Mutex::new(Sim::new(&spec, seed).unwrap()))
 }
@@ -144,7 +146,18 @@ fn play(network: Network) {
 /// Logs in, then reads the VMs and snapshots `db` (the snapshot named `copy`), recording
 /// each step.
 fn run(seed: u64, fail_rate: f64, latency: Duration, network: Network) -> Seen {
-    let sim = pool_with_a_vm(seed);
+    run_with_faults(seed, fail_rate, latency, network, "")
+}
+
+/// [`run`] on a pool with `faults` (TOML `[[fault]]` entries).
+fn run_with_faults(
+    seed: u64,
+    fail_rate: f64,
+    latency: Duration,
+    network: Network,
+    faults: &str,
+) -> Seen {
+    let sim = pool_with_a_vm(seed, faults);
     let mut net = simulation(seed, fail_rate, latency, &sim);
     let seen: Shared = Arc::default();
     let out = Arc::clone(&seen);
@@ -252,14 +265,28 @@ fn a_partition_past_the_limit_fails_the_call_naming_it() {
 }
 
 #[test]
-fn a_reply_lost_in_flight_says_the_call_may_have_run_and_it_did() {
-    // VM.snapshot takes the simulator a few seconds; the link is cut while it
-    // works (after the request went out) and heals a minute and a half later.
+fn a_partition_while_a_task_works_is_waited_out_and_its_result_arrives() {
+    // VM.snapshot runs as a task for a few seconds; the link is cut while it
+    // works (its task already answered) and heals a minute and a half later.
     let network = vec![
         (Duration::from_millis(500), true),
         (Duration::from_secs(90), false),
     ];
     let seen = run(3, 0.0, Duration::from_millis(1), network);
+    assert_eq!(result_of(&seen, "find db").as_ref().unwrap(), "1 VM(s)");
+    assert!(
+        result_of(&seen, "snapshot db").is_ok(),
+        "the task is followed again once the link heals: {seen:?}"
+    );
+    assert_eq!(result_of(&seen, "find copy").as_ref().unwrap(), "1 VM(s)");
+}
+
+#[test]
+fn a_reply_lost_in_flight_says_the_call_may_have_run_and_it_did() {
+    // The reply to Async.VM.snapshot (its task) never comes back.
+    let lost =
+        "[[fault]]\nkind = \"reply_lost\"\npool = \"lab\"\nmethod = \"VM.snapshot\"\ncount = 1\n";
+    let seen = run_with_faults(3, 0.0, Duration::from_millis(1), Vec::new(), lost);
     assert_eq!(result_of(&seen, "find db").as_ref().unwrap(), "1 VM(s)");
     match result_of(&seen, "snapshot db") {
         Err(CallError::Transport(why)) => assert!(why.contains("VM.snapshot"), "{why}"),

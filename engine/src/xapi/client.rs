@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use xapi_proto::records::*;
 use xapi_proto::{OpaqueRef, Value, codes};
@@ -50,6 +50,8 @@ pub struct XapiClient {
     /// The addresses of the pool's hosts, from the last host records read:
     /// where to look for the master when it cannot be reached.
     members: Mutex<Vec<String>>,
+    /// Set once the pool refused `event.from`: tasks are polled from then on.
+    events_refused: AtomicBool,
 }
 
 /// A change in whether the pool can be reached.
@@ -77,6 +79,15 @@ const LOST_REPLY_RETRIES: u32 = 2;
 /// HOST_IS_SLAVE redirections followed for one call (a master that moves
 /// again while the client follows it).
 const MAX_REDIRECTS: usize = 3;
+/// Longest a task is followed: then it is cancelled, and the call counts as
+/// unanswered (its work may still land).
+const TASK_LIMIT: Duration = Duration::from_secs(3600);
+/// Longest one `event.from` waits for a task to change.
+const TASK_EVENT_WAIT_S: f64 = 60.0;
+/// Pauses between reads of a task where the pool has no events: the first,
+/// doubling up to the last.
+const TASK_FIRST_POLL: Duration = Duration::from_millis(500);
+const TASK_MAX_POLL: Duration = Duration::from_secs(5);
 
 impl XapiClient {
     /// Logs in to the pool behind `transport`, waiting out a pool that cannot
@@ -108,6 +119,7 @@ impl XapiClient {
             unreachable_since: Mutex::new(None),
             on_reachability: None,
             members: Mutex::new(hosts),
+            events_refused: AtomicBool::new(false),
         };
         let session = patiently(
             unreachable_limit,
@@ -392,6 +404,139 @@ impl XapiClient {
         self.call(method, args).await.map(|_| ())
     }
 
+    /// Performs `method` as XAPI's `Async.<method>`: answered with a task at
+    /// once, which is followed to its end (with `event.from`, or read now
+    /// and then where the pool has no events), so that waiting for a long
+    /// call costs the same few calls however long it takes and no HTTP
+    /// request stays open for it. The finished task is destroyed. The result
+    /// or error is the call's, as the task carries it.
+    async fn call_as_task(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
+        let async_method = format!("Async.{method}");
+        let task: OpaqueRef = self.typed(&async_method, args).await?;
+        // The pool took the work on: whatever stops us following it (an
+        // outage past the limit, a cancel), it may land all the same.
+        let record = self.await_task(method, &task).await.map_err(|e| match e {
+            CallError::Transport(_) | CallError::Decode { .. } => e,
+            other => CallError::Transport(format!(
+                "{method}: its task {task} was accepted, then following it failed: {other}"
+            )),
+        })?;
+        if let Err(e) = self.void("task.destroy", vec![refv(&task)]).await {
+            tracing::debug!(%task, error = %e, "could not destroy a finished task");
+        }
+        task_outcome(method, &task, record)
+    }
+
+    async fn typed_task<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<T, CallError> {
+        decode(method, self.call_as_task(method, args).await?)
+    }
+
+    async fn void_task(&self, method: &str, args: Vec<Value>) -> Result<(), CallError> {
+        self.call_as_task(method, args).await.map(|_| ())
+    }
+
+    /// The record of `task` (for `method`) once it is no longer pending; a
+    /// task still pending at [`TASK_LIMIT`] is cancelled and counts as
+    /// unanswered.
+    async fn await_task(&self, method: &str, task: &OpaqueRef) -> Result<TaskRecord, CallError> {
+        let deadline = tokio::time::Instant::now() + TASK_LIMIT;
+        if !self.events_refused.load(Ordering::Relaxed)
+            && let Some(watched) = self.watch_task(method, task, deadline).await
+        {
+            return watched;
+        }
+        self.poll_task(method, task, deadline).await
+    }
+
+    /// Follows `task` with `event.from` until it ends. `None` when the pool
+    /// refuses events (then the caller reads the task instead).
+    async fn watch_task(
+        &self,
+        method: &str,
+        task: &OpaqueRef,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<TaskRecord, CallError>> {
+        let classes = vec![format!("task/{task}")];
+        let mut token = String::new();
+        loop {
+            // The first call (empty token) returns the task as it is now, at once.
+            let wait = match token.is_empty() {
+                true => 0.0,
+                false => deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs_f64()
+                    .min(TASK_EVENT_WAIT_S),
+            };
+            let batch = match self.event_from(&classes, &token, wait).await {
+                Ok(batch) => batch,
+                Err(e) if token.is_empty() && e.code() == Some(codes::MESSAGE_METHOD_UNKNOWN) => {
+                    tracing::debug!("event.from unavailable; reading tasks instead");
+                    self.events_refused.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Err(e) => return Some(Err(e)),
+            };
+            token = batch.token;
+            for event in batch.events.iter().filter(|e| e.reference == *task) {
+                if event.operation == "del" {
+                    return Some(Err(task_vanished(method, task)));
+                }
+                let record: TaskRecord = match decode("event.from", event.snapshot.clone()) {
+                    Ok(record) => record,
+                    Err(e) => return Some(Err(e)),
+                };
+                if task_ended(&record) {
+                    return Some(Ok(record));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Some(Err(self.give_up_on_task(method, task).await));
+            }
+        }
+    }
+
+    /// Reads `task` now and then (the pause doubling, bounded) until it ends.
+    async fn poll_task(
+        &self,
+        method: &str,
+        task: &OpaqueRef,
+        deadline: tokio::time::Instant,
+    ) -> Result<TaskRecord, CallError> {
+        let mut pause = TASK_FIRST_POLL;
+        loop {
+            let record: TaskRecord = match self.typed("task.get_record", vec![refv(task)]).await {
+                Err(e) if e.code() == Some(codes::HANDLE_INVALID) => {
+                    return Err(task_vanished(method, task));
+                }
+                other => other?,
+            };
+            if task_ended(&record) {
+                return Ok(record);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.give_up_on_task(method, task).await);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(TASK_MAX_POLL);
+        }
+    }
+
+    /// Cancels a task that ran past [`TASK_LIMIT`] (best effort: XAPI's
+    /// cancel is cooperative) and says the call went unanswered.
+    async fn give_up_on_task(&self, method: &str, task: &OpaqueRef) -> CallError {
+        if let Err(e) = self.void("task.cancel", vec![refv(task)]).await {
+            tracing::warn!(%task, error = %e, "could not cancel a task that ran too long");
+        }
+        CallError::Transport(format!(
+            "{method}: its task {task} did not finish within {} s (cancelled)",
+            TASK_LIMIT.as_secs()
+        ))
+    }
+
     /// Logs out (best effort).
     pub async fn logout(&self) -> Result<(), CallError> {
         self.void("session.logout", vec![]).await
@@ -513,20 +658,20 @@ impl XapiClient {
         .await
     }
 
-    /// `VM.clone(vm, new_name)`.
+    /// `VM.clone(vm, new_name)`, as a task (`Async.`).
     pub async fn vm_clone(&self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, CallError> {
-        self.typed("VM.clone", vec![refv(vm), Value::from(name)])
+        self.typed_task("VM.clone", vec![refv(vm), Value::from(name)])
             .await
     }
 
-    /// `VM.provision(vm)`.
+    /// `VM.provision(vm)`, as a task (`Async.`).
     pub async fn vm_provision(&self, vm: &OpaqueRef) -> Result<(), CallError> {
-        self.void("VM.provision", vec![refv(vm)]).await
+        self.void_task("VM.provision", vec![refv(vm)]).await
     }
 
-    /// `VM.snapshot(vm, new_name)`.
+    /// `VM.snapshot(vm, new_name)`, as a task (`Async.`).
     pub async fn vm_snapshot(&self, vm: &OpaqueRef, name: &str) -> Result<OpaqueRef, CallError> {
-        self.typed("VM.snapshot", vec![refv(vm), Value::from(name)])
+        self.typed_task("VM.snapshot", vec![refv(vm), Value::from(name)])
             .await
     }
 
@@ -603,32 +748,32 @@ impl XapiClient {
         .await
     }
 
-    /// `VM.start(vm, paused=false, force=false)`.
+    /// `VM.start(vm, paused=false, force=false)`, as a task (`Async.`).
     pub async fn vm_start(&self, vm: &OpaqueRef) -> Result<(), CallError> {
-        self.void(
+        self.void_task(
             "VM.start",
             vec![refv(vm), Value::from(false), Value::from(false)],
         )
         .await
     }
 
-    /// `VM.start_on(vm, host, paused=false, force=false)`.
+    /// `VM.start_on(vm, host, paused=false, force=false)`, as a task (`Async.`).
     pub async fn vm_start_on(&self, vm: &OpaqueRef, host: &OpaqueRef) -> Result<(), CallError> {
-        self.void(
+        self.void_task(
             "VM.start_on",
             vec![refv(vm), refv(host), Value::from(false), Value::from(false)],
         )
         .await
     }
 
-    /// `VM.clean_shutdown`.
+    /// `VM.clean_shutdown`, as a task (`Async.`).
     pub async fn vm_clean_shutdown(&self, vm: &OpaqueRef) -> Result<(), CallError> {
-        self.void("VM.clean_shutdown", vec![refv(vm)]).await
+        self.void_task("VM.clean_shutdown", vec![refv(vm)]).await
     }
 
-    /// `VM.hard_shutdown`.
+    /// `VM.hard_shutdown`, as a task (`Async.`).
     pub async fn vm_hard_shutdown(&self, vm: &OpaqueRef) -> Result<(), CallError> {
-        self.void("VM.hard_shutdown", vec![refv(vm)]).await
+        self.void_task("VM.hard_shutdown", vec![refv(vm)]).await
     }
 
     /// `VM.create(record)`: a new halted VM without devices.
@@ -811,6 +956,42 @@ impl XapiClient {
         )
         .await
     }
+}
+
+/// True once a task is no longer pending (`cancelling` is still under way).
+fn task_ended(record: &TaskRecord) -> bool {
+    !matches!(record.status, TaskStatus::Pending | TaskStatus::Cancelling)
+}
+
+/// What a task that ended says of its call: the result (XML-RPC text of the
+/// value), or the error it failed with.
+fn task_outcome(method: &str, task: &OpaqueRef, record: TaskRecord) -> Result<Value, CallError> {
+    match record.status {
+        TaskStatus::Success => {
+            xapi_proto::wire::xmlrpc::parse_value(&record.result).map_err(|e| CallError::Decode {
+                method: method.to_string(),
+                detail: format!("task {task} result: {e}"),
+            })
+        }
+        TaskStatus::Cancelled if record.error_info.is_empty() => Err(CallError::Xapi(
+            xapi_proto::XapiError::new(codes::TASK_CANCELLED, [task.as_str()]),
+        )),
+        _ if record.error_info.is_empty() => Err(CallError::Decode {
+            method: method.to_string(),
+            detail: format!("task {task} failed without saying why"),
+        }),
+        _ => Err(CallError::Xapi(xapi_proto::XapiError::from_description(
+            &record.error_info,
+        ))),
+    }
+}
+
+/// A task destroyed before it ended (by someone else, or lost with its
+/// master): its call's work may or may not have landed.
+fn task_vanished(method: &str, task: &OpaqueRef) -> CallError {
+    CallError::Transport(format!(
+        "{method}: its task {task} vanished before it finished"
+    ))
 }
 
 /// One event from `event.from`.
