@@ -821,24 +821,33 @@ pub(crate) async fn destroy_delegate_vm(
 
 /// Unplugs and removes the VBDs of work disks (devices 1..n) of a running
 /// delegate; the disks themselves belong to snapshots and are not touched.
+/// A VBD already gone is done (it goes with its VDI when a snapshot's
+/// removal destroyed the disk it attached).
 async fn detach_work_disks(pool: &PoolRuntime, vm: &VmRecord) -> Result<(), EngineError> {
     let x = &pool.xapi;
+    let gone = |e: &crate::xapi::CallError| e.code() == Some(xapi_proto::codes::HANDLE_INVALID);
     for vbd in &vm.vbds {
-        let record = x
-            .vbd_get_record(vbd)
-            .await
-            .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "reading", e))?;
+        let record = match x.vbd_get_record(vbd).await {
+            Err(e) if gone(&e) => continue,
+            read => read.map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "reading", e))?,
+        };
         if record.userdevice == "0" {
             continue;
         }
         if record.currently_attached {
-            x.vbd_unplug(vbd)
-                .await
-                .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "unplug", e))?;
+            match x.vbd_unplug(vbd).await {
+                Err(e) if gone(&e) => continue,
+                unplugged => {
+                    unplugged.map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "unplug", e))?
+                }
+            }
         }
-        x.vbd_destroy(vbd)
-            .await
-            .map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "destroy", e))?;
+        match x.vbd_destroy(vbd).await {
+            Err(e) if gone(&e) => {}
+            destroyed => {
+                destroyed.map_err(|e| EngineError::xapi(format!("VBD {vbd}"), "destroy", e))?
+            }
+        }
     }
     Ok(())
 }

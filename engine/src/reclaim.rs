@@ -17,6 +17,7 @@ use crate::joblog::format_duration;
 use crate::journal::InterruptedRun;
 use crate::pool::{PoolRuntime, VmLog};
 use crate::tags;
+use crate::xapi::CallError;
 use std::sync::Arc;
 use std::time::Duration;
 use xapi_proto::OpaqueRef;
@@ -78,6 +79,33 @@ pub(crate) enum Leftover {
 }
 
 impl Leftover {
+    /// The pool object this leftover is (looked for by name when none).
+    fn object(&self) -> Option<&OpaqueRef> {
+        match self {
+            Leftover::Delegate { vm, .. } | Leftover::Snapshot { vm, .. } => Some(vm),
+            Leftover::Disk { vdi, .. }
+            | Leftover::CbtBase { vdi, .. }
+            | Leftover::UnfinishedBase { vdi, .. }
+            | Leftover::RestoredDisk { vdi } => Some(vdi),
+            Leftover::UnansweredClone { .. }
+            | Leftover::UnansweredDisk { .. }
+            | Leftover::UnansweredSnapshot { .. } => None,
+        }
+    }
+
+    /// True when `cause` says this leftover is gone (someone else removed
+    /// it): HANDLE_INVALID naming it. One naming another object (a VBD gone
+    /// with its disk) says nothing of it.
+    fn is_gone_by(&self, cause: &CallError) -> bool {
+        let CallError::Xapi(e) = cause else {
+            return false;
+        };
+        e.is(codes::HANDLE_INVALID)
+            && self
+                .object()
+                .is_none_or(|object| e.params.iter().any(|p| p == object.as_str()))
+    }
+
     /// What removing it is called in the log.
     fn verb(&self) -> &'static str {
         match self {
@@ -496,8 +524,10 @@ async fn pass(
     for mut leftover in leftovers {
         let (what, verb) = (leftover.describe(), leftover.verb());
         let result = leftover.remove(pool).await;
-        let gone = matches!(&result, Err(EngineError::Xapi { cause, .. })
-            if cause.code() == Some(xapi_proto::codes::HANDLE_INVALID));
+        let gone = match &result {
+            Err(EngineError::Xapi { cause, .. }) => leftover.is_gone_by(cause),
+            _ => false,
+        };
         match (result, retry) {
             (Ok(()), None) => log.warn(format!("Pool {}: {verb} {what}", pool.name())),
             (Ok(()), Some((attempt, _))) => log.warn(format!(
