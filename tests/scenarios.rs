@@ -205,3 +205,31 @@ fn waiting_for_an_address_costs_no_more_calls_for_a_slow_boot_and_polls_where_ev
         "polling: {fast_polled} calls with 10 s boots, {slow_polled} with 90 s boots"
     );
 }
+
+#[test]
+fn cancelling_a_job_cancels_the_tasks_it_waits_for() {
+    // Clones take ten minutes; the job is cancelled at 5 minutes, while its
+    // first two delegates are being cloned.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[[pool]]", "[timing]\nclone_s = [600, 600]\n\n[[pool]]", 1);
+    let expect = text.find("[expect]").unwrap();
+    let text = format!(
+        "{}[[action]]\nat_s = 300\npool = \"lab\"\nkind = \"cancel_job\"\njob = \"nightly\"\n\n\
+         [expect]\njobs = {{ nightly = \"cancelled\" }}\ndelegates_left = 0\naddresses_left = 0\n",
+        &text[..expect]
+    );
+    let scenario =
+        Scenario::parse("cancel-mid-clone.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let (run, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+    let finished_s = summary.jobs[0].finished_ms / 1000;
+    assert!(
+        (300..330).contains(&finished_s),
+        "the job ends soon after its cancel, not when the clones would have: {finished_s} s"
+    );
+    let said = |text: &str| run.events.iter().filter(|e| e.text.contains(text)).count();
+    assert_eq!(said("cancelling"), 2, "both clone tasks were cancelled");
+    assert_eq!(said(" cancelled"), 2);
+    assert_eq!(said("\"ABD "), 0, "and neither clone was made");
+}

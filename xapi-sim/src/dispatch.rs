@@ -9,6 +9,10 @@ use xapi_proto::records::StringMap;
 use xapi_proto::{OpaqueRef, Value, XapiError, codes};
 
 /// Classes whose records can be read with the generic getters.
+/// How long a cancelled task takes to stop (at its next cancellation point,
+/// its work undone).
+const TASK_CANCEL_TAKES: std::time::Duration = std::time::Duration::from_secs(1);
+
 const CLASSES: &[&str] = &[
     "pool",
     "host",
@@ -296,6 +300,10 @@ fn write(ctx: &mut Ctx<'_>, method: &str, a: &[Value]) -> Result<Option<Value>, 
                 if record.status == xapi_proto::records::TaskStatus::Pending {
                     record.status = xapi_proto::records::TaskStatus::Cancelling;
                     ctx.log(format!("task {task} cancelling"));
+                    let at = ctx.now.after(TASK_CANCEL_TAKES);
+                    let pool = ctx.pool;
+                    ctx.schedule
+                        .at(at, pool, crate::schedule::Scheduled::TaskCancelled { task });
                 }
                 Value::Null
             }

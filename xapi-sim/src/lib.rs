@@ -590,6 +590,13 @@ impl Sim {
                 self.task_done(pool, at, &task, &on, &method, &params);
                 continue;
             }
+            if let Scheduled::TaskCancelled { task } = event {
+                self.schedule
+                    .drop_where(|e| matches!(e, Scheduled::TaskDone { task: t, .. } if *t == task));
+                let cancelled = Err(XapiError::new(codes::TASK_CANCELLED, [task.as_str()]));
+                self.task_finish(pool, at, &task, &cancelled);
+                continue;
+            }
             let mut ctx = self.ctx(pool, at);
             ctx.apply_scheduled(event);
             self.mark_stale(pool);
@@ -852,6 +859,10 @@ impl Sim {
         let Some(record) = ctx.m.tasks.get_mut(task) else {
             return; // destroyed by the client meanwhile
         };
+        use xapi_proto::records::TaskStatus;
+        if !matches!(record.status, TaskStatus::Pending | TaskStatus::Cancelling) {
+            return; // it ended already (cancelled before its work was due)
+        }
         record.progress = 1.0;
         record.finished = finished;
         match result {

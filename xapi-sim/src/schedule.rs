@@ -48,6 +48,9 @@ pub(crate) enum Scheduled {
         method: String,
         params: Vec<serde_json::Value>,
     },
+    /// A cancelled task has stopped: it ends `cancelled`, and its work
+    /// (its `TaskDone`) never comes.
+    TaskCancelled { task: OpaqueRef },
 }
 
 /// Due events ordered by (time, insertion order): ties resolve the same way every run.
@@ -66,6 +69,11 @@ impl Schedule {
     /// When the next event is due.
     pub(crate) fn next_at(&self) -> Option<SimTime> {
         self.due.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    /// Drops the events `unwanted` picks (work that will not happen).
+    pub(crate) fn drop_where(&mut self, unwanted: impl Fn(&Scheduled) -> bool) {
+        self.due.retain(|_, (_, event)| !unwanted(event));
     }
 
     pub(crate) fn pop_due(&mut self, now: SimTime) -> Option<(SimTime, PoolId, Scheduled)> {

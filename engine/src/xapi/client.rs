@@ -462,6 +462,7 @@ impl XapiClient {
     ) -> Option<Result<TaskRecord, CallError>> {
         let classes = vec![format!("task/{task}")];
         let mut token = String::new();
+        let mut cancel = work_cancel(method);
         loop {
             // The first call (empty token) returns the task as it is now, at once.
             let wait = match token.is_empty() {
@@ -471,7 +472,14 @@ impl XapiClient {
                     .as_secs_f64()
                     .min(TASK_EVENT_WAIT_S),
             };
-            let batch = match self.event_from(&classes, &token, wait).await {
+            let Some(answer) =
+                until_cancelled(&cancel, self.event_from(&classes, &token, wait)).await
+            else {
+                self.cancel_task(method, task).await;
+                cancel = None;
+                continue;
+            };
+            let batch = match answer {
                 Ok(batch) => batch,
                 Err(e) if token.is_empty() && e.code() == Some(codes::MESSAGE_METHOD_UNKNOWN) => {
                     tracing::debug!("event.from unavailable; reading tasks instead");
@@ -507,6 +515,7 @@ impl XapiClient {
         deadline: tokio::time::Instant,
     ) -> Result<TaskRecord, CallError> {
         let mut pause = TASK_FIRST_POLL;
+        let mut cancel = work_cancel(method);
         loop {
             let record: TaskRecord = match self.typed("task.get_record", vec![refv(task)]).await {
                 Err(e) if e.code() == Some(codes::HANDLE_INVALID) => {
@@ -520,8 +529,24 @@ impl XapiClient {
             if tokio::time::Instant::now() >= deadline {
                 return Err(self.give_up_on_task(method, task).await);
             }
-            tokio::time::sleep(pause).await;
+            if until_cancelled(&cancel, tokio::time::sleep(pause))
+                .await
+                .is_none()
+            {
+                self.cancel_task(method, task).await;
+                cancel = None;
+            }
             pause = (pause * 2).min(TASK_MAX_POLL);
+        }
+    }
+
+    /// Passes the work's cancel on to its task (XAPI's cancel is
+    /// cooperative: the task ends cancelled, or done if it was too far
+    /// along), which is then followed to its end.
+    async fn cancel_task(&self, method: &str, task: &OpaqueRef) {
+        tracing::info!(%task, method, "the work was cancelled; cancelling its task");
+        if let Err(e) = self.void("task.cancel", vec![refv(task)]).await {
+            tracing::warn!(%task, error = %e, "could not cancel the task of cancelled work");
         }
     }
 
@@ -802,6 +827,23 @@ impl XapiClient {
         self.void("VM.destroy", vec![refv(vm)]).await
     }
 
+    /// `VM.destroy`, where a destroy whose reply was lost counts as done
+    /// when the pool says the VM is gone (HANDLE_INVALID reading it).
+    pub async fn vm_destroy_confirmed(&self, vm: &OpaqueRef) -> Result<(), CallError> {
+        let Err(e) = self.vm_destroy(vm).await else {
+            return Ok(());
+        };
+        let gone = e.may_have_taken_effect()
+            && self
+                .vm_get_record(vm)
+                .await
+                .is_err_and(|read| read.code() == Some(codes::HANDLE_INVALID));
+        match gone {
+            true => Ok(()),
+            false => Err(e),
+        }
+    }
+
     // ----- devices and disks -----
 
     /// `VIF.create`.
@@ -955,6 +997,34 @@ impl XapiClient {
             vec![refv(vdi), Value::from(key), Value::from(value)],
         )
         .await
+    }
+}
+
+/// The cancel of the work a task for `method` belongs to (see
+/// [`giving_up_on`]), if a cancel stops that task: one that builds (a clone,
+/// a snapshot, a start) does; a shutdown, which is how cancelled work is
+/// cleaned up, runs to its end.
+fn work_cancel(method: &str) -> Option<tokio_util::sync::CancellationToken> {
+    let cleans_up = matches!(method, "VM.clean_shutdown" | "VM.hard_shutdown");
+    match cleans_up {
+        true => None,
+        false => GIVE_UP.try_with(Clone::clone).ok(),
+    }
+}
+
+/// `work`'s output, or `None` when `cancel` is raised first (`work` is
+/// dropped: pass only waits and reads).
+async fn until_cancelled<T>(
+    cancel: &Option<tokio_util::sync::CancellationToken>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match cancel {
+        Some(token) => tokio::select! {
+            biased;
+            () = token.cancelled() => None,
+            out = work => Some(out),
+        },
+        None => Some(work.await),
     }
 }
 
