@@ -728,7 +728,7 @@ async fn remove_snapshot_keeping(
                 .map_err(with_disks)?;
         }
     }
-    x.vm_destroy(snap)
+    x.vm_destroy_confirmed(snap)
         .await
         .map_err(fail("destroy"))
         .map_err(with_disks)?;

@@ -795,18 +795,12 @@ pub(crate) async fn destroy_delegate_vm(
     } else {
         own_vdis.to_vec()
     };
-    if let Err(e) = x.vm_destroy(vm).await {
-        // A destroy whose reply was lost may have destroyed it: the pool says.
-        let gone = e.may_have_taken_effect()
-            && x.vm_get_record(vm)
-                .await
-                .is_err_and(|read| read.code() == Some(xapi_proto::codes::HANDLE_INVALID));
-        if !gone {
-            return Err(DelegateRemovalFailed {
-                error: fail("destroy")(e),
-                disks_left: own,
-            });
-        }
+    // A destroy whose reply was lost may have destroyed it: the pool says.
+    if let Err(e) = x.vm_destroy_confirmed(vm).await {
+        return Err(DelegateRemovalFailed {
+            error: fail("destroy")(e),
+            disks_left: own,
+        });
     }
     for (i, vdi) in own.iter().enumerate() {
         if let Err(e) = x.vdi_destroy(vdi).await {

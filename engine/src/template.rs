@@ -251,7 +251,7 @@ async fn discard_import(pool: &PoolRuntime, vm: &OpaqueRef) {
             }
         }
     }
-    if let Err(e) = x.vm_destroy(vm).await {
+    if let Err(e) = x.vm_destroy_confirmed(vm).await {
         tracing::warn!(%vm, error = %e, "could not remove a half-deployed template");
         return;
     }
@@ -305,7 +305,9 @@ pub async fn delete(pool: &PoolRuntime, topo: &Topology) -> Result<bool, EngineE
             vdis.push(record.vdi);
         }
     }
-    x.vm_destroy(&info.vm).await.map_err(fail("destroy"))?;
+    x.vm_destroy_confirmed(&info.vm)
+        .await
+        .map_err(fail("destroy"))?;
     for vdi in vdis {
         x.vdi_destroy(&vdi)
             .await
