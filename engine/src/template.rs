@@ -251,6 +251,9 @@ async fn discard_import(pool: &PoolRuntime, vm: &OpaqueRef) {
             }
         }
     }
+    if let Err(e) = tag_disks_as_ours(pool, &disks).await {
+        tracing::warn!(%vm, error = %e, "could not tag a half-deployed template's disks");
+    }
     if let Err(e) = x.vm_destroy_confirmed(vm).await {
         tracing::warn!(%vm, error = %e, "could not remove a half-deployed template");
         return;
@@ -260,6 +263,21 @@ async fn discard_import(pool: &PoolRuntime, vm: &OpaqueRef) {
             tracing::warn!(%vdi, error = %e, "could not remove a half-deployed template's disk");
         }
     }
+}
+
+/// Tags a template's disks as ours before its VM goes: an engine that dies
+/// once the VM is gone leaves disks the next one's reclaim knows as ours.
+async fn tag_disks_as_ours(
+    pool: &PoolRuntime,
+    disks: &[OpaqueRef],
+) -> Result<(), crate::xapi::CallError> {
+    let engine_id = &pool.engine_config().engine_id;
+    for vdi in disks {
+        for (key, value) in tags::ownership(engine_id, tags::ROLE_DELEGATE_DISK) {
+            pool.xapi.vdi_set_other_config_key(vdi, key, value).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the pool's template (refused while delegates exist). True if one was deleted.
@@ -305,6 +323,9 @@ pub async fn delete(pool: &PoolRuntime, topo: &Topology) -> Result<bool, EngineE
             vdis.push(record.vdi);
         }
     }
+    tag_disks_as_ours(pool, &vdis)
+        .await
+        .map_err(fail("tagging its disks"))?;
     x.vm_destroy_confirmed(&info.vm)
         .await
         .map_err(fail("destroy"))?;
