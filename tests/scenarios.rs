@@ -233,3 +233,23 @@ fn cancelling_a_job_cancels_the_tasks_it_waits_for() {
     assert_eq!(said(" cancelled"), 2);
     assert_eq!(said("\"ABD "), 0, "and neither clone was made");
 }
+
+#[test]
+fn a_lost_reply_to_a_clone_slower_than_the_call_timeout_finds_the_clone_once_made() {
+    // Clones take 15 minutes, longer than the 10 minutes the engine waits
+    // for a reply: when the reply (its task) is lost, the engine waits for
+    // the pool's clone tasks to end before it looks for the clone by name.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/fault-lost-reply.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[[pool]]", "[timing]\nclone_s = [900, 900]\n\n[[pool]]", 1);
+    let expect = text.find("[expect]").unwrap();
+    let text = format!(
+        "{}[expect]\nvms_failed = 0\ndelegates_left = 0\naddresses_left = 0\n\
+         log_contains = [\"but the clone was made: using it\"]\n",
+        &text[..expect]
+    );
+    let scenario =
+        Scenario::parse("slow-clone-lost-reply.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(summary.ok, "{}", summary.text());
+}

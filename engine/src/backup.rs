@@ -50,6 +50,8 @@ pub async fn back_up_vm(
         Err(e) => match snapshot_made_anyway(pool, vm, &snapshot_name, &e, job, log).await {
             Some(snap) => snap,
             None => {
+                // A cancel stopped the snapshot's task: the VM was cancelled.
+                log.cancel().check()?;
                 return Err(EngineError::xapi(
                     format!("VM {vm} {vm_name:?}"),
                     "snapshot",

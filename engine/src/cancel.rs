@@ -3,9 +3,12 @@
 //!
 //! Cancellation never drops a step that changes a pool halfway. It interrupts
 //! only waits (for a job slot, an address, a boot slot, a backoff, the
-//! delegate's address, the agent's work, an unreachable pool); the step that was waiting then fails
-//! with [`EngineError::Cancelled`] and the ordinary failure path cleans up
-//! (detach, snapshot removal, teardown), exactly as for any other failure.
+//! delegate's address, the agent's work, an unreachable pool) and passes
+//! itself on to the XAPI task a step waits for (a clone, a snapshot, a start:
+//! `task.cancel`, then the task is followed to its end); the step then fails
+//! and, the signal being raised, counts as [`EngineError::Cancelled`]; the
+//! ordinary failure path cleans up (detach, snapshot removal, teardown),
+//! exactly as for any other failure.
 
 use crate::error::EngineError;
 use std::future::Future;

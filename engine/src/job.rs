@@ -536,7 +536,8 @@ async fn process_all(ctx: Arc<JobContext>, spec: &JobSpec, batch: Batch<'_>) -> 
                         );
                     }
                     // A cancel also stops calls waiting out an unreachable
-                    // pool; what they could not clean up is retried later.
+                    // pool (what they could not clean up is retried later)
+                    // and cancels the tasks of clones, snapshots and starts.
                     let give_up = vm_log.cancel().token();
                     crate::xapi::giving_up_on(give_up, process_vm(&ctx, &vm_name, &vm_log)).await
                 }

@@ -244,9 +244,17 @@ impl Leftover {
                     .map_err(|e| EngineError::xapi(format!("VM {name:?}"), "looking up", e))?;
                 for snap in found {
                     tag_snapshot(pool, &snap, job).await?;
-                    remove_snapshot(pool, &snap)
-                        .await
-                        .map_err(|failed| failed.error)?;
+                    if let Err(failed) = remove_snapshot(pool, &snap).await {
+                        // Tagged now, no longer found as untagged: what is
+                        // left is a snapshot of ours, known by ref.
+                        *self = Leftover::Snapshot {
+                            vm: snap,
+                            name: name.clone(),
+                            claim_for_job: Some(job.clone()),
+                            disks: failed.disks,
+                        };
+                        return Err(failed.error);
+                    }
                 }
                 Ok(())
             }

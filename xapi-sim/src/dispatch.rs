@@ -8,11 +8,12 @@ use serde::de::DeserializeOwned;
 use xapi_proto::records::StringMap;
 use xapi_proto::{OpaqueRef, Value, XapiError, codes};
 
-/// Classes whose records can be read with the generic getters.
 /// How long a cancelled task takes to stop (at its next cancellation point,
-/// its work undone).
+/// its work undone); one whose work comes due first was too far along and
+/// does it.
 const TASK_CANCEL_TAKES: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Classes whose records can be read with the generic getters.
 const CLASSES: &[&str] = &[
     "pool",
     "host",

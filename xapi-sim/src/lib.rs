@@ -732,13 +732,9 @@ impl Sim {
         method: &str,
         args: &[Value],
     ) {
-        let Some(status) = self.pools[pool.0].tasks.get(task).map(|t| t.status) else {
-            // Destroyed by its client meanwhile: the work still lands.
-            let _ = self.perform_call(pool, now, method, |ctx| {
-                dispatch::perform(ctx, method, args)
-            });
-            return;
-        };
+        // A task destroyed by its client meanwhile still does its work; one
+        // being cancelled whose work comes due before it stops was too far
+        // along, and ends as if never cancelled.
         let host_up = {
             let m = &self.pools[pool.0];
             m.hosts
@@ -746,14 +742,11 @@ impl Sim {
                 .and_then(|h| m.host_metrics.get(&h.metrics))
                 .is_some_and(|metrics| metrics.live)
         };
-        let result = match status {
-            xapi_proto::records::TaskStatus::Cancelling => {
-                Err(XapiError::new(codes::TASK_CANCELLED, [task.as_str()]))
-            }
-            _ if !host_up => Err(XapiError::internal(format!(
+        let result = match host_up {
+            false => Err(XapiError::internal(format!(
                 "{method}: the host running this task went down"
             ))),
-            _ => self.perform_call(pool, now, method, |ctx| {
+            true => self.perform_call(pool, now, method, |ctx| {
                 dispatch::perform(ctx, method, args)
             }),
         };
@@ -866,9 +859,9 @@ impl Sim {
         record.progress = 1.0;
         record.finished = finished;
         match result {
-            _ if record.status == xapi_proto::records::TaskStatus::Cancelling => {
-                record.status = xapi_proto::records::TaskStatus::Cancelled;
-                record.error_info = vec![codes::TASK_CANCELLED.into(), task.as_str().into()];
+            Err(e) if e.is(codes::TASK_CANCELLED) => {
+                record.status = TaskStatus::Cancelled;
+                record.error_info = e.description();
             }
             Ok(v) => {
                 record.status = xapi_proto::records::TaskStatus::Success;

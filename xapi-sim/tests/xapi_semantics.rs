@@ -11,6 +11,9 @@ use xapi_sim::time::SimTime;
 use xapi_sim::{ApplianceAnswer, PoolId, Sim};
 
 const WORLD: &str = r#"
+[timing]
+clone_s = [5, 5]
+
 [[pool]]
 name = "lab"
 hosts = 2
@@ -587,7 +590,7 @@ fn event_from_follows_one_object_and_reports_only_what_changed() {
 fn async_clone(w: &mut World, name: &str, cancel: bool) -> (Value, Value) {
     let vm = w.vm("huge");
     let task = w.ok("Async.VM.clone", &[vm, json!(name)]);
-    // The same instant: the clone (1-3 s) cannot have finished.
+    // The same instant: the clone (5 s) cannot have finished.
     w.now_ms -= 1000;
     assert_eq!(w.ok("task.get_status", &[task.clone()]), "pending");
     w.now_ms -= 1000;
@@ -652,6 +655,21 @@ fn task_cancel_is_cooperative_and_leaves_finished_tasks_alone() {
         w.err("task.cancel", &[json!("OpaqueRef:nope")]),
         ["HANDLE_INVALID", "task", "OpaqueRef:nope"]
     );
+}
+
+#[test]
+fn a_task_cancelled_too_late_to_stop_does_its_work() {
+    let mut w = World::new();
+    let vm = w.vm("huge");
+    let task = w.ok("Async.VM.clone", &[vm, json!("late")]);
+    // The clone takes 5 s and a cancel 1 s: cancelled 4.5 s in, it ends done.
+    w.now_ms += 3500;
+    w.ok("task.cancel", &[task.clone()]);
+    w.now_ms -= 1000;
+    assert_eq!(w.ok("task.get_status", &[task.clone()]), "cancelling");
+    w.wait(5);
+    assert_eq!(w.ok("task.get_status", &[task]), "success");
+    assert_eq!(w.vm_count("late"), 1);
 }
 
 #[test]

@@ -412,7 +412,13 @@ impl XapiClient {
     /// or error is the call's, as the task carries it.
     async fn call_as_task(&self, method: &str, args: Vec<Value>) -> Result<Value, CallError> {
         let async_method = format!("Async.{method}");
-        let task: OpaqueRef = self.typed(&async_method, args).await?;
+        let task: OpaqueRef = match self.typed(&async_method, args).await {
+            Err(e @ CallError::Transport(_)) => {
+                self.settle_unanswered(&async_method).await;
+                return Err(e);
+            }
+            answered => answered?,
+        };
         // The pool took the work on: whatever stops us following it (an
         // outage past the limit, a cancel), it may land all the same.
         let record = self.await_task(method, &task).await.map_err(|e| match e {
@@ -425,6 +431,38 @@ impl XapiClient {
             tracing::debug!(%task, error = %e, "could not destroy a finished task");
         }
         task_outcome(method, &task, record)
+    }
+
+    /// The reply to an `Async.` call was lost: its task may be running, its
+    /// work not landed yet. Waits (reading the pool's tasks now and then,
+    /// at most [`TASK_LIMIT`], or until the work is cancelled) until no task
+    /// of that call is pending, so that what it would have made is there
+    /// for the caller to look for.
+    async fn settle_unanswered(&self, async_method: &str) {
+        let deadline = tokio::time::Instant::now() + TASK_LIMIT;
+        let cancel = work_cancel(async_method.trim_start_matches("Async."));
+        let mut pause = TASK_FIRST_POLL;
+        loop {
+            let read =
+                self.typed::<BTreeMap<OpaqueRef, TaskRecord>>("task.get_all_records", vec![]);
+            let Ok(tasks) = read.await else {
+                return;
+            };
+            let pending = tasks
+                .values()
+                .any(|t| t.name_label == async_method && !task_ended(t));
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tracing::debug!(async_method, "reply lost; waiting for its task to end");
+            if until_cancelled(&cancel, tokio::time::sleep(pause))
+                .await
+                .is_none()
+            {
+                return;
+            }
+            pause = (pause * 2).min(TASK_MAX_POLL);
+        }
     }
 
     async fn typed_task<T: DeserializeOwned>(
@@ -463,6 +501,7 @@ impl XapiClient {
         let classes = vec![format!("task/{task}")];
         let mut token = String::new();
         let mut cancel = work_cancel(method);
+        let mut cancelled = false;
         loop {
             // The first call (empty token) returns the task as it is now, at once.
             let wait = match token.is_empty() {
@@ -472,11 +511,10 @@ impl XapiClient {
                     .as_secs_f64()
                     .min(TASK_EVENT_WAIT_S),
             };
-            let Some(answer) =
-                until_cancelled(&cancel, self.event_from(&classes, &token, wait)).await
-            else {
+            let read = beyond_cancel(cancelled, self.event_from(&classes, &token, wait));
+            let Some(answer) = until_cancelled(&cancel, read).await else {
                 self.cancel_task(method, task).await;
-                cancel = None;
+                (cancel, cancelled) = (None, true);
                 continue;
             };
             let batch = match answer {
@@ -516,8 +554,10 @@ impl XapiClient {
     ) -> Result<TaskRecord, CallError> {
         let mut pause = TASK_FIRST_POLL;
         let mut cancel = work_cancel(method);
+        let mut cancelled = false;
         loop {
-            let record: TaskRecord = match self.typed("task.get_record", vec![refv(task)]).await {
+            let read = self.typed("task.get_record", vec![refv(task)]);
+            let record: TaskRecord = match beyond_cancel(cancelled, read).await {
                 Err(e) if e.code() == Some(codes::HANDLE_INVALID) => {
                     return Err(task_vanished(method, task));
                 }
@@ -534,7 +574,7 @@ impl XapiClient {
                 .is_none()
             {
                 self.cancel_task(method, task).await;
-                cancel = None;
+                (cancel, cancelled) = (None, true);
             }
             pause = (pause * 2).min(TASK_MAX_POLL);
         }
@@ -827,12 +867,20 @@ impl XapiClient {
         self.void("VM.destroy", vec![refv(vm)]).await
     }
 
-    /// `VM.destroy`, where a destroy whose reply was lost counts as done
-    /// when the pool says the VM is gone (HANDLE_INVALID reading it).
+    /// `VM.destroy`, where a VM already gone counts as destroyed: one that
+    /// HANDLE_INVALID names, or one whose destroy got no answer and that the
+    /// pool no longer knows.
     pub async fn vm_destroy_confirmed(&self, vm: &OpaqueRef) -> Result<(), CallError> {
         let Err(e) = self.vm_destroy(vm).await else {
             return Ok(());
         };
+        let names_it = |e: &CallError| {
+            matches!(e, CallError::Xapi(x) if x.is(codes::HANDLE_INVALID)
+                && x.params.iter().any(|p| p == vm.as_str()))
+        };
+        if names_it(&e) {
+            return Ok(()); // someone else destroyed it
+        }
         let gone = e.may_have_taken_effect()
             && self
                 .vm_get_record(vm)
@@ -1028,6 +1076,20 @@ async fn until_cancelled<T>(
     }
 }
 
+/// Runs `read` (a read following a task whose cancel was sent, when
+/// `cancelled`) outside the work's cancel: the task may still do its work,
+/// so an outage is waited out as for any call, not given up on at once.
+async fn beyond_cancel<T>(cancelled: bool, read: impl std::future::Future<Output = T>) -> T {
+    match cancelled {
+        true => {
+            GIVE_UP
+                .scope(tokio_util::sync::CancellationToken::new(), read)
+                .await
+        }
+        false => read.await,
+    }
+}
+
 /// True once a task is no longer pending (`cancelling` is still under way).
 fn task_ended(record: &TaskRecord) -> bool {
     !matches!(record.status, TaskStatus::Pending | TaskStatus::Cancelling)
@@ -1175,13 +1237,15 @@ async fn send(
 
 tokio::task_local! {
     /// Raised when the work a call belongs to is cancelled: a call waiting out
-    /// an unreachable pool then gives up at once (it sent nothing).
+    /// an unreachable pool then gives up at once (it sent nothing), and a
+    /// task that builds is cancelled.
     static GIVE_UP: tokio_util::sync::CancellationToken;
 }
 
 /// Runs `work` so that its calls stop waiting out an unreachable pool once
-/// `give_up` is raised (a cancelled job or VM). Calls that get through are
-/// never cut short.
+/// `give_up` is raised (a cancelled job or VM), and the tasks of calls that
+/// build (clones, snapshots, starts) are cancelled; shutdowns run to their
+/// end, and no call that got through is cut short.
 pub async fn giving_up_on<F: std::future::Future>(
     give_up: tokio_util::sync::CancellationToken,
     work: F,
