@@ -808,7 +808,11 @@ fn pool_ends(
                 .sum(),
             static_leases: static_leases.get(&m.name).copied().unwrap_or(0),
             addresses_leased: count_events(sim, &m.name, "wrote vm-data/assigned-ip"),
-            templates_deployed: count_events(sim, &m.name, "VM.import "),
+            templates_deployed: sim
+                .events()
+                .iter()
+                .filter(|e| e.pool == m.name && e.text.starts_with("VM.import "))
+                .count(),
             delegate_conflicts: m
                 .address_conflicts
                 .iter()

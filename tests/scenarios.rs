@@ -73,10 +73,13 @@ fn every_scenario_holds_and_is_deterministic() {
 fn another_seed_changes_timings_not_outcomes() {
     for path in scenario_files() {
         let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        // Faults (and a store that fills up) land on whatever the timing and
-        // the seeded disk content put in their way: another seed is another
-        // run, which must still be sound.
-        if !scenario.faults.is_empty() || scenario.engine.store_capacity_bytes.is_some() {
+        // Faults (an engine crash, a store that fills up) land on whatever
+        // the timing and the seeded disk content put in their way: another
+        // seed is another run, which must still be sound.
+        if !scenario.faults.is_empty()
+            || !scenario.engine_crashes.is_empty()
+            || scenario.engine.store_capacity_bytes.is_some()
+        {
             let seed = scenario.seed + 1000;
             let (_, other) = abd::run_and_check(&scenario, seed);
             assert!(

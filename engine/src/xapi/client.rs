@@ -709,9 +709,10 @@ impl XapiClient {
         self.typed("VM.get_power_state", vec![refv(vm)]).await
     }
 
-    /// `VM.import(url, sr, full_restore, force)`: the imported VMs.
+    /// `VM.import(url, sr, full_restore, force)`, as a task (`Async.`): the
+    /// imported VMs.
     pub async fn vm_import(&self, url: &str, sr: &OpaqueRef) -> Result<Vec<OpaqueRef>, CallError> {
-        self.typed(
+        self.typed_task(
             "VM.import",
             vec![
                 Value::from(url),
