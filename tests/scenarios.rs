@@ -141,12 +141,7 @@ fn quickstart_calls(boot_s: u32, events: bool) -> u64 {
 /// XAPI calls of the quickstart job with `timing` (lines of its `[timing]`),
 /// with `event.from` answered or (`events = false`) refused as unknown.
 fn quickstart_calls_with(timing: &str, events: bool) -> u64 {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap().replacen(
-        "[[pool]]",
-        &format!("[timing]\n{timing}\n\n[[pool]]"),
-        1,
-    );
+    let mut text = variant("quickstart.toml", timing, None);
     if !events {
         text.push_str(
             "\n[[fault]]\nkind = \"xapi_error\"\npool = \"lab\"\nmethod = \"event.from\"\n\
@@ -158,6 +153,27 @@ fn quickstart_calls_with(timing: &str, events: bool) -> u64 {
     let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
     assert!(summary.ok, "{timing}, events {events}:\n{}", summary.text());
     summary.xapi_calls
+}
+
+/// The shipped scenario `file` with `timing` (lines of its `[timing]`) and,
+/// when given, `ending` (TOML) in place of its `[expect]` section and what
+/// follows it.
+fn variant(file: &str, timing: &str, ending: Option<&str>) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[[pool]]",
+        &format!("[timing]\n{timing}\n\n[[pool]]"),
+        1,
+    );
+    match ending {
+        Some(ending) => {
+            let expect = text.find("[expect]").expect("the scenario has [expect]");
+            format!("{}{ending}", &text[..expect])
+        }
+        None => text,
+    }
 }
 
 /// Every call the engine makes as a task, taking `s` seconds.
@@ -213,14 +229,13 @@ fn waiting_for_an_address_costs_no_more_calls_for_a_slow_boot_and_polls_where_ev
 fn cancelling_a_job_cancels_the_tasks_it_waits_for() {
     // Clones take ten minutes; the job is cancelled at 5 minutes, while its
     // first two delegates are being cloned.
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replacen("[[pool]]", "[timing]\nclone_s = [600, 600]\n\n[[pool]]", 1);
-    let expect = text.find("[expect]").unwrap();
-    let text = format!(
-        "{}[[action]]\nat_s = 300\npool = \"lab\"\nkind = \"cancel_job\"\njob = \"nightly\"\n\n\
-         [expect]\njobs = {{ nightly = \"cancelled\" }}\ndelegates_left = 0\naddresses_left = 0\n",
-        &text[..expect]
+    let text = variant(
+        "quickstart.toml",
+        "clone_s = [600, 600]",
+        Some(
+            "[[action]]\nat_s = 300\npool = \"lab\"\nkind = \"cancel_job\"\njob = \"nightly\"\n\n\
+             [expect]\njobs = { nightly = \"cancelled\" }\ndelegates_left = 0\naddresses_left = 0\n",
+        ),
     );
     let scenario =
         Scenario::parse("cancel-mid-clone.toml", &text).unwrap_or_else(|e| panic!("{e}"));
@@ -242,14 +257,13 @@ fn a_lost_reply_to_a_clone_slower_than_the_call_timeout_finds_the_clone_once_mad
     // Clones take 15 minutes, longer than the 10 minutes the engine waits
     // for a reply: when the reply (its task) is lost, the engine waits for
     // the pool's clone tasks to end before it looks for the clone by name.
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/fault-lost-reply.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replacen("[[pool]]", "[timing]\nclone_s = [900, 900]\n\n[[pool]]", 1);
-    let expect = text.find("[expect]").unwrap();
-    let text = format!(
-        "{}[expect]\nvms_failed = 0\ndelegates_left = 0\naddresses_left = 0\n\
-         log_contains = [\"but the clone was made: using it\"]\n",
-        &text[..expect]
+    let text = variant(
+        "fault-lost-reply.toml",
+        "clone_s = [900, 900]",
+        Some(
+            "[expect]\nvms_failed = 0\ndelegates_left = 0\naddresses_left = 0\n\
+             log_contains = [\"but the clone was made: using it\"]\n",
+        ),
     );
     let scenario =
         Scenario::parse("slow-clone-lost-reply.toml", &text).unwrap_or_else(|e| panic!("{e}"));
