@@ -6,12 +6,12 @@
 use crate::server::{Endpoint, PoolServer, router};
 use crate::tls::SelfSigned;
 use axum::Router;
+use axum::serve::Listener;
 use std::collections::BTreeMap;
-use std::future::pending;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// One host's endpoint, bound and ready to serve.
 pub struct HostEndpoint {
@@ -25,9 +25,11 @@ pub struct HostEndpoint {
     pub app: Router,
     /// The certificate it presents, when it serves HTTPS.
     tls: Option<SelfSigned>,
-    /// The pool, to see whether the host is up; `None` for the one endpoint
-    /// that answers as whoever is master.
-    host_of: Option<PoolServer>,
+    /// The pool, to see whether the endpoint should listen.
+    server: PoolServer,
+    /// True when it serves as the host at `address`; false for the one
+    /// endpoint that answers as whoever is master.
+    serves_one_host: bool,
 }
 
 /// How often a served host's endpoint looks whether its host went down or
@@ -49,18 +51,21 @@ impl HostEndpoint {
         Ok(self.listener.local_addr()?.ip())
     }
 
-    /// Serves the endpoint as its host would: while the host is down in the
-    /// model (crashed), nothing listens at its address, so clients are
-    /// refused as by a dead host; it listens again once the host is back.
-    /// Requests under way when the host goes down are answered.
+    /// Serves the endpoint as its host would. While the host is down in the
+    /// model (crashed), or, for the master, while an `xapi_unreachable`
+    /// fault refuses every connection, nothing listens at its address:
+    /// clients are refused as by a dead host or a stopped toolstack, and
+    /// kept-alive connections close. It listens again once the host or its
+    /// XAPI is back. A connection a rated `xapi_unreachable` fault refuses
+    /// is reset before any request is read. Requests under way when the
+    /// endpoint stops listening are answered.
     pub async fn serve(self) -> io::Result<()> {
-        let Some(server) = self.host_of else {
-            return serve_until(self.listener, self.app, self.tls.as_ref(), pending()).await;
-        };
         let at = self.listener.local_addr()?;
+        let watched = self.serves_one_host.then_some(self.address);
+        let server = self.server;
         let mut listener = Some(self.listener);
         loop {
-            while !server.host_is_up(&self.address) {
+            while !server.listens_at(watched.as_deref()) {
                 listener = None;
                 tokio::time::sleep(LIVENESS_POLL).await;
             }
@@ -68,32 +73,78 @@ impl HostEndpoint {
                 Some(bound) => bound,
                 None => TcpListener::bind(at).await?,
             };
-            let (watched, address) = (server.clone(), self.address.clone());
-            let gone_down = async move {
-                while watched.host_is_up(&address) {
+            let (still, address) = (server.clone(), watched.clone());
+            let stops_listening = async move {
+                while still.listens_at(address.as_deref()) {
                     tokio::time::sleep(LIVENESS_POLL).await;
                 }
             };
-            serve_until(bound, self.app.clone(), self.tls.as_ref(), gone_down).await?;
+            let (admits, address) = (server.clone(), watched.clone());
+            let admission: Admission =
+                Arc::new(move || admits.admits_connection(address.as_deref()));
+            let app = self.app.clone();
+            serve_until(bound, admission, app, self.tls.as_ref(), stops_listening).await?;
         }
     }
 }
 
-/// Serves `app` on `listener` (over TLS with `tls`) until `stop` completes.
+/// Whether a connection accepted now is let through to the server.
+pub type Admission = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A TCP listener that resets the connections its [`Admission`] refuses, as
+/// a host whose XAPI is not answering would.
+struct Admitting {
+    listener: TcpListener,
+    admission: Admission,
+}
+
+impl Listener for Admitting {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = Listener::accept(&mut self.listener).await;
+            if (self.admission)() {
+                return (stream, peer);
+            }
+            refuse(stream);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Drops `stream` with a reset (`SO_LINGER` 0), so its client hears no
+/// reply at all, as from a refused connection.
+pub(crate) fn refuse(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` completes,
+/// letting through the connections `admission` admits.
 async fn serve_until(
     listener: TcpListener,
+    admission: Admission,
     app: Router,
     tls: Option<&SelfSigned>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     match tls {
         None => {
+            let listener = Admitting {
+                listener,
+                admission,
+            };
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await
         }
         Some(certificate) => {
-            axum::serve(certificate.listen(listener)?, app)
+            axum::serve(certificate.listen(listener, admission)?, app)
                 .with_graceful_shutdown(stop)
                 .await
         }
@@ -124,9 +175,10 @@ pub async fn bind_pool(server: PoolServer, addr: SocketAddr) -> io::Result<Vec<H
                 .unwrap_or_default(),
             url,
             listener,
-            app: router(server),
+            app: router(server.clone()),
             tls: None,
-            host_of: None,
+            server,
+            serves_one_host: false,
         }]);
     }
     let served: Arc<BTreeMap<String, String>> = Arc::new(
@@ -169,7 +221,8 @@ async fn bind_all(
             listener,
             app: router(server.clone().answering_as(endpoint)),
             tls: None,
-            host_of: Some(server.clone()),
+            server: server.clone(),
+            serves_one_host: true,
         });
     }
     Ok(endpoints)

@@ -400,6 +400,19 @@ impl Faults {
             .is_some()
     }
 
+    /// True while an `xapi_unreachable` fault of `pool` refuses every
+    /// connection (one at rate 1 with no count, active now). Asking draws
+    /// nothing: a served master stops listening for as long as this holds.
+    pub fn unreachable_in_full(&self, pool: usize, now: SimTime) -> bool {
+        self.armed.iter().any(|fault| {
+            fault.pool == pool
+                && fault.spec.kind == FaultKind::XapiUnreachable
+                && fault.spec.active_at(now)
+                && fault.spec.count.is_none()
+                && fault.rate >= 1.0
+        })
+    }
+
     /// True when a delegate's guest booting now should never come up.
     pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
         self.fire(pool, now, FaultKind::BootFailure, |_| true)

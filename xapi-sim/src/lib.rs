@@ -411,11 +411,15 @@ impl Sim {
 
     /// Why a client connecting now to the host of `pool` at `addressed` is
     /// refused, if it is: the host is down (crashed, or no host has that
-    /// address), or an `xapi_unreachable` fault refuses the master. The call
-    /// never arrives.
+    /// address), or an `xapi_unreachable` fault refuses the master (its
+    /// toolstack is not answering; members still answer). The call never
+    /// arrives.
     pub fn refusal(&mut self, pool: PoolId, addressed: &str, now: SimTime) -> Option<String> {
         if let Some(down) = self.host_down(pool, addressed, now) {
             return Some(down);
+        }
+        if addressed != self.master_address(pool) {
+            return None;
         }
         let refused = self.fault_fired(
             pool,
@@ -424,6 +428,18 @@ impl Sim {
             || "fault: connection to the pool master refused".into(),
         );
         refused.then(|| "connection refused by the pool master".to_string())
+    }
+
+    /// True while a served endpoint at `addressed` should listen: its host
+    /// is up and, where it is the master (or `addressed` is `None`, the one
+    /// endpoint that answers as whoever is master), no `xapi_unreachable`
+    /// fault refuses every connection now.
+    pub fn listens_at(&mut self, pool: PoolId, addressed: Option<&str>, now: SimTime) -> bool {
+        self.advance_to(now);
+        let master = self.master_address(pool);
+        let host_up = addressed.is_none_or(|a| self.host_live_at(pool, a));
+        let is_master = addressed.is_none_or(|a| a == master);
+        host_up && !(is_master && self.faults.unreachable_in_full(pool.0, now))
     }
 
     /// Why the host of `pool` at `addressed` cannot answer now, if it

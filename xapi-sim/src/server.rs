@@ -133,12 +133,24 @@ impl PoolServer {
         self
     }
 
-    /// True while the host at `address` is up, in the model's time now.
-    pub fn host_is_up(&self, address: &str) -> bool {
+    /// True while an endpoint at `address` (`None`: the one that answers
+    /// as whoever is master) should listen, in the model's time now: see
+    /// [`Sim::listens_at`].
+    pub fn listens_at(&self, address: Option<&str>) -> bool {
         let mut sim = self.lock();
         let now = self.clock.now().max(sim.now());
-        sim.advance_to(now);
-        sim.host_live_at(self.pool, address)
+        sim.listens_at(self.pool, address, now)
+    }
+
+    /// False when a connection to `address` (`None`: the master) arriving
+    /// now is refused: its host is down, or an `xapi_unreachable` fault
+    /// (drawn at its rate, and logged) refuses it. Asked once per
+    /// connection, where an in-process run asks once per call.
+    pub fn admits_connection(&self, address: Option<&str>) -> bool {
+        let mut sim = self.lock();
+        let now = self.clock.now().max(sim.now());
+        let addressed = address.map_or_else(|| sim.master_address(self.pool), str::to_string);
+        sim.refusal(self.pool, &addressed, now).is_none()
     }
 
     /// HOST_IS_SLAVE when this endpoint is a member now.

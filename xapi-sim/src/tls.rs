@@ -56,8 +56,13 @@ impl SelfSigned {
     }
 
     /// `listener`'s connections, each once its handshake is done.
-    pub fn listen(&self, listener: TcpListener) -> io::Result<TlsListener> {
-        TlsListener::new(listener, self.acceptor.clone())
+    /// Connections `admission` refuses are reset before the handshake.
+    pub fn listen(
+        &self,
+        listener: TcpListener,
+        admission: crate::endpoints::Admission,
+    ) -> io::Result<TlsListener> {
+        TlsListener::new(listener, self.acceptor.clone(), admission)
     }
 }
 
@@ -71,7 +76,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
+    fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        admission: crate::endpoints::Admission,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (hand_over, ready) = mpsc::channel(READY_BACKLOG);
         let accepting = tokio::spawn(async move {
@@ -84,6 +93,10 @@ impl TlsListener {
                         continue;
                     }
                 };
+                if !admission() {
+                    crate::endpoints::refuse(tcp);
+                    continue;
+                }
                 let (acceptor, hand_over) = (acceptor.clone(), hand_over.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

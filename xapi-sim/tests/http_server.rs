@@ -1,6 +1,7 @@
 //! The simulator's HTTP front: envelopes, content types and status codes as
 //! XAPI has them, and clean refusals of bad bodies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xapi_sim::Sim;
@@ -276,11 +277,11 @@ fn reassemble(blocks: &[(usize, Vec<u8>)], under: &[u8]) -> Vec<u8> {
     disk
 }
 
-/// A served member host that crashes stops listening: clients are refused as
-/// by a dead host, until it is back.
-#[tokio::test]
-async fn a_crashed_hosts_endpoint_refuses_connections_until_the_host_is_back() {
-    let spec: WorldSpec = toml::from_str(
+/// Serves every host of the one-pool world `faults` adds to (two hosts) on
+/// loopback, on a clock the test sets (`time_ms`): the endpoints' addresses,
+/// master first.
+async fn serve_hosts(faults: &str) -> (Vec<std::net::SocketAddr>, Arc<AtomicU64>) {
+    let spec: WorldSpec = toml::from_str(&format!(
         r#"
 [[pool]]
 name = "lab"
@@ -289,18 +290,13 @@ hosts = 2
 name = "nfs"
 size_gib = 10
 default = true
-[[fault]]
-kind = "host_crash"
-pool = "lab"
-host = "lab-host-2"
-from_s = 10
-until_s = 20
-"#,
-    )
+{faults}
+"#
+    ))
     .unwrap();
     let sim = Sim::new(&spec, 1).unwrap();
     let pool = sim.pool_id("lab").unwrap();
-    let time_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let time_ms = Arc::new(AtomicU64::new(0));
     let server = PoolServer::new(
         Arc::new(Mutex::new(sim)),
         pool,
@@ -309,42 +305,124 @@ until_s = 20
     let endpoints = xapi_sim::endpoints::bind_pool(server, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let member: std::net::SocketAddr = endpoints[1].url["http://".len()..].parse().unwrap();
+    let addrs = endpoints
+        .iter()
+        .map(|e| e.url["http://".len()..].parse().unwrap())
+        .collect();
     for endpoint in endpoints {
         tokio::spawn(endpoint.serve());
     }
+    (addrs, time_ms)
+}
+
+/// True when nothing listens at `addr`.
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::net::TcpStream::connect(addr).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Waits (the endpoint looks every 100 ms) until `addr` is `refusing` or not.
+async fn until_refusing(addr: std::net::SocketAddr, refusing: bool, what: &str) {
+    let mut looks = 0;
+    while refused(addr).await != refusing {
+        looks += 1;
+        assert!(looks < 200, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A served member host that crashes stops listening: clients are refused as
+/// by a dead host, until it is back.
+#[tokio::test]
+async fn a_crashed_hosts_endpoint_refuses_connections_until_the_host_is_back() {
+    let crash = r#"
+[[fault]]
+kind = "host_crash"
+pool = "lab"
+host = "lab-host-2"
+from_s = 10
+until_s = 20
+"#;
+    let (addrs, time_ms) = serve_hosts(crash).await;
+    let member = addrs[1];
     // Up: it answers (as a member, HOST_IS_SLAVE).
     let (status, _, body) = post(member, "/", LOGIN).await;
     assert_eq!(status, 200);
     assert!(body.contains("HOST_IS_SLAVE"), "{body}");
-    // Down: nothing listens, once the endpoint has looked (it looks often).
-    time_ms.store(15_000, std::sync::atomic::Ordering::SeqCst);
-    let refused = || async {
-        matches!(
-            tokio::net::TcpStream::connect(member).await,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-        )
-    };
-    let mut looks = 0;
-    while !refused().await {
-        looks += 1;
-        assert!(looks < 200, "the crashed host's endpoint still listens");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    // Back: it listens again at the same address.
-    time_ms.store(25_000, std::sync::atomic::Ordering::SeqCst);
-    let mut looks = 0;
-    while refused().await {
-        looks += 1;
-        assert!(
-            looks < 200,
-            "the host is back but its endpoint does not listen"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    time_ms.store(15_000, Ordering::SeqCst);
+    until_refusing(member, true, "the crashed host's endpoint still listens").await;
+    time_ms.store(25_000, Ordering::SeqCst);
+    let back = "the host is back but its endpoint does not listen";
+    until_refusing(member, false, back).await;
     let (status, _, body) = post(member, "/", LOGIN).await;
     assert_eq!(status, 200);
     assert!(body.contains("HOST_IS_SLAVE"), "{body}");
+}
+
+/// While `xapi_unreachable` holds, the served master refuses connections
+/// (its toolstack is down) and its members still answer; it listens again
+/// once the fault ends.
+#[tokio::test]
+async fn an_unreachable_masters_endpoint_refuses_connections_until_the_fault_ends() {
+    let outage = r#"
+[[fault]]
+kind = "xapi_unreachable"
+pool = "lab"
+from_s = 10
+until_s = 20
+"#;
+    let (addrs, time_ms) = serve_hosts(outage).await;
+    let (master, member) = (addrs[0], addrs[1]);
+    let (status, _, body) = post(master, "/", LOGIN).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("OpaqueRef:"), "{body}");
+    time_ms.store(15_000, Ordering::SeqCst);
+    until_refusing(master, true, "the unreachable master still listens").await;
+    let (_, _, body) = post(member, "/", LOGIN).await;
+    assert!(body.contains("HOST_IS_SLAVE"), "{body}");
+    time_ms.store(25_000, Ordering::SeqCst);
+    until_refusing(
+        master,
+        false,
+        "the fault ended but the master does not listen",
+    )
+    .await;
+    let (status, _, body) = post(master, "/", LOGIN).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("OpaqueRef:"), "{body}");
+}
+
+/// An `xapi_unreachable` fault with a count refuses that many connections,
+/// each reset before a request is read, and then lets connections through.
+#[tokio::test]
+async fn a_counted_unreachable_fault_resets_that_many_connections() {
+    let twice = r#"
+[[fault]]
+kind = "xapi_unreachable"
+pool = "lab"
+from_s = 0
+count = 2
+"#;
+    let (addrs, _) = serve_hosts(twice).await;
+    let master = addrs[0];
+    for attempt in 1..=2 {
+        let mut stream = tokio::net::TcpStream::connect(master).await.unwrap();
+        let _ = stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut reply = Vec::new();
+        let read = stream.read_to_end(&mut reply).await;
+        assert!(
+            read.is_err() || reply.is_empty(),
+            "connection {attempt} was answered: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let (status, _, body) = post(master, "/", LOGIN).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("OpaqueRef:"), "{body}");
 }
 
 #[tokio::test(start_paused = true)]
