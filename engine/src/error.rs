@@ -50,6 +50,9 @@ pub enum EngineError {
         action: &'static str,
         object: String,
     },
+    /// A disk of ours is still attached, so it cannot go yet.
+    #[error("{0} is still attached to a VM")]
+    StillAttached(String),
     /// The template cannot be deployed or used.
     #[error("template: {0}")]
     Template(String),

@@ -285,7 +285,11 @@ impl Leftover {
                     .vdi_get_record(vdi)
                     .await
                     .map_err(|e| EngineError::xapi(format!("CBT base {uuid}"), "reading", e))?;
-                if !tags::is_our_orphan_disk(&record, &pool.engine_config().engine_id) {
+                let engine_id = &pool.engine_config().engine_id;
+                if !tags::is_our_orphan_disk(&record, engine_id) {
+                    if tags::is_our_work_disk(&record, engine_id) {
+                        return Err(EngineError::StillAttached(format!("CBT base {uuid}")));
+                    }
                     return Err(EngineError::NotOurs {
                         action: "reduce to CBT metadata",
                         object: format!("VDI {vdi} {:?}", record.name_label),
@@ -297,8 +301,6 @@ impl Leftover {
     }
 }
 
-/// Destroys `vdi` once its record, read now, shows it is ours in the way
-/// `ours` checks (the tag check before every destructive call).
 /// Destroys the disks a delegate's removal left after destroying its VM,
 /// dropping each from `disks` once gone (already gone counts).
 async fn remove_disks_left(
@@ -318,6 +320,10 @@ async fn remove_disks_left(
     Ok(())
 }
 
+/// Destroys `vdi` once its record, read now, shows it is ours in the way
+/// `ours` checks (the tag check before every destructive call). A work disk
+/// of ours that is still attached (its delegate not removed yet) is
+/// [`EngineError::StillAttached`], for a later pass.
 async fn destroy_vdi_if_ours(
     pool: &PoolRuntime,
     vdi: &OpaqueRef,
@@ -329,7 +335,11 @@ async fn destroy_vdi_if_ours(
         .vdi_get_record(vdi)
         .await
         .map_err(|e| EngineError::xapi(what.to_string(), "reading", e))?;
-    if !ours(&record, &pool.engine_config().engine_id) {
+    let engine_id = &pool.engine_config().engine_id;
+    if !ours(&record, engine_id) && tags::is_our_work_disk(&record, engine_id) {
+        return Err(EngineError::StillAttached(what.to_string()));
+    }
+    if !ours(&record, engine_id) {
         return Err(EngineError::NotOurs {
             action: "destroy",
             object: what.to_string(),
@@ -427,8 +437,13 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
         .await
         .map_err(listing("listing VMs"))?;
     let mut found = Vec::new();
+    // Plugs that go with the delegates removed first: a snapshot disk held
+    // only by them (one a dying engine left attached) is an orphan once
+    // they are gone.
+    let mut going_with_delegates = std::collections::BTreeSet::new();
     for (vm, record) in &vms {
         if tags::is_our_disposable_vm(record, &engine_id) && !record.is_a_snapshot {
+            going_with_delegates.extend(record.vbds.iter().cloned());
             found.push(Leftover::Delegate {
                 earlier: true,
                 disks: Vec::new(),
@@ -462,15 +477,17 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
     for (vdi, record) in &vdis {
         let snapshot_disk = record.other_config.get(tags::ROLE).map(String::as_str)
             == Some(tags::ROLE_SNAPSHOT_DISK);
-        if tags::is_our_orphan_disk(record, &engine_id)
-            && snapshot_disk
-            && bases.contains(&record.uuid)
-        {
+        // A delegate's own disks go with it; a snapshot disk does not.
+        let held_only_by_delegates = snapshot_disk
+            && record.vbds.iter().all(|v| going_with_delegates.contains(v));
+        let orphan = tags::is_our_work_disk(record, &engine_id)
+            && (record.vbds.is_empty() || held_only_by_delegates);
+        if orphan && snapshot_disk && bases.contains(&record.uuid) {
             found.push(Leftover::UnfinishedBase {
                 vdi: vdi.clone(),
                 uuid: record.uuid.clone(),
             });
-        } else if tags::is_our_orphan_disk(record, &engine_id) {
+        } else if orphan {
             found.push(Leftover::Disk {
                 vdi: vdi.clone(),
                 name: record.name_label.clone(),

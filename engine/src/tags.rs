@@ -122,16 +122,21 @@ pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
         }
 }
 
-/// True when the VDI is a disk of a delegate or snapshot of ours whose VM is
-/// gone (an engine died between destroying the VM and its disks, or between
-/// reducing a snapshot disk to CBT metadata and calling it a base): garbage.
-pub fn is_our_orphan_disk(vdi: &VdiRecord, engine_id: &str) -> bool {
+/// True when the VDI is a disk of a delegate or snapshot of ours, attached
+/// or not.
+pub fn is_our_work_disk(vdi: &VdiRecord, engine_id: &str) -> bool {
     has_engine_id(&vdi.other_config, engine_id)
         && matches!(
             vdi.other_config.get(ROLE).map(String::as_str),
             Some(ROLE_DELEGATE_DISK | ROLE_SNAPSHOT_DISK)
         )
-        && vdi.vbds.is_empty()
+}
+
+/// True when the VDI is a disk of a delegate or snapshot of ours whose VM is
+/// gone (an engine died between destroying the VM and its disks, or between
+/// reducing a snapshot disk to CBT metadata and calling it a base): garbage.
+pub fn is_our_orphan_disk(vdi: &VdiRecord, engine_id: &str) -> bool {
+    is_our_work_disk(vdi, engine_id) && vdi.vbds.is_empty()
 }
 
 /// The keys that make an object ours with `role`, engine id last: an object
