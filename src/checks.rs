@@ -10,6 +10,9 @@ use engine::joblog::JobStatus;
 /// Every broken invariant, in words (empty when the run is sound).
 pub fn check(scenario: &Scenario, out: &RunOutput) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Some(why) = &out.stopped_at_limit {
+        problems.push(format!("the run did not end by itself: {why}"));
+    }
     if let Some(e) = &out.engine_error {
         problems.push(format!("engine did not start: {e}"));
         return problems;

@@ -94,6 +94,9 @@ pub struct RunOutput {
     pub pools: BTreeMap<String, PoolEnd>,
     /// Set when the engine could not even start.
     pub engine_error: Option<String>,
+    /// Set when the run reached its limit (see [`Scenario::run_limit_s`])
+    /// with jobs still running: they were cancelled, and what names them.
+    pub stopped_at_limit: Option<String>,
     /// The data store at the end (scenarios with `data_store = true`).
     pub data: Option<crate::data_check::DataEnd>,
     /// Chunks `chunk_corrupt` faults damaged.
@@ -145,15 +148,22 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         .build()
         .expect("a tokio runtime");
     let damage = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (jobs, engine_log, accounting, xapi_calls, static_leases, engine_error) =
-        runtime.block_on(drive(
-            scenario,
-            engine_config,
-            Arc::clone(&sim),
-            served.as_ref(),
-            seed,
-            Arc::clone(&damage),
-        ));
+    let Driven {
+        jobs,
+        engine_log,
+        accounting,
+        xapi_calls,
+        static_leases,
+        engine_error,
+        stopped_at_limit,
+    } = runtime.block_on(drive(
+        scenario,
+        engine_config,
+        Arc::clone(&sim),
+        served.as_ref(),
+        seed,
+        Arc::clone(&damage),
+    ));
     let damaged_chunks = std::mem::take(&mut *damage.lock().expect("damage lock poisoned"));
     drop(runtime);
     if let Some(served) = served {
@@ -181,19 +191,25 @@ pub fn run_with(scenario: &Scenario, seed: u64, link: XapiLink) -> RunOutput {
         faults_injected: sim.faults_injected(),
         pools,
         engine_error,
+        stopped_at_limit,
         data,
         damaged_chunks,
     }
 }
 
-type Driven = (
-    Vec<JobRun>,
-    JobLog,
-    Accounting,
-    u64,
-    BTreeMap<String, usize>,
-    Option<String>,
-);
+/// What driving the engines through a scenario gave.
+struct Driven {
+    jobs: Vec<JobRun>,
+    engine_log: JobLog,
+    accounting: Accounting,
+    xapi_calls: u64,
+    /// Static addresses each pool still had leased at the end.
+    static_leases: BTreeMap<String, usize>,
+    /// Set when the engine could not even start.
+    engine_error: Option<String>,
+    /// Set when the run reached its limit with jobs still running.
+    stopped_at_limit: Option<String>,
+}
 
 /// The simulated pools served over HTTP on loopback, on a real-time runtime
 /// of their own, with the simulated clock set by the callers.
@@ -430,14 +446,15 @@ async fn drive(
             }
             Err(e) => {
                 let jobs = results.into_iter().flatten().collect();
-                return (
+                return Driven {
                     jobs,
                     engine_log,
-                    accounting.unwrap_or_default(),
+                    accounting: accounting.unwrap_or_default(),
                     xapi_calls,
-                    BTreeMap::new(),
-                    Some(e.to_string()),
-                );
+                    static_leases: BTreeMap::new(),
+                    engine_error: Some(e.to_string()),
+                    stopped_at_limit: None,
+                };
             }
         };
         let before_crash = |at: Duration| crash_at.is_none_or(|c| clock.instant_at(at) < c);
@@ -506,28 +523,47 @@ async fn drive(
                 (index, run)
             });
         }
-        let collect = async {
-            while let Some(done) = tasks.join_next().await {
-                let (index, run) = done.expect("job tasks do not panic");
-                results[index] = Some(run);
-            }
-            while let Some(done) = actions.join_next().await {
-                done.expect("actions do not panic");
+        let mut stopped_at_limit = None;
+        let crashed = {
+            let collect = async {
+                while let Some(done) = tasks.join_next().await {
+                    let (index, run) = done.expect("job tasks do not panic");
+                    results[index] = Some(run);
+                }
+                while let Some(done) = actions.join_next().await {
+                    done.expect("actions do not panic");
+                }
+            };
+            tokio::pin!(collect);
+            match crash_at {
+                None => {
+                    let limit = clock.instant_at(Duration::from_secs_f64(scenario.run_limit_s()));
+                    if !done_by(&mut collect, limit).await {
+                        stopped_at_limit =
+                            Some(stop_at_limit(scenario, &engine, &mut collect).await);
+                    }
+                    false
+                }
+                Some(at) => !done_by(&mut collect, at).await,
             }
         };
-        let crashed = match crash_at {
-            None => {
-                collect.await;
-                false
-            }
-            Some(at) => {
-                tokio::select! {
-                    biased;
-                    _ = collect => false,
-                    _ = tokio::time::sleep_until(at) => true,
+        if stopped_at_limit.is_some() {
+            // What would not end even when cancelled is dropped where it is.
+            tasks.abort_all();
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((index, run)) = done {
+                    results[index] = Some(run);
                 }
             }
-        };
+            actions.abort_all();
+            while actions.join_next().await.is_some() {}
+            let now_ms = clock.now().as_ms();
+            for (index, slot) in results.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = Some(never_ended(scenario, index, now_ms));
+                }
+            }
+        }
         if !crashed {
             // Persistent delegates must be gone once the idle limit has passed.
             let idle_wait = scenario
@@ -562,14 +598,15 @@ async fn drive(
                 .into_iter()
                 .map(|r| r.expect("every job ran to its end"))
                 .collect();
-            return (
+            return Driven {
                 jobs,
                 engine_log,
                 accounting,
                 xapi_calls,
                 static_leases,
-                None,
-            );
+                engine_error: None,
+                stopped_at_limit,
+            };
         }
         // The engine dies: its jobs and actions stop where they are.
         tasks.abort_all();
@@ -617,6 +654,76 @@ async fn drive(
         let down = Duration::from_secs_f64(down_s);
         tokio::time::sleep_until(crash_at.expect("crashed") + down).await;
         incarnation += 1;
+    }
+}
+
+/// True when `work` ends by `deadline`; false when the deadline comes first
+/// (the work is left where it is, to go on or be dropped).
+async fn done_by(
+    work: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = work.as_mut() => true,
+        () = tokio::time::sleep_until(deadline) => false,
+    }
+}
+
+/// How long jobs cancelled at the run's limit get to end.
+const LIMIT_GRACE: Duration = Duration::from_secs(3600);
+
+/// The run reached its limit with jobs still running (a hang, or a job far
+/// slower than it should be): cancels them all, gives them [`LIMIT_GRACE`]
+/// to end, and says what happened.
+async fn stop_at_limit(
+    scenario: &Scenario,
+    engine: &engine::Engine,
+    work: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> String {
+    let limit_s = scenario.run_limit_s();
+    let reason = format!("the run reached its limit at {limit_s:.0} s");
+    for job in &scenario.jobs {
+        // Jobs that are over (or never started) refuse: nothing to do.
+        let _ = engine.cancel(&job.name, None, &reason);
+    }
+    let grace = tokio::time::Instant::now() + LIMIT_GRACE;
+    let ended = done_by(work, grace).await;
+    format!(
+        "{reason} with jobs still running; they were cancelled{}",
+        if ended {
+            ""
+        } else {
+            " and still had not ended an hour later (dropped)"
+        }
+    )
+}
+
+/// The report of a job that never ended: the run stopped it at its limit.
+fn never_ended(scenario: &Scenario, index: usize, now_ms: u64) -> JobRun {
+    let job = &scenario.jobs[index];
+    let mut log = JobLog::default();
+    log.push(
+        Duration::from_millis(now_ms),
+        engine::joblog::LineStatus::Fail,
+        None,
+        format!(
+            "Job {} never ended: the run stopped it at its limit",
+            job.name
+        ),
+    );
+    JobRun {
+        report: JobReport {
+            name: job.name.clone(),
+            pool: job.pool.get_ref().clone(),
+            concurrency: job.concurrency,
+            status: engine::joblog::JobStatus::Failed,
+            vms: Vec::new(),
+            log,
+            started_ms: (job.start_s * 1000.0) as u64,
+            finished_ms: now_ms,
+        },
+        diag: None,
     }
 }
 

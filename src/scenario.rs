@@ -327,6 +327,30 @@ impl Scenario {
         Some(healed + swarm.converge_within_s)
     }
 
+    /// When a run stops waiting for its jobs, in simulated seconds: with
+    /// `[swarm]`, the convergence deadline; otherwise two days after the
+    /// last thing the scenario schedules (a job's start, a fault, an
+    /// action, an engine crash). Far past any sound run's end, it turns a
+    /// hang into a failing run that names its seed.
+    pub fn run_limit_s(&self) -> f64 {
+        if let Some(deadline) = self.converge_deadline_s() {
+            return deadline;
+        }
+        let last = self
+            .jobs
+            .iter()
+            .map(|j| j.start_s)
+            .chain(self.faults.iter().map(|f| f.until_s.unwrap_or(f.from_s)))
+            .chain(self.actions.iter().map(|a| a.at_s))
+            .chain(
+                self.engine_crashes
+                    .iter()
+                    .map(|c| c.at_s.get_ref() + c.down_s),
+            )
+            .fold(0.0, f64::max);
+        last + 2.0 * 86_400.0
+    }
+
     /// The engine's settings for a pool (defaults when none are given).
     pub fn pool_config(&self, pool: &str) -> PoolConfig {
         self.delegates

@@ -99,27 +99,50 @@ impl SwarmReport {
 pub fn run(scenario: &Scenario, start: u64, seeds: u64) -> SwarmReport {
     let wall = std::time::Instant::now();
     let outcomes = (start..start.saturating_add(seeds))
-        .map(|seed| {
-            let (out, summary) = crate::run_and_check(scenario, seed);
-            let mut problems = summary.check_failures.clone();
-            if let Some(e) = &out.engine_error {
-                problems.push(format!("engine did not start: {e}"));
-            }
-            SeedOutcome {
-                seed,
-                jobs: summary.jobs.iter().map(|j| j.status.clone()).collect(),
-                vms_ok: summary.vms_processed,
-                vms_failed: summary.vms_failed,
-                delegates_created: summary.delegates_created,
-                faults_injected: summary.faults_injected,
-                sim_ms: summary.sim_duration_ms,
-                problems,
-            }
-        })
+        .map(|seed| run_seed(scenario, seed))
         .collect();
     SwarmReport {
         scenario: scenario.name.clone(),
         outcomes,
         wall_ms: wall.elapsed().as_millis() as u64,
+    }
+}
+
+/// One seed's run, judged. A run that panics is a failing seed like any
+/// other (the panic's message is its problem), so the swarm goes on and
+/// names it with its replay command.
+fn run_seed(scenario: &Scenario, seed: u64) -> SeedOutcome {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::run_and_check(scenario, seed)
+    }));
+    let (_, summary) = match run {
+        Ok(judged) => judged,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            return SeedOutcome {
+                seed,
+                jobs: Vec::new(),
+                vms_ok: 0,
+                vms_failed: 0,
+                delegates_created: 0,
+                faults_injected: 0,
+                sim_ms: 0,
+                problems: vec![format!("the run panicked: {message}")],
+            };
+        }
+    };
+    SeedOutcome {
+        seed,
+        jobs: summary.jobs.iter().map(|j| j.status.clone()).collect(),
+        vms_ok: summary.vms_processed,
+        vms_failed: summary.vms_failed,
+        delegates_created: summary.delegates_created,
+        faults_injected: summary.faults_injected,
+        sim_ms: summary.sim_duration_ms,
+        problems: summary.check_failures,
     }
 }

@@ -270,3 +270,35 @@ fn a_lost_reply_to_a_clone_slower_than_the_call_timeout_finds_the_clone_once_mad
     let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
     assert!(summary.ok, "{}", summary.text());
 }
+
+#[test]
+fn a_run_past_its_limit_is_stopped_cleanly_and_fails_naming_why() {
+    // Clones take ten minutes, and the run's limit (its convergence
+    // deadline) is at two: the jobs are cancelled there, clean up, and the
+    // run fails instead of running on.
+    let text = variant(
+        "quickstart.toml",
+        "clone_s = [600, 600]\n\n[swarm]\nconverge_within_s = 120",
+        None,
+    );
+    let scenario = Scenario::parse("past-its-limit.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let (_, summary) = abd::run_and_check(&scenario, scenario.seed);
+    assert!(!summary.ok, "{}", summary.text());
+    let stopped = "the run did not end by itself: the run reached its limit at 120 s";
+    assert!(
+        summary
+            .check_failures
+            .iter()
+            .any(|p| p.starts_with(stopped)),
+        "{:?}",
+        summary.check_failures
+    );
+    assert!(
+        summary.check_failures.iter().all(|p| !p.contains("left")),
+        "what the cancelled jobs made is cleaned up: {:?}",
+        summary.check_failures
+    );
+    assert_eq!(summary.jobs[0].status, "cancelled", "{}", summary.text());
+    let finished_s = summary.jobs[0].finished_ms / 1000;
+    assert!((120..180).contains(&finished_s), "{finished_s} s");
+}
