@@ -549,14 +549,7 @@ async fn drive(
         };
         if stopped_at_limit.is_some() {
             // What would not end even when cancelled is dropped where it is.
-            tasks.abort_all();
-            while let Some(done) = tasks.join_next().await {
-                if let Ok((index, run)) = done {
-                    results[index] = Some(run);
-                }
-            }
-            actions.abort_all();
-            while actions.join_next().await.is_some() {}
+            stop_where_they_are(&mut tasks, &mut actions, &mut results).await;
             let now_ms = clock.now().as_ms();
             for (index, slot) in results.iter_mut().enumerate() {
                 if slot.is_none() {
@@ -609,14 +602,7 @@ async fn drive(
             };
         }
         // The engine dies: its jobs and actions stop where they are.
-        tasks.abort_all();
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((index, run)) = done {
-                results[index] = Some(run);
-            }
-        }
-        actions.abort_all();
-        while actions.join_next().await.is_some() {}
+        stop_where_they_are(&mut tasks, &mut actions, &mut results).await;
         engine.halt();
         // Its data store goes with it: refused until the next engine serves it.
         links
@@ -655,6 +641,23 @@ async fn drive(
         tokio::time::sleep_until(crash_at.expect("crashed") + down).await;
         incarnation += 1;
     }
+}
+
+/// Aborts the jobs and actions still running, keeping the reports of the
+/// jobs that ended meanwhile.
+async fn stop_where_they_are(
+    tasks: &mut tokio::task::JoinSet<(usize, JobRun)>,
+    actions: &mut tokio::task::JoinSet<()>,
+    results: &mut [Option<JobRun>],
+) {
+    tasks.abort_all();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((index, run)) = done {
+            results[index] = Some(run);
+        }
+    }
+    actions.abort_all();
+    while actions.join_next().await.is_some() {}
 }
 
 /// True when `work` ends by `deadline`; false when the deadline comes first

@@ -478,8 +478,8 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
         let snapshot_disk = record.other_config.get(tags::ROLE).map(String::as_str)
             == Some(tags::ROLE_SNAPSHOT_DISK);
         // A delegate's own disks go with it; a snapshot disk does not.
-        let held_only_by_delegates = snapshot_disk
-            && record.vbds.iter().all(|v| going_with_delegates.contains(v));
+        let held_only_by_delegates =
+            snapshot_disk && record.vbds.iter().all(|v| going_with_delegates.contains(v));
         let orphan = tags::is_our_work_disk(record, &engine_id)
             && (record.vbds.is_empty() || held_only_by_delegates);
         if orphan && snapshot_disk && bases.contains(&record.uuid) {
