@@ -73,6 +73,11 @@ fn fault_dhcp_down_log() {
 }
 
 #[test]
+fn fault_dhcp_exhausted_log() {
+    insta::assert_snapshot!("fault_dhcp_exhausted", job_log("fault-dhcp-exhausted"));
+}
+
+#[test]
 fn fault_delegate_killed_log() {
     insta::assert_snapshot!("fault_delegate_killed", job_log("fault-delegate-killed"));
 }
