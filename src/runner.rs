@@ -746,7 +746,11 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
                 tracing::warn!("action move_vm_disks failed: {e}");
             }
         }
-        kind @ ("fail_over" | "clone_vm" | "shutdown_vm") => {
+        kind @ ("fail_over"
+        | "clone_vm"
+        | "shutdown_vm"
+        | "disable_cbt"
+        | "destroy_cbt_metadata") => {
             let mut s = sim.lock().expect("simulator lock");
             let id = s.pool_id(pool).expect("checked pool");
             let vm = action.vm.as_deref().unwrap_or_default();

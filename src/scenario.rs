@@ -516,7 +516,16 @@ impl Scenario {
             }
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
-                | ("fail_over" | "clone_vm" | "shutdown_vm" | "add_vif", Some(_), None)
+                | (
+                    "fail_over"
+                    | "clone_vm"
+                    | "shutdown_vm"
+                    | "add_vif"
+                    | "disable_cbt"
+                    | "destroy_cbt_metadata",
+                    Some(_),
+                    None,
+                )
                 | (
                     "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
                     None,
@@ -538,7 +547,16 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
-                ("fail_over" | "clone_vm" | "shutdown_vm" | "add_vif", _, _) => {
+                (
+                    "fail_over"
+                    | "clone_vm"
+                    | "shutdown_vm"
+                    | "add_vif"
+                    | "disable_cbt"
+                    | "destroy_cbt_metadata",
+                    _,
+                    _,
+                ) => {
                     return Err(err(
                         line,
                         format!("action[{i}]: {kind} needs `vm` and takes no `sr`"),
@@ -557,7 +575,7 @@ impl Scenario {
                     return Err(err(
                         line,
                         format!(
-                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, clone_vm, shutdown_vm, add_vif, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
+                            "action[{i}].kind: unknown action {other:?} (known: move_vm_disks, fail_over, clone_vm, shutdown_vm, add_vif, disable_cbt, destroy_cbt_metadata, template_delete, template_redeploy, cancel_job, store_capacity, verify_store)"
                         ),
                     ));
                 }

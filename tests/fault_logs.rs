@@ -73,6 +73,11 @@ fn fault_dhcp_down_log() {
 }
 
 #[test]
+fn cbt_fallback_log() {
+    insta::assert_snapshot!("cbt_fallback", job_log("cbt-fallback"));
+}
+
+#[test]
 fn fault_dhcp_exhausted_log() {
     insta::assert_snapshot!("fault_dhcp_exhausted", job_log("fault-dhcp-exhausted"));
 }

@@ -344,18 +344,27 @@ async fn cbt_plan(
             }
         };
         plan.vdi_uuids.push(record.uuid.clone());
+        let base_uuid =
+            previous.and_then(|p| p.vm_record["disks"][i]["cbt_base_vdi_uuid"].as_str());
         if !record.cbt_enabled {
-            log.ok(format!(
-                "Disk {n}: CBT is not enabled; reading the whole disk (deduplicated)"
-            ));
+            match base_uuid {
+                // An incremental chain ends: never silently.
+                Some(base_uuid) => {
+                    log.warn(format!(
+                        "[CBT] Disk {n}: CBT was turned off since the last backup; falling back to a full read (deduplicated)"
+                    ));
+                    plan.old_bases.push(base_uuid.to_string());
+                }
+                None => log.ok(format!(
+                    "Disk {n}: CBT is not enabled; reading the whole disk (deduplicated)"
+                )),
+            }
             plan.changed_blocks.push(None);
             plan.base_uuids.push(None);
             continue;
         }
         plan.base_uuids.push(Some(record.uuid.clone()));
         plan.new_bases.push(vdi.clone());
-        let base_uuid =
-            previous.and_then(|p| p.vm_record["disks"][i]["cbt_base_vdi_uuid"].as_str());
         let Some(base_uuid) = base_uuid else {
             log.ok(format!(
                 "[CBT] Disk {n}: first backup with CBT; reading the whole disk"

@@ -943,6 +943,8 @@ impl Sim {
             "fail_over" => ctx.fail_over(vm_name),
             "clone_vm" => ctx.operator_clone(vm_name),
             "shutdown_vm" => ctx.operator_shutdown(vm_name),
+            "disable_cbt" => ctx.operator_disable_cbt(vm_name),
+            "destroy_cbt_metadata" => ctx.operator_destroy_cbt_metadata(vm_name),
             other => Err(XapiError::internal(format!(
                 "unknown operator action {other:?}"
             ))),

@@ -864,6 +864,42 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Operator action: turns CBT off on every disk of a VM
+    /// (`VDI.disable_cbt`, as from a UI).
+    pub(crate) fn operator_disable_cbt(&mut self, vm_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        for vdi in self.vm_disk_vdis(&self.m.vms[&vm].clone()) {
+            self.vdi_set_cbt(&vdi, false)?;
+        }
+        self.log(format!("operator turned CBT off on {vm_name:?}'s disks"));
+        Ok(())
+    }
+
+    /// Operator action: destroys the CBT metadata VDIs kept for a VM's disks
+    /// (someone tidying up snapshots), as `VDI.destroy` would.
+    pub(crate) fn operator_destroy_cbt_metadata(&mut self, vm_name: &str) -> Result<(), XapiError> {
+        let vm = self.vm_named(vm_name)?;
+        let disks = self.vm_disk_vdis(&self.m.vms[&vm].clone());
+        let metadata: Vec<OpaqueRef> = self
+            .m
+            .vdis
+            .iter()
+            .filter(|(_, r)| {
+                r.vdi_type == xapi_proto::records::VdiType::CbtMetadata
+                    && disks.contains(&r.snapshot_of)
+            })
+            .map(|(vdi, _)| vdi.clone())
+            .collect();
+        for vdi in &metadata {
+            self.vdi_destroy(vdi)?;
+        }
+        self.log(format!(
+            "operator destroyed {} CBT metadata VDI(s) of {vm_name:?}",
+            metadata.len()
+        ));
+        Ok(())
+    }
+
     /// Operator action: shuts a VM down.
     pub(crate) fn operator_shutdown(&mut self, vm_name: &str) -> Result<(), XapiError> {
         let vm = self.vm_named(vm_name)?;
