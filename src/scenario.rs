@@ -517,21 +517,12 @@ impl Scenario {
             match (kind, &action.vm, &action.sr) {
                 ("move_vm_disks", Some(_), Some(_))
                 | (
-                    "fail_over"
-                    | "clone_vm"
-                    | "shutdown_vm"
-                    | "add_vif"
-                    | "disable_cbt"
-                    | "destroy_cbt_metadata",
-                    Some(_),
-                    None,
-                )
-                | (
                     "template_delete" | "template_redeploy" | "store_capacity" | "verify_store",
                     None,
                     None,
                 )
                 | ("cancel_job", _, None) => {}
+                (kind, Some(_), None) if acts_on_one_vm(kind) => {}
                 ("store_capacity", _, _) => {
                     return Err(err(
                         line,
@@ -547,16 +538,7 @@ impl Scenario {
                         format!("action[{i}]: move_vm_disks needs `vm` and `sr`"),
                     ));
                 }
-                (
-                    "fail_over"
-                    | "clone_vm"
-                    | "shutdown_vm"
-                    | "add_vif"
-                    | "disable_cbt"
-                    | "destroy_cbt_metadata",
-                    _,
-                    _,
-                ) => {
+                (kind, _, _) if acts_on_one_vm(kind) => {
                     return Err(err(
                         line,
                         format!("action[{i}]: {kind} needs `vm` and takes no `sr`"),
@@ -659,6 +641,19 @@ fn locate_spec_error(text: &str, message: &str) -> Option<usize> {
         }
     }
     Some(headers[start].0)
+}
+
+/// Operator actions on one VM (`vm`, and no `sr`).
+fn acts_on_one_vm(kind: &str) -> bool {
+    matches!(
+        kind,
+        "fail_over"
+            | "clone_vm"
+            | "shutdown_vm"
+            | "add_vif"
+            | "disable_cbt"
+            | "destroy_cbt_metadata"
+    )
 }
 
 #[cfg(test)]
