@@ -447,6 +447,7 @@ pub async fn await_address(
     let how = if pool.addresses.is_some() {
         "static"
     } else {
+        pool.dhcp_gate.addressed();
         "DHCP"
     };
     log.ok(format!(
@@ -614,7 +615,11 @@ pub async fn provision(
     let mut excluded = BTreeSet::new();
     let attempts = cfg.provision_attempts.max(1);
     let mut backoff = Duration::from_secs(cfg.retry_backoff_s);
+    // Held while a retry waits for a DHCP address to be freed, and until it
+    // has one: fresh delegates of the pool wait meanwhile.
+    let mut starved = None;
     for attempt in 1..=attempts {
+        wait_for_dhcp_turn(pool, starved.is_some(), log).await?;
         let mut d = match create(pool, template, network, job, lease.take(), log).await {
             Ok(d) => d,
             Err((e, returned)) => {
@@ -645,6 +650,17 @@ pub async fn provision(
                 let host = d.host.clone();
                 let host_name = d.host_name.clone();
                 lease = d.lease.take();
+                starved = None;
+                if matches!(e, EngineError::AddressTimeout { .. })
+                    && pool.addresses.is_none()
+                    && let Some((holding, priority)) = pool.dhcp_gate.starve()
+                {
+                    log.warn(format!(
+                        "{} got no DHCP address while {holding} other delegate(s) of the pool hold theirs: the DHCP range may be exhausted (or the guest did not come up); the retry waits for a freed address, and new delegates wait for the retry",
+                        d.name
+                    ));
+                    starved = Some(priority);
+                }
                 teardown(pool, d, log).await;
                 // Someone else answers on that address: try another one. The
                 // released address goes to the back of the free list.
@@ -679,11 +695,37 @@ pub async fn provision(
     unreachable!("the last attempt returns")
 }
 
+/// With DHCP, before a delegate is made (cancellable): a starved retry
+/// waits for an address to be freed; a fresh delegate waits while any retry
+/// of the pool is starved.
+async fn wait_for_dhcp_turn(
+    pool: &PoolRuntime,
+    starved: bool,
+    log: &VmLog,
+) -> Result<(), EngineError> {
+    if pool.addresses.is_some() {
+        return Ok(());
+    }
+    let gate = &pool.dhcp_gate;
+    if starved {
+        log.progress("Waiting for a DHCP address to be freed");
+        return log.cancel().wait(gate.wait_freed()).await;
+    }
+    if gate.has_starved() {
+        log.progress("Waiting: a delegate of the pool that got no DHCP address goes first");
+    }
+    log.cancel().wait(gate.enter()).await.map(|_| ())
+}
+
 /// Shuts the delegate down and destroys it with its VIFs and its own disks,
 /// then returns its address. Only touches a VM tagged as our delegate.
 /// Failures are logged, never raised: teardown is best effort and says what it left.
 pub async fn teardown(pool: &PoolRuntime, d: Delegate, log: &VmLog) {
     let started = Instant::now();
+    // Its DHCP address is taken as freed even if the teardown fails: a
+    // waiting delegate that then finds none is retried (liveness first).
+    pool.dhcp_gate
+        .released(pool.addresses.is_none() && d.ip.is_some());
     match destroy_delegate_vm(pool, &d.vm, &d.own_vdis).await {
         Ok(()) => log.ok(format!(
             "{} torn down ({})",

@@ -230,6 +230,8 @@ pub struct PoolRuntime {
     pub xapi: XapiClient,
     pub agent: Arc<AgentClient>,
     pub(crate) addresses: Option<AddressQueue>,
+    /// With DHCP: where delegates wait once the range is found exhausted.
+    pub(crate) dhcp_gate: crate::address::DhcpGate,
     pub(crate) boot_gate: BootGate,
     pub(crate) template: tokio::sync::Mutex<Option<TemplateInfo>>,
     pub(crate) idle: Mutex<Vec<IdleDelegate>>,
@@ -307,6 +309,7 @@ impl PoolRuntime {
             me: me.clone(),
             held_leases: Mutex::default(),
             boot_gate: BootGate::new(config.boot_cap_per_pool, config.boot_cap_per_host),
+            dhcp_gate: crate::address::DhcpGate::default(),
             shared,
             config,
             xapi,

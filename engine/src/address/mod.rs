@@ -8,9 +8,11 @@
 use std::net::Ipv4Addr;
 
 pub mod allocator;
+pub mod dhcp_gate;
 pub mod queue;
 
 pub use allocator::{HolderId, StaticAddress, StaticAllocator};
+pub use dhcp_gate::DhcpGate;
 pub use queue::{AddressQueue, Lease};
 
 /// Errors of address leasing.
