@@ -139,9 +139,15 @@ impl PackWriter {
         let name = checksum.to_hex().to_string();
         let final_path = pack_path(packs_dir, &name);
         let dir = final_path.parent().expect("pack dir");
+        let new_dir = !dir.exists();
         fs::create_dir_all(dir).at(dir)?;
         fs::rename(&self.tmp_path, &final_path).at(&final_path)?;
         sync_dir(dir)?;
+        // A subdirectory made for this pack must itself survive a power
+        // loss, or the pack goes with it while the index naming it stays.
+        if new_dir {
+            sync_dir(packs_dir)?;
+        }
         Ok((name, self.entries))
     }
 }
