@@ -125,6 +125,15 @@ fn wrong_directories_and_targets_are_refused_with_the_reason() {
         "{stderr}"
     );
 
+    let missing = tmp.path().join("no-such-store");
+    let (code, _, stderr) = abd(&["ads", "list", p(&missing)]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the directory does not exist") && stderr.contains("abd ads init"),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "asking does not create it");
+
     let (code, _, stderr) = abd(&["ads", "init", p(tmp.path())]);
     assert_eq!(code, 1);
     assert!(stderr.contains("is not empty"), "{stderr}");

@@ -14,6 +14,10 @@ pub enum AdsError {
     },
     #[error("{path} is not an abd data store (no {marker}); create one with `abd ads init {path}`")]
     NotAStore { path: PathBuf, marker: &'static str },
+    #[error(
+        "no data store at {path}: the directory does not exist (create one with `abd ads init {path}`)"
+    )]
+    NoSuchStore { path: PathBuf },
     #[error("{path} is not empty; `abd ads init` only creates a store in a new or empty directory")]
     NotEmpty { path: PathBuf },
     #[error("{path}: store format {found} is not supported (this build reads format {supported})")]

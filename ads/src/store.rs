@@ -182,6 +182,11 @@ impl Store {
     /// Opens the store in `dir`, taking its lock.
     pub fn open(dir: &Path, access: Access) -> Result<Self> {
         let marker = dir.join(MARKER);
+        if !dir.exists() {
+            return Err(AdsError::NoSuchStore {
+                path: dir.to_path_buf(),
+            });
+        }
         if !marker.is_file() {
             return Err(AdsError::NotAStore {
                 path: dir.to_path_buf(),
