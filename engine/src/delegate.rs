@@ -651,7 +651,9 @@ pub async fn provision(
                 let host_name = d.host_name.clone();
                 lease = d.lease.take();
                 starved = None;
-                if matches!(e, EngineError::AddressTimeout { .. })
+                // Only a retry that follows can be starved.
+                if attempt < attempts
+                    && matches!(e, EngineError::AddressTimeout { .. })
                     && pool.addresses.is_none()
                     && let Some((holding, priority)) = pool.dhcp_gate.starve()
                 {
