@@ -44,6 +44,7 @@ fn backup_into(dir: &std::path::Path, data: &MemDisk) -> ads::Manifest {
     let (disk, _) = ads::backup_disk(&plan, &mut source, &mut txn, &mut |_, _| {}).unwrap();
     txn.commit(VersionDraft {
         vm: "bench".into(),
+        name: "bench".into(),
         taken_at: String::new(),
         parent_seq: None,
         vm_record: serde_json::Value::Null,

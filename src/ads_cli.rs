@@ -28,7 +28,8 @@ pub enum AdsCommand {
     Backup {
         dir: PathBuf,
         image: PathBuf,
-        /// The VM the image belongs to.
+        /// The VM the image belongs to: its versions are kept under this name
+        /// (a pool VM's uuid, or any name that is the VM's alone).
         #[arg(long)]
         vm: String,
         /// Print the numbers as JSON.
@@ -44,6 +45,8 @@ pub enum AdsCommand {
     /// Restores a version's disk to a new raw image file, verified.
     Restore {
         dir: PathBuf,
+        /// The VM: its id in the store (a pool VM's uuid), or a name only one
+        /// VM in the store has.
         #[arg(long)]
         vm: String,
         /// Version number (default: the newest).
@@ -164,6 +167,7 @@ fn backup(dir: &Path, image: &Path, vm: &str, json: bool) -> anyhow::Result<bool
     bar.finish_and_clear();
     let (manifest, stored) = txn.commit(VersionDraft {
         vm: vm.to_string(),
+        name: vm.to_string(),
         taken_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         parent_seq: previous.as_ref().map(|p| p.seq),
         vm_record: serde_json::json!({ "source_image": image.display().to_string() }),
@@ -214,7 +218,7 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<bool> {
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "vm": m.vm, "version": m.seq, "taken_at": m.taken_at, "parent": m.parent_seq,
+                    "vm": m.vm, "name": m.vm_name(), "version": m.seq, "taken_at": m.taken_at, "parent": m.parent_seq,
                     "disks": m.disks.len(), "size_bytes": m.size_bytes(),
                     "chunks": m.chunk_refs().count(),
                 })
@@ -226,14 +230,31 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<bool> {
     if manifests.is_empty() {
         println!("no versions in {}", dir.display());
     }
+    // A VM backed up from a pool is kept under its uuid: show it beside the name.
+    let ids = manifests.iter().any(|m| m.vm != m.vm_name());
+    let id = |m: &ads::Manifest| match ids {
+        true => format!(" {:<36}", m.vm),
+        false => String::new(),
+    };
     println!(
-        "{:<24} {:>7} {:<22} {:>7} {:>10} {:>8}",
-        "VM", "VERSION", "TAKEN", "PARENT", "SIZE", "CHUNKS"
+        "{:<24}{} {:>7} {:<22} {:>7} {:>10} {:>8}",
+        "VM",
+        if ids {
+            format!(" {:<36}", "ID")
+        } else {
+            String::new()
+        },
+        "VERSION",
+        "TAKEN",
+        "PARENT",
+        "SIZE",
+        "CHUNKS"
     );
     for m in &manifests {
         println!(
-            "{:<24} {:>7} {:<22} {:>7} {:>10} {:>8}",
-            m.vm,
+            "{:<24}{} {:>7} {:<22} {:>7} {:>10} {:>8}",
+            m.vm_name(),
+            id(m),
             m.seq,
             m.taken_at,
             m.parent_seq.map(|p| p.to_string()).unwrap_or("-".into()),
@@ -252,10 +273,11 @@ fn restore(
     out: &Path,
 ) -> anyhow::Result<bool> {
     let store = Store::open(dir, Access::Read)?;
+    let id = store.resolve_vm(vm)?;
     let manifest = match version {
-        Some(seq) => store.manifest(vm, seq)?,
+        Some(seq) => store.manifest(&id, seq)?,
         None => store
-            .latest(vm)?
+            .latest(&id)?
             .ok_or_else(|| ads::AdsError::NoSuchVm { vm: vm.to_string() })?,
     };
     if disk == 0 || disk > manifest.disks.len() {

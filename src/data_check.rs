@@ -97,7 +97,7 @@ pub fn check_store(dir: &Path, sim: &Sim, damage: &[crate::store_faults::Damage]
     for manifest in &manifests {
         end.versions += 1;
         end.logical_bytes += manifest.size_bytes();
-        let version = format!("{}@{}", manifest.vm, manifest.seq);
+        let version = manifest.label();
         let pool = manifest.vm_record["pool"]
             .as_str()
             .and_then(|p| sim.pool_id(p));

@@ -88,9 +88,13 @@ enum Command {
     Restore {
         #[command(flatten)]
         pool: abd::real_pool::PoolArgs,
-        /// A VM whose version to restore, by name (repeat for more).
+        /// A VM whose version to restore, by uuid or by name (repeat for more).
         #[arg(long = "vm", required = true)]
         vms: Vec<String>,
+        /// Only VMs backed up from this pool (by name): tells apart VMs of
+        /// one name in different pools.
+        #[arg(long)]
+        source_pool: Option<String>,
         /// The version to restore (default: each VM's newest).
         #[arg(long)]
         version: Option<u64>,
@@ -269,6 +273,7 @@ fn main() -> ExitCode {
             version,
             sr,
             via,
+            source_pool,
             concurrency,
             store,
         } => {
@@ -276,7 +281,12 @@ fn main() -> ExitCode {
                 RestoreVia::Delegate => engine::config::RestoreVia::Delegate,
                 RestoreVia::Import => engine::config::RestoreVia::Import,
             };
-            let restore = engine::config::RestoreSpec { version, sr, via };
+            let restore = engine::config::RestoreSpec {
+                version,
+                sr,
+                via,
+                source_pool,
+            };
             real_pool(restore_vms(pool, vms, concurrency, restore, store))
         }
         Command::Sim {

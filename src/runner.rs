@@ -377,10 +377,12 @@ fn job_spec(scenario: &Scenario, job: &crate::scenario::ScenarioJob) -> JobSpec 
             version: job.version,
             sr: job.sr.clone(),
             via: job.via.unwrap_or_default(),
+            source_pool: job.source_pool.clone(),
         }),
         replicate: (job.kind == JobKind::Replicate).then(|| engine::config::ReplicateSpec {
             sr: job.sr.clone(),
             network: job.network.clone(),
+            source_pool: job.source_pool.clone(),
         }),
         time_limit_s: job.time_limit_s,
     }

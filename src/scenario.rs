@@ -102,6 +102,10 @@ pub struct ScenarioJob {
     /// each disk to the pool master, no delegate).
     #[serde(default)]
     pub via: Option<engine::config::RestoreVia>,
+    /// Restore and replication jobs: only VMs backed up from this pool, to
+    /// tell apart VMs of one name in different pools.
+    #[serde(default)]
+    pub source_pool: Option<String>,
     /// The job is cancelled once it has run this long (seconds).
     #[serde(default)]
     pub time_limit_s: Option<u64>,
@@ -377,9 +381,11 @@ impl Scenario {
 
     /// The job's VM list with `prefix*` patterns expanded, in order, without repeats.
     pub fn job_vms(&self, job: &ScenarioJob) -> Vec<String> {
-        // A replication's VMs live in other pools; their versions are in the store.
-        let all = match job.kind {
-            JobKind::Replicate => self
+        // A restore's or replication's VMs may live in other pools; their
+        // versions are in the store.
+        let all = match (job.kind, &job.source_pool) {
+            (JobKind::Restore | JobKind::Replicate, Some(source)) => self.vm_names(source),
+            (JobKind::Replicate, None) => self
                 .pools
                 .iter()
                 .flat_map(|p| self.vm_names(&p.name))
@@ -456,6 +462,21 @@ impl Scenario {
                     line,
                     format!("job[{i}].via: only a restore job takes `via`"),
                 ));
+            }
+            match (&job.source_pool, job.kind) {
+                (Some(source), _) if !pools.contains(&source.as_str()) => {
+                    return Err(err(
+                        line,
+                        format!("job[{i}].source_pool: no pool named {source:?}"),
+                    ));
+                }
+                (Some(_), JobKind::Backup | JobKind::Diag) => {
+                    return Err(err(
+                        line,
+                        format!("job[{i}].source_pool: only restore and replication jobs take it"),
+                    ));
+                }
+                _ => {}
             }
             if !(job.start_s >= 0.0 && job.start_s.is_finite()) {
                 return Err(err(line, format!("job[{i}].start_s: must be a time >= 0")));

@@ -54,7 +54,7 @@ pub fn corrupt_chunks(
         let users = manifests
             .iter()
             .filter(|m| m.chunk_refs().any(|(id, _)| *id == chunk))
-            .map(|m| format!("{}@{}", m.vm, m.seq))
+            .map(ads::Manifest::label)
             .collect();
         damage.push(Damage {
             chunk,

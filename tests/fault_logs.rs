@@ -189,3 +189,8 @@ fn fault_lost_reply_restore_log() {
         job_log("fault-lost-reply-restore")
     );
 }
+
+#[test]
+fn same_names_log() {
+    insta::assert_snapshot!("same_names", job_log("same-names"));
+}

@@ -45,6 +45,8 @@ pub enum AdsError {
     },
     #[error("no version of VM {vm:?} in the store")]
     NoSuchVm { vm: String },
+    #[error("several VMs in the store are named {name:?} (ids {ids}); name one by its id")]
+    AmbiguousVm { name: String, ids: String },
     #[error("VM {vm:?} has no version {seq} (versions: {available})")]
     NoSuchVersion {
         vm: String,

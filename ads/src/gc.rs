@@ -39,16 +39,26 @@ pub fn gc(store: &mut Store, keep: usize) -> Result<GcReport> {
     for vm in store.vms()? {
         let versions = store.versions(&vm)?;
         let excess = versions.len().saturating_sub(keep);
+        // Named as the VM is now (its newest version's name).
+        let name = match excess {
+            0 => String::new(),
+            _ => (store.latest(&vm).ok().flatten())
+                .map(|m| m.vm_name().to_string())
+                .unwrap_or_default(),
+        };
         for seq in &versions[..excess] {
             let path = store.manifest_path(&vm, *seq);
             fs::remove_file(&path).at(&path)?;
-            report.versions_removed.push(format!("{vm}@{seq}"));
+            let label = crate::manifest::version_label(&name, &vm, *seq);
+            report.versions_removed.push(label);
         }
         if excess > 0 {
             let dir = store.manifest_path(&vm, 0);
             pack::sync_dir(dir.parent().expect("vm dir"))?;
         }
     }
+    // By name, for whoever reads the list (VMs are kept by id).
+    report.versions_removed.sort();
 
     // Mark.
     let mut live: HashSet<ChunkId> = HashSet::new();

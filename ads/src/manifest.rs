@@ -15,7 +15,14 @@ pub const MANIFEST_FORMAT: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
+    /// The VM's id in the store, under which its versions are numbered and
+    /// kept: its uuid when backed up from a pool (so two VMs of one name never
+    /// share versions), the name it was given otherwise.
     pub vm: String,
+    /// The VM's name when this version was taken; empty in manifests written
+    /// before names and ids were kept apart (the id was the name then).
+    #[serde(default)]
+    pub name: String,
     /// 1, 2, 3... per VM, in commit order.
     pub seq: u64,
     /// When the source was read, as the caller states it (simulated or wall time).
@@ -155,6 +162,28 @@ impl Manifest {
     pub fn size_bytes(&self) -> u64 {
         self.disks.iter().map(|d| d.size_bytes).sum()
     }
+
+    /// The VM's name when this version was taken.
+    pub fn vm_name(&self) -> &str {
+        match self.name.is_empty() {
+            true => &self.vm,
+            false => &self.name,
+        }
+    }
+
+    /// How reports name this version: see [`version_label`].
+    pub fn label(&self) -> String {
+        version_label(self.vm_name(), &self.vm, self.seq)
+    }
+}
+
+/// How reports name version `seq` of a VM: `name@seq`, followed by the VM's id
+/// in brackets when the id is not the name (two VMs may share a name).
+pub fn version_label(name: &str, vm: &str, seq: u64) -> String {
+    match name == vm || name.is_empty() {
+        true => format!("{vm}@{seq}"),
+        false => format!("{name}@{seq} [{vm}]"),
+    }
 }
 
 /// Directory name for a VM: safe characters kept, others as `%XX`.
@@ -183,6 +212,16 @@ mod tests {
         assert_eq!(vm_dir_name("web-01"), "web-01");
         assert_eq!(vm_dir_name("a b/c"), "a%20b%2Fc");
         assert_eq!(vm_dir_name(".."), "%2E.");
+    }
+
+    #[test]
+    fn a_version_is_named_by_its_vm_name_and_by_its_id_when_they_differ() {
+        assert_eq!(version_label("web-01", "web-01", 3), "web-01@3");
+        assert_eq!(version_label("", "web-01", 3), "web-01@3");
+        assert_eq!(
+            version_label("web-01", "5d1e9f4a-0000-4000-8000-000000000001", 2),
+            "web-01@2 [5d1e9f4a-0000-4000-8000-000000000001]"
+        );
     }
 
     #[test]

@@ -500,6 +500,30 @@ impl Store {
         }
     }
 
+    /// The newest version of each VM that `wanted` names: the VM whose id it
+    /// is, else every VM whose newest version bears that name (several VMs,
+    /// in different pools say, may share one).
+    pub fn vms_named(&self, wanted: &str) -> Result<Vec<Manifest>> {
+        if let Some(latest) = self.latest(wanted)? {
+            return Ok(vec![latest]);
+        }
+        let mut named = Vec::new();
+        for vm in self.vms()? {
+            if let Some(latest) = self.latest(&vm)?
+                && latest.vm_name() == wanted
+            {
+                named.push(latest);
+            }
+        }
+        Ok(named)
+    }
+
+    /// The id of the one VM `wanted` names (its id, or a name only one VM
+    /// has); an error says when none does, or lists the VMs that share it.
+    pub fn resolve_vm(&self, wanted: &str) -> Result<String> {
+        one_vm(wanted, self.vms_named(wanted)?)
+    }
+
     /// Every committed manifest, by VM then sequence.
     pub fn all_manifests(&self) -> Result<Vec<Manifest>> {
         let mut all = Vec::new();
@@ -645,7 +669,10 @@ pub struct Transaction<'a> {
 
 /// Contents of a version to commit.
 pub struct VersionDraft {
+    /// The VM's id in the store (see [`Manifest::vm`]).
     pub vm: String,
+    /// The VM's name now.
+    pub name: String,
     pub taken_at: String,
     pub parent_seq: Option<u64>,
     pub vm_record: serde_json::Value,
@@ -719,6 +746,7 @@ impl Transaction<'_> {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             vm: draft.vm,
+            name: draft.name,
             seq,
             taken_at: draft.taken_at,
             parent_seq: draft.parent_seq,
@@ -811,6 +839,25 @@ impl ChunkSink for Transaction<'_> {
 }
 
 /// Writes `bytes` to `path` atomically: tmp file, sync, rename, sync dir.
+/// The id of the one VM among `named` (what [`Store::vms_named`] found for
+/// `wanted`), or an error saying there is none or listing them all.
+pub fn one_vm(wanted: &str, mut named: Vec<Manifest>) -> Result<String> {
+    match named.len() {
+        0 => Err(AdsError::NoSuchVm {
+            vm: wanted.to_string(),
+        }),
+        1 => Ok(named.pop().expect("one").vm),
+        _ => Err(AdsError::AmbiguousVm {
+            name: wanted.to_string(),
+            ids: named
+                .iter()
+                .map(|m| m.vm.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).at(&tmp)?;

@@ -197,9 +197,9 @@ impl VerifyPlan {
         let mut versions = 0;
         for vm in store.vms()? {
             for seq in store.versions(&vm)? {
-                let version = format!("{vm}@{seq}");
                 match store.manifest(&vm, seq) {
                     Ok(manifest) => {
+                        let version = manifest.label();
                         if let Some(detail) =
                             manifest.disks.iter().find_map(|d| d.check_shape().err())
                         {
@@ -217,7 +217,7 @@ impl VerifyPlan {
                         versions += 1;
                     }
                     Err(e) => early.push(Problem::BadManifest {
-                        version,
+                        version: format!("{vm}@{seq}"),
                         detail: e.to_string(),
                     }),
                 }

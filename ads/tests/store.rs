@@ -63,10 +63,21 @@ fn new_store(dir: &Path) -> Store {
     Store::open(dir, Access::Write).unwrap()
 }
 
-/// Backs up `disk` as the next version of `vm`; CBT bitmap optional.
+/// Backs up `disk` as the next version of `vm` (its id is its name); CBT bitmap optional.
 fn backup(
     store: &mut Store,
     vm: &str,
+    disk: &MemDisk,
+    cbt: Option<&[bool]>,
+) -> Result<(ads::Manifest, ads::ReadStats), AdsError> {
+    backup_as(store, vm, vm, disk, cbt)
+}
+
+/// Backs up `disk` as the next version of the VM with id `vm` and name `name`.
+fn backup_as(
+    store: &mut Store,
+    vm: &str,
+    name: &str,
     disk: &MemDisk,
     cbt: Option<&[bool]>,
 ) -> Result<(ads::Manifest, ads::ReadStats), AdsError> {
@@ -87,12 +98,48 @@ fn backup(
     let (disk_manifest, read) = ads::backup_disk(&plan, &mut source, &mut txn, &mut |_, _| {})?;
     let (manifest, _) = txn.commit(VersionDraft {
         vm: vm.into(),
+        name: name.into(),
         taken_at: "day".into(),
         parent_seq: previous.map(|p| p.seq),
         vm_record: serde_json::Value::Null,
         disks: vec![disk_manifest],
     })?;
     Ok((manifest, read))
+}
+
+#[test]
+fn two_vms_of_one_name_keep_their_own_versions_and_retention_by_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = new_store(tmp.path());
+    let (a, b) = (
+        "0b7a1c2e-aaaa-4000-8000-00000000000a",
+        "6f3d9e10-bbbb-4000-8000-00000000000b",
+    );
+    let (disk_a, disk_b) = (disk(21, 16), disk(22, 16));
+    for _ in 0..3 {
+        backup_as(&mut store, a, "web", &disk_a, None).unwrap();
+    }
+    let (first_b, _) = backup_as(&mut store, b, "web", &disk_b, None).unwrap();
+    // B's first version is not an incremental on A's, and numbers its own.
+    assert_eq!((first_b.seq, first_b.parent_seq), (1, None));
+    assert_eq!(first_b.label(), format!("web@1 [{b}]"));
+    assert_eq!(store.versions(a).unwrap(), vec![1, 2, 3]);
+    // By id: the one VM; by the shared name: refused, naming both ids.
+    assert_eq!(store.resolve_vm(a).unwrap(), a);
+    let err = store.resolve_vm("web").unwrap_err().to_string();
+    assert!(err.contains(a) && err.contains(b), "{err}");
+    assert!(err.contains("name one by its id"), "{err}");
+    assert_eq!(store.vms_named("web").unwrap().len(), 2);
+    assert!(matches!(
+        store.resolve_vm("db"),
+        Err(AdsError::NoSuchVm { .. })
+    ));
+    // Retention counts per VM: keeping 2 drops only A's oldest.
+    ads::gc::gc(&mut store, 2).unwrap();
+    assert_eq!(store.versions(a).unwrap(), vec![2, 3]);
+    assert_eq!(store.versions(b).unwrap(), vec![1]);
+    assert_eq!(restore(&store, b, 1).unwrap(), disk_b.0);
+    assert_eq!(restore(&store, a, 3).unwrap(), disk_a.0);
 }
 
 fn restore(store: &Store, vm: &str, seq: u64) -> Result<Vec<u8>, AdsError> {

@@ -12,16 +12,27 @@ use tokio::time::Instant;
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdCreate, VbdMode, VbdType};
 
+/// A VM a backup protects, as found in its pool.
+#[derive(Clone, Debug)]
+pub struct ProtectedVm {
+    pub vm: OpaqueRef,
+    /// Its uuid: its id in the data store, so a VM's versions stay its own
+    /// whatever it is called and whichever other VM shares its name.
+    pub uuid: String,
+    /// Its `name_label`, as the job names it.
+    pub name: String,
+}
+
 /// Backs up one VM through a ready delegate.
 pub async fn back_up_vm(
     pool: &PoolRuntime,
     d: &Delegate,
-    vm: &OpaqueRef,
-    vm_name: &str,
+    protected: &ProtectedVm,
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let x = &pool.xapi;
+    let (vm, vm_name) = (&protected.vm, protected.name.as_str());
     log.cancel().check()?;
     log.progress("Taking hypervisor snapshot");
     let started = Instant::now();
@@ -67,7 +78,7 @@ pub async fn back_up_vm(
                 "Snapshot taken ({})",
                 format_duration(started.elapsed())
             ));
-            attach_and_read(pool, d, &snap, vm_name, log).await
+            attach_and_read(pool, d, &snap, protected, log).await
         }
         Err(e) => Err(e),
     };
@@ -215,7 +226,7 @@ async fn attach_and_read(
     pool: &PoolRuntime,
     d: &Delegate,
     snap: &OpaqueRef,
-    vm_name: &str,
+    protected: &ProtectedVm,
     log: &VmLog,
 ) -> Result<Backed, EngineError> {
     let x = &pool.xapi;
@@ -241,7 +252,7 @@ async fn attach_and_read(
     let devices: Vec<(String, bool)> = disks.iter().map(|(_, vdi)| bootable[vdi].clone()).collect();
     let previous = match pool.store() {
         Some(store) => store
-            .latest(vm_name)
+            .latest(&protected.uuid)
             .map_err(|e| EngineError::Store(e.to_string()))?,
         None => None,
     };
@@ -256,7 +267,7 @@ async fn attach_and_read(
             let ip = d.ip.expect("a ready delegate has an address");
             let on_progress = |p: DiskProgress| log.disk_progress("Processing", p);
             let target = pool.store().map(|_| StoreTarget {
-                vm_name,
+                vm_id: &protected.uuid,
                 previous: previous.as_ref(),
                 changed_blocks: cbt
                     .as_ref()
@@ -290,7 +301,7 @@ async fn attach_and_read(
     };
     if let (Some(store), Some(cbt)) = (pool.store(), cbt) {
         let read = (&backed.report, devices.as_slice());
-        commit_version(pool, store, snap, vm_name, read, &cbt, log).await?;
+        commit_version(pool, store, snap, protected, read, &cbt, log).await?;
         backed.new_bases = cbt.new_bases;
         backed.old_bases = cbt.old_bases;
     }
@@ -470,7 +481,7 @@ async fn commit_version(
     pool: &PoolRuntime,
     store: &crate::datastore::DataStore,
     snap: &OpaqueRef,
-    vm_name: &str,
+    protected: &ProtectedVm,
     (report, devices): (&ReadReport, &[(String, bool)]),
     cbt: &CbtPlan,
     log: &VmLog,
@@ -496,7 +507,7 @@ async fn commit_version(
     // What a replication rebuilds the VM from; a version without it is still
     // a whole backup of the disks.
     let config = match &snap_record {
-        Some(record) => crate::vm_config::read(pool, snap, record, vm_name).await,
+        Some(record) => crate::vm_config::read(pool, snap, record, &protected.name).await,
         None => Err(EngineError::Store(
             "the snapshot's record was unreadable".into(),
         )),
@@ -536,7 +547,8 @@ async fn commit_version(
     vm_record[crate::vm_config::MANIFEST_KEY] = config;
     let manifest = store
         .commit(ads::VersionDraft {
-            vm: vm_name.to_string(),
+            vm: protected.uuid.clone(),
+            name: protected.name.clone(),
             taken_at: pool.shared.timestamp(),
             parent_seq: cbt.parent_seq,
             vm_record,

@@ -172,7 +172,9 @@ pub struct JobSpec {
     pub name: String,
     /// Pool (by name) the VMs live in.
     pub pool: String,
-    /// VMs by name_label, processed in this order.
+    /// VMs by name_label, processed in this order. A restore or replication
+    /// names VMs of the data store: by the name they were backed up under (one
+    /// VM's alone, see `source_pool`), or by uuid.
     pub vms: Vec<String>,
     /// VMs processed at once, each with its own delegate.
     pub concurrency: usize,
@@ -194,6 +196,10 @@ pub struct JobSpec {
 pub struct ReplicateSpec {
     /// SR (by name) for the replica VDIs (default: the pool's default SR).
     pub sr: Option<String>,
+    /// Only VMs backed up from this pool (by name): tells apart VMs of one
+    /// name in different pools. A VM may also be named by its uuid.
+    #[serde(default)]
+    pub source_pool: Option<String>,
     /// Network (by name) for a replica VM's interfaces whose network has no
     /// namesake in this pool (default: such interfaces are left out).
     #[serde(default)]
@@ -207,6 +213,10 @@ pub struct RestoreSpec {
     pub version: Option<u64>,
     /// SR (by name) for the new VDIs (default: the pool's default SR).
     pub sr: Option<String>,
+    /// Only VMs backed up from this pool (by name): tells apart VMs of one
+    /// name in different pools. A VM may also be named by its uuid.
+    #[serde(default)]
+    pub source_pool: Option<String>,
     /// How the bytes get onto the new VDIs.
     #[serde(default)]
     pub via: RestoreVia,

@@ -58,6 +58,29 @@ impl DataStore {
         }
     }
 
+    /// The id of the VM a restore or replication names: its id (uuid) in the
+    /// store, or a name only one VM has, among those backed up from the pool
+    /// `from_pool` when given. An error names what is missing or ambiguous.
+    pub fn resolve(&self, wanted: &str, from_pool: Option<&str>) -> Result<String, AdsError> {
+        let named = self
+            .lock()
+            .vms_named(wanted)?
+            .into_iter()
+            .filter(|m| from_pool.is_none_or(|pool| m.vm_record["pool"].as_str() == Some(pool)))
+            .collect();
+        ads::store::one_vm(wanted, named)
+    }
+
+    /// The newest version of whichever VM was backed up from the snapshot
+    /// named `snapshot_name` (names are unique to a run and VM).
+    pub fn latest_from_snapshot(&self, snapshot_name: &str) -> Option<Manifest> {
+        let store = self.lock();
+        store.vms().ok()?.into_iter().find_map(|vm| {
+            let latest = store.latest(&vm).ok()??;
+            (latest.vm_record["snapshot_name"].as_str() == Some(snapshot_name)).then_some(latest)
+        })
+    }
+
     /// The store's fixed settings (chunking, compression).
     pub fn config(&self) -> ads::StoreConfig {
         self.lock().config().clone()

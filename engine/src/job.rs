@@ -2,7 +2,7 @@
 //! in progress. Jobs running at once share the pool and add up.
 
 use crate::accounting::Change;
-use crate::backup::back_up_vm;
+use crate::backup::{ProtectedVm, back_up_vm};
 use crate::cancel::Cancel;
 use crate::config::{JobSpec, RestoreVia};
 use crate::delegate::{self, Delegate};
@@ -93,6 +93,35 @@ struct JobContext {
     write: Option<WriteJob>,
 }
 
+/// What a restore or replication writes for the VM the job names `wanted`:
+/// its version `version` (else its newest), and the VM's id in the data store.
+fn version_to_write(
+    ctx: &JobContext,
+    wanted: &str,
+    version: Option<u64>,
+) -> Result<(String, ads::Manifest), String> {
+    let Some(store) = ctx.pool.store() else {
+        return Err("this engine has no data store".to_string());
+    };
+    let from_pool = match &ctx.write {
+        Some(WriteJob::Restore { from_pool, .. } | WriteJob::Replicate { from_pool, .. }) => {
+            from_pool.as_deref()
+        }
+        None => None,
+    };
+    let id = store
+        .resolve(wanted, from_pool)
+        .map_err(|e| match (from_pool, &e) {
+            (Some(pool), _) => format!("{e}, backed up from pool {pool}"),
+            (None, ads::AdsError::AmbiguousVm { .. }) => {
+                format!("{e}, or name the pool it was backed up from (source_pool)")
+            }
+            (None, _) => e.to_string(),
+        })?;
+    let manifest = store.manifest(&id, version).map_err(|e| e.to_string())?;
+    Ok((id, manifest))
+}
+
 /// The template delegates are cloned from and the network they get.
 struct DelegateSetup {
     template: TemplateInfo,
@@ -106,10 +135,13 @@ enum WriteJob {
         version: Option<u64>,
         sr: OpaqueRef,
         via: RestoreVia,
+        /// Only VMs backed up from this pool (the job's `source_pool`).
+        from_pool: Option<String>,
     },
     Replicate {
         sr: OpaqueRef,
         networks: crate::replica_vm::ReplicaNetworks,
+        from_pool: Option<String>,
     },
 }
 
@@ -409,15 +441,14 @@ fn committed_before_restart(
     }
     let mut done = Vec::new();
     for vm in &earlier.in_progress {
-        let Ok(Some(latest)) = store.latest(vm) else {
-            continue;
-        };
-        let named = latest.vm_record["snapshot_name"].as_str();
-        let ours = earlier
-            .snapshots
+        let announced: Vec<&String> = (earlier.snapshots.iter())
+            .filter(|(v, _)| v == vm)
+            .map(|(_, name)| name)
+            .collect();
+        let committed = announced
             .iter()
-            .any(|(v, name)| v == vm && Some(name.as_str()) == named);
-        if ours {
+            .find_map(|name| store.latest_from_snapshot(name));
+        if let Some(latest) = committed {
             let outcome = VmOutcome::without_work(vm, VmStatus::Ok);
             done.push((outcome, latest.seq));
         }
@@ -462,6 +493,7 @@ async fn prepare(
             version: r.version,
             sr: sr_named(&r.sr)?,
             via: r.via,
+            from_pool: r.source_pool.clone(),
         }),
         (None, Some(r)) => {
             let mut networks = crate::replica_vm::ReplicaNetworks::new(&topo.networks);
@@ -471,6 +503,7 @@ async fn prepare(
             Some(WriteJob::Replicate {
                 sr: sr_named(&r.sr)?,
                 networks,
+                from_pool: r.source_pool.clone(),
             })
         }
         (None, None) => None,
@@ -579,29 +612,25 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
     let mut known_replica = None;
     // A restore or replication needs no VM in the pool (it may be gone, or in
     // another pool), only the target SR and a version to write.
-    let (vm, required_srs) = match &ctx.write {
+    let (vm, vm_id, required_srs) = match &ctx.write {
         Some(write) => {
             let (version, sr) = match write {
                 WriteJob::Restore { version, sr, .. } => (*version, sr),
                 WriteJob::Replicate { sr, .. } => (None, sr),
             };
             // Check the version before spending a delegate on it.
-            let found = match pool.store() {
-                Some(store) => store
-                    .manifest(vm_name, version)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => Err("this engine has no data store".to_string()),
+            let (vm_id, manifest) = match version_to_write(ctx, vm_name, version) {
+                Ok(found) => found,
+                Err(reason) => {
+                    log.fail(format!("Nothing to write: {reason}"));
+                    return failed(vm_name, reason, None);
+                }
             };
-            if let Err(reason) = found {
-                log.fail(format!("Nothing to write: {reason}"));
-                return failed(vm_name, reason, None);
-            }
             // A replica someone failed over to is theirs now: no delegate is
             // spent on it (`replicate_vm` checks again, with the delegate up).
             if matches!(write, WriteJob::Replicate { .. })
                 && let Ok(Some((replica, record))) =
-                    crate::replica_vm::find(pool, vm_name, log).await
+                    crate::replica_vm::find(pool, &manifest, log).await
             {
                 if crate::replica_vm::in_use(&record) {
                     log.warn(crate::replica_vm::left_alone(&record));
@@ -609,10 +638,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
                 }
                 known_replica = Some(replica);
             }
-            (None, vec![sr.clone()])
+            (None, vm_id, vec![sr.clone()])
         }
         None => match locate_vm(pool, vm_name).await {
-            Ok((vm, srs)) => (Some(vm), srs),
+            Ok((vm, srs)) => {
+                let uuid = vm.uuid.clone();
+                (Some(vm), uuid, srs)
+            }
             Err(reason) => {
                 log.fail(reason.clone());
                 return failed(vm_name, reason, None);
@@ -624,12 +656,13 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
             version,
             sr,
             via: RestoreVia::Import,
+            ..
         }) => Some((*version, sr)),
         _ => None,
     };
     let done = match upload {
         Some((version, sr)) => Delegated {
-            work: crate::restore::restore_vm_by_upload(pool, vm_name, version, sr, &ctx.job, log)
+            work: crate::restore::restore_vm_by_upload(pool, &vm_id, version, sr, &ctx.job, log)
                 .await,
             delegate: None,
             attempts: 1,
@@ -637,7 +670,7 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
         None => {
             let target = VmTarget {
                 vm: vm.as_ref(),
-                vm_name,
+                vm_id: &vm_id,
                 required_srs: &required_srs,
                 known_replica: known_replica.as_ref(),
             };
@@ -684,8 +717,9 @@ async fn process_vm(ctx: &JobContext, vm_name: &str, log: &VmLog) -> VmOutcome {
 /// Which VM a job's work is for, and what its delegate must see.
 struct VmTarget<'a> {
     /// The VM (backups; restores and replications work from the store).
-    vm: Option<&'a OpaqueRef>,
-    vm_name: &'a str,
+    vm: Option<&'a ProtectedVm>,
+    /// The VM's id in the data store.
+    vm_id: &'a str,
     required_srs: &'a [OpaqueRef],
     /// The replica VM found before a delegate was spent (replication).
     known_replica: Option<&'a OpaqueRef>,
@@ -705,7 +739,7 @@ struct Delegated {
 async fn work_on_delegates(ctx: &JobContext, target: VmTarget<'_>, log: &VmLog) -> Delegated {
     let VmTarget {
         vm,
-        vm_name,
+        vm_id,
         required_srs,
         known_replica,
     } = target;
@@ -725,18 +759,18 @@ async fn work_on_delegates(ctx: &JobContext, target: VmTarget<'_>, log: &VmLog) 
         pool.account(Change::DelegateBusy);
         let work = match (&ctx.write, vm) {
             (Some(WriteJob::Restore { version, sr, .. }), _) => {
-                crate::restore::restore_vm(pool, &delegate, vm_name, *version, sr, &ctx.job, log)
+                crate::restore::restore_vm(pool, &delegate, vm_id, *version, sr, &ctx.job, log)
                     .await
             }
-            (Some(WriteJob::Replicate { sr, networks }), _) => {
+            (Some(WriteJob::Replicate { sr, networks, .. }), _) => {
                 let target = crate::restore::ReplicaTarget {
                     sr,
                     networks,
                     known_vm: known_replica,
                 };
-                crate::restore::replicate_vm(pool, &delegate, vm_name, target, &ctx.job, log).await
+                crate::restore::replicate_vm(pool, &delegate, vm_id, target, &ctx.job, log).await
             }
-            (None, Some(vm)) => back_up_vm(pool, &delegate, vm, vm_name, &ctx.job, log).await,
+            (None, Some(vm)) => back_up_vm(pool, &delegate, vm, &ctx.job, log).await,
             (None, None) => unreachable!("a backup job located its VM"),
         };
         pool.account(Change::DelegateIdle);
@@ -845,7 +879,10 @@ async fn delegate_lost(pool: &PoolRuntime, d: &Delegate) -> bool {
 }
 
 /// Finds the VM by name and the SRs its disks are on.
-async fn locate_vm(pool: &PoolRuntime, name: &str) -> Result<(OpaqueRef, Vec<OpaqueRef>), String> {
+async fn locate_vm(
+    pool: &PoolRuntime,
+    name: &str,
+) -> Result<(ProtectedVm, Vec<OpaqueRef>), String> {
     let x = &pool.xapi;
     let candidates = x
         .vm_get_by_name_label(name)
@@ -888,7 +925,12 @@ async fn locate_vm(pool: &PoolRuntime, name: &str) -> Result<(OpaqueRef, Vec<Opa
     }
     srs.sort();
     srs.dedup();
-    Ok((vm, srs))
+    let protected = ProtectedVm {
+        vm,
+        uuid: record.uuid,
+        name: name.to_string(),
+    };
+    Ok((protected, srs))
 }
 
 /// After a VM's turn: keep the delegate idle (persistent pools, healthy

@@ -48,29 +48,31 @@ impl ReplicaNetworks {
     }
 }
 
-/// The name a replica VM of `vm_name` is created with.
+/// The name a replica VM of the VM `vm_name` is created with.
 fn replica_name(vm_name: &str) -> String {
     format!("{vm_name} (replica)")
 }
 
-/// Our replica VM of `vm_name` in this pool, if there is one: looked for by
-/// the name it was created with (a few records), else, since an operator may
-/// have renamed it, among all the pool's VMs. A replica VM an engine created
-/// but died before stamping with its uuid is adopted here: stamped, then
-/// fixed up by [`ensure`] like any other.
+/// Our replica VM of `manifest`'s VM in this pool, if there is one: looked
+/// for by the name it was created with (a few records), else, since an
+/// operator may have renamed it, among all the pool's VMs. It is known by the
+/// VM's id in the data store (`abd:replica-of`), never by name. A replica VM
+/// an engine created but died before stamping with its uuid is adopted here:
+/// stamped, then fixed up by [`ensure`] like any other.
 pub async fn find(
     pool: &PoolRuntime,
-    vm_name: &str,
+    manifest: &ads::Manifest,
     log: &VmLog,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
+    let vm_id = manifest.vm.as_str();
     let named = pool
         .xapi
-        .vm_get_by_name_label(&replica_name(vm_name))
+        .vm_get_by_name_label(&replica_name(manifest.vm_name()))
         .await
         .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "finding VMs", e))?;
     for vm in named {
         if let Ok(record) = pool.xapi.vm_get_record(&vm).await
-            && is_replica_of(&record, pool, vm_name)
+            && is_replica_of(&record, pool, vm_id)
         {
             return Ok(Some((vm, record)));
         }
@@ -80,20 +82,20 @@ pub async fn find(
         .vm_get_all_records()
         .await
         .map_err(|e| EngineError::xapi(format!("pool {}", pool.name()), "listing VMs", e))?;
-    if let Some((vm, record)) = all.iter().find(|(_, r)| is_replica_of(r, pool, vm_name)) {
+    if let Some((vm, record)) = all.iter().find(|(_, r)| is_replica_of(r, pool, vm_id)) {
         return Ok(Some((vm.clone(), record.clone())));
     }
     let engine_id = &pool.engine_config().engine_id;
     let Some((vm, mut record)) = all.into_iter().find(|(_, r)| {
         tags::is_our_unstamped_replica_vm(r, engine_id)
-            && r.other_config.get(tags::REPLICA_OF).map(String::as_str) == Some(vm_name)
+            && r.other_config.get(tags::REPLICA_OF).map(String::as_str) == Some(vm_id)
     }) else {
         return Ok(None);
     };
     pool.xapi
         .vm_set_other_config_key(&vm, tags::OWN_UUID, &record.uuid)
         .await
-        .map_err(|e| EngineError::xapi(format!("replica VM of {vm_name}"), "stamping", e))?;
+        .map_err(|e| EngineError::xapi(format!("replica VM of {vm_id}"), "stamping", e))?;
     record
         .other_config
         .insert(tags::OWN_UUID.to_string(), record.uuid.clone());
@@ -108,26 +110,27 @@ pub async fn find(
 /// still ours), without listing every VM of the pool again.
 pub async fn find_again(
     pool: &PoolRuntime,
-    vm_name: &str,
+    manifest: &ads::Manifest,
     known: Option<&OpaqueRef>,
     log: &VmLog,
 ) -> Result<Option<(OpaqueRef, VmRecord)>, EngineError> {
     if let Some(vm) = known
         && let Ok(record) = pool.xapi.vm_get_record(vm).await
-        && is_replica_of(&record, pool, vm_name)
+        && is_replica_of(&record, pool, &manifest.vm)
     {
         return Ok(Some((vm.clone(), record)));
     }
-    find(pool, vm_name, log).await
+    find(pool, manifest, log).await
 }
 
-fn is_replica_of(record: &VmRecord, pool: &PoolRuntime, vm_name: &str) -> bool {
+/// Our replica VM of the VM whose id in the data store is `vm_id`.
+fn is_replica_of(record: &VmRecord, pool: &PoolRuntime, vm_id: &str) -> bool {
     tags::is_our_replica_vm(record, &pool.engine_config().engine_id)
         && record
             .other_config
             .get(tags::REPLICA_OF)
             .map(String::as_str)
-            == Some(vm_name)
+            == Some(vm_id)
 }
 
 /// Makes the replica VM of `manifest` hold `vdis` (in disk order): creates it
@@ -144,8 +147,11 @@ pub async fn ensure(
     let x = &pool.xapi;
     let holds = format!("{}@{}", manifest.vm, manifest.seq);
     let description = format!(
-        "Replica of {} at version {} (taken {}), kept by abd job {job}",
-        manifest.vm, manifest.seq, manifest.taken_at
+        "Replica of {} (uuid {}) at version {} (taken {}), kept by abd job {job}",
+        manifest.vm_name(),
+        manifest.vm,
+        manifest.seq,
+        manifest.taken_at
     );
     let failed = |what| failed_on(manifest, what);
     let engine_id = &pool.engine_config().engine_id;
@@ -247,7 +253,7 @@ async fn create(
             minimal_config()
         }
     };
-    record.name_label = replica_name(&manifest.vm);
+    record.name_label = replica_name(manifest.vm_name());
     record.name_description = description.to_string();
     let engine_id = &pool.engine_config().engine_id;
     for (key, value) in [
@@ -282,7 +288,7 @@ fn failed_on(
     manifest: &ads::Manifest,
     what: &'static str,
 ) -> impl FnOnce(crate::xapi::CallError) -> EngineError {
-    let object = format!("replica VM of {}", manifest.vm);
+    let object = format!("replica VM of {}", manifest.vm_name());
     move |e| EngineError::xapi(object, what, e)
 }
 

@@ -28,17 +28,17 @@ use std::sync::{Arc, Mutex};
 use xapi_proto::OpaqueRef;
 use xapi_proto::records::{VbdMode, VdiCreate, VdiType};
 
-/// Writes `vm_name`'s version (`version`, else its newest) onto new VDIs on `sr`.
+/// Writes `vm_id`'s version (`version`, else its newest) onto new VDIs on `sr`.
 pub async fn restore_vm(
     pool: &PoolRuntime,
     d: &Delegate,
-    vm_name: &str,
+    vm_id: &str,
     version: Option<u64>,
     sr: &OpaqueRef,
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
-    let manifest = begin_restore(pool, vm_name, version, "", log)?;
+    let manifest = begin_restore(pool, vm_id, version, "", log)?;
     let mut created = Vec::new();
     let outcome = async {
         for i in 0..manifest.disks.len() {
@@ -51,20 +51,20 @@ pub async fn restore_vm(
     finish_restore(pool, outcome, &created, log).await
 }
 
-/// Writes `vm_name`'s version (`version`, else its newest) onto new VDIs on
+/// Writes `vm_id`'s version (`version`, else its newest) onto new VDIs on
 /// `sr` without a delegate: the engine restores each disk from the store as
 /// it uploads it to the pool master (`PUT /import_raw_vdi`), checked against
 /// the backup's digest on the way. Every byte, zeros too, crosses the
 /// engine's link to the pool.
 pub async fn restore_vm_by_upload(
     pool: &PoolRuntime,
-    vm_name: &str,
+    vm_id: &str,
     version: Option<u64>,
     sr: &OpaqueRef,
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
-    let manifest = begin_restore(pool, vm_name, version, " by upload to the pool master", log)?;
+    let manifest = begin_restore(pool, vm_id, version, " by upload to the pool master", log)?;
     let store = pool
         .shared_store()
         .ok_or_else(|| EngineError::Store("this engine has no data store".into()))?;
@@ -113,12 +113,12 @@ pub async fn restore_vm_by_upload(
 /// The version a restore writes, announced in the log (`how` it is written).
 fn begin_restore(
     pool: &PoolRuntime,
-    vm_name: &str,
+    vm_id: &str,
     version: Option<u64>,
     how: &str,
     log: &VmLog,
 ) -> Result<ads::Manifest, EngineError> {
-    let (_, manifest) = version_of(pool, vm_name, version)?;
+    let (_, manifest) = version_of(pool, vm_id, version)?;
     log.ok(format!(
         "Restoring version {} ({} disk(s), taken {}){how}",
         manifest.seq,
@@ -230,20 +230,20 @@ pub struct ReplicaTarget<'a> {
     pub known_vm: Option<&'a OpaqueRef>,
 }
 
-/// Brings `vm_name`'s replica on `target.sr` to its newest version: its
+/// Brings `vm_id`'s replica on `target.sr` to its newest version: its
 /// disks, then the halted replica VM around them.
 pub async fn replicate_vm(
     pool: &PoolRuntime,
     d: &Delegate,
-    vm_name: &str,
+    vm_id: &str,
     target: ReplicaTarget<'_>,
     job: &str,
     log: &VmLog,
 ) -> Result<ReadReport, EngineError> {
     let ReplicaTarget { sr, networks, .. } = target;
-    let (store, manifest) = version_of(pool, vm_name, None)?;
+    let (store, manifest) = version_of(pool, vm_id, None)?;
     // Looked at again now the delegate is up: someone may have failed over.
-    let replica_vm = crate::replica_vm::find_again(pool, vm_name, target.known_vm, log).await?;
+    let replica_vm = crate::replica_vm::find_again(pool, &manifest, target.known_vm, log).await?;
     if let Some((_, record)) = replica_vm
         .as_ref()
         .filter(|(_, r)| crate::replica_vm::in_use(r))
@@ -251,14 +251,14 @@ pub async fn replicate_vm(
         log.warn(crate::replica_vm::left_alone(record));
         return Ok(ReadReport::default());
     }
-    let (replica, held) = find_replica(pool, vm_name, &manifest).await?;
+    let (replica, held) = find_replica(pool, vm_id, &manifest).await?;
     if held == Some(manifest.seq) {
         log.ok(format!("Replica already holds version {}", manifest.seq));
         crate::replica_vm::ensure(pool, replica_vm, &manifest, &replica, networks, job, log)
             .await?;
         return Ok(ReadReport::default());
     }
-    let base = held.and_then(|seq| store.manifest(vm_name, Some(seq)).ok());
+    let base = held.and_then(|seq| store.manifest(vm_id, Some(seq)).ok());
     let targets = match (&base, replica.is_empty()) {
         (Some(base), _) => {
             log.ok(format!(
@@ -287,11 +287,11 @@ pub async fn replicate_vm(
         }
     };
     // Marked while written: an interrupted update is never taken for a version.
-    label_vdis(pool, &targets, vm_name, "updating").await?;
+    label_vdis(pool, &targets, vm_id, "updating").await?;
     let outcome = write_version(pool, d, &manifest, base.as_ref(), &targets, log).await;
     match &outcome {
         Ok(report) => {
-            label_vdis(pool, &targets, vm_name, &manifest.seq.to_string()).await?;
+            label_vdis(pool, &targets, vm_id, &manifest.seq.to_string()).await?;
             log.ok(format!(
                 "Replica at version {}: {} written (verified against the backup's digest)",
                 manifest.seq,
@@ -306,15 +306,15 @@ pub async fn replicate_vm(
     outcome
 }
 
-/// The engine's store and `vm_name`'s version (`version`, else its newest).
+/// The engine's store and `vm_id`'s version (`version`, else its newest).
 fn version_of<'a>(
     pool: &'a PoolRuntime,
-    vm_name: &str,
+    vm_id: &str,
     version: Option<u64>,
 ) -> Result<(&'a crate::datastore::DataStore, ads::Manifest), EngineError> {
     let store = store_of(pool)?;
     let manifest = store
-        .manifest(vm_name, version)
+        .manifest(vm_id, version)
         .map_err(|e| EngineError::Store(e.to_string()))?;
     Ok((store, manifest))
 }
@@ -324,11 +324,11 @@ fn store_of(pool: &PoolRuntime) -> Result<&crate::datastore::DataStore, EngineEr
         .ok_or_else(|| EngineError::Store("this engine has no data store".into()))
 }
 
-/// Our replica VDIs of `vm_name` in disk order, and the version they all hold
+/// Our replica VDIs of `vm_id` in disk order, and the version they all hold
 /// (`None` when there are none, or they do not form one whole version).
 async fn find_replica(
     pool: &PoolRuntime,
-    vm_name: &str,
+    vm_id: &str,
     manifest: &ads::Manifest,
 ) -> Result<(Vec<OpaqueRef>, Option<u64>), EngineError> {
     let engine_id = &pool.engine_config().engine_id;
@@ -354,7 +354,7 @@ async fn find_replica(
         let Some((vm, seq)) = version.rsplit_once('@') else {
             continue;
         };
-        if vm == vm_name {
+        if vm == vm_id {
             found.push((
                 disk.parse().unwrap_or(0),
                 seq.to_string(),
@@ -458,7 +458,12 @@ async fn create_vdi(
         "restored"
     };
     let spec = VdiCreate {
-        name_label: format!("{} {what} v{} disk {}", manifest.vm, manifest.seq, i + 1),
+        name_label: format!(
+            "{} {what} v{} disk {}",
+            manifest.vm_name(),
+            manifest.seq,
+            i + 1
+        ),
         name_description: format!("Written by abd job {job}"),
         sr: sr.clone(),
         virtual_size: manifest.disks[i].size_bytes as i64,

@@ -28,7 +28,7 @@ pub const ROLE_REPLICA: &str = "replica";
 pub const ROLE_REPLICA_VM: &str = "replica-vm";
 /// Role value of a network interface of a replica VM.
 pub const ROLE_REPLICA_VIF: &str = "replica-vif";
-/// On a replica VM: the name of the VM it is a replica of.
+/// On a replica VM: the id in the data store (the uuid) of the VM it is a replica of.
 pub const REPLICA_OF: &str = "abd:replica-of";
 /// On a replica VM or VDI: its own uuid. Clones and snapshots an operator
 /// takes of a replica inherit every key, with another uuid: they are never
@@ -104,8 +104,9 @@ pub fn is_our_snapshot(vm: &VmRecord, engine_id: &str) -> bool {
         && vm.other_config.get(ROLE).map(String::as_str) == Some(ROLE_SNAPSHOT)
 }
 
-/// On a restored or replica VDI: what it holds, `<vm>@<version>#<disk>` (disk
-/// from 1); `<vm>@updating#<disk>` while a replication writes it.
+/// On a restored or replica VDI: what it holds, `<vm>@<version>#<disk>` (`vm`
+/// the VM's id in the data store, its uuid; disk from 1);
+/// `<vm>@updating#<disk>` while a replication writes it.
 pub const RESTORED_FROM: &str = "abd:restored-from";
 
 /// True when the VDI was created by a restore or a replication of this engine

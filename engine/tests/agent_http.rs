@@ -101,7 +101,7 @@ async fn backup_and_restore_through_agents_over_http() {
     let seen = Mutex::new(Vec::new());
     let on_progress = |p: DiskProgress| seen.lock().unwrap().push(p.percent);
     let target = StoreTarget {
-        vm_name: "web-01",
+        vm_id: "web-01",
         previous: None,
         changed_blocks: vec![None],
     };
@@ -116,6 +116,7 @@ async fn backup_and_restore_through_agents_over_http() {
     let manifest = store
         .commit(ads::VersionDraft {
             vm: "web-01".into(),
+            name: "web-01".into(),
             taken_at: "test".into(),
             parent_seq: None,
             vm_record: serde_json::json!({}),
@@ -125,7 +126,7 @@ async fn backup_and_restore_through_agents_over_http() {
 
     // A second backup sends nothing new: the store has every chunk.
     let target = StoreTarget {
-        vm_name: "web-01",
+        vm_id: "web-01",
         previous: Some(&manifest),
         changed_blocks: vec![None],
     };
@@ -165,7 +166,7 @@ async fn backup_and_restore_through_agents_over_http() {
     // Once the delegate's token is revoked, the store refuses its agent.
     tokens.revoke(&token);
     let target = StoreTarget {
-        vm_name: "web-01",
+        vm_id: "web-01",
         previous: None,
         changed_blocks: vec![None],
     };

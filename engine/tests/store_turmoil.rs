@@ -136,6 +136,7 @@ impl Served {
         self.store
             .commit(VersionDraft {
                 vm: vm.into(),
+                name: vm.into(),
                 taken_at: "2026-12-02T00:00:00Z".into(),
                 parent_seq: None,
                 vm_record: serde_json::json!({ "name_label": vm }),

@@ -154,7 +154,7 @@ impl AgentClient {
                 })
                 .collect(),
             into_store: target.as_ref().map(|t| StoreBackup {
-                vm: t.vm_name.to_string(),
+                vm: t.vm_id.to_string(),
                 previous: t.previous.map(|p| p.seq),
             }),
         };

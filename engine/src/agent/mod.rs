@@ -55,7 +55,8 @@ pub struct WrittenDisk {
 /// Where a delegate puts what it reads: the engine's data store, incremental
 /// against the VM's previous version.
 pub struct StoreTarget<'a> {
-    pub vm_name: &'a str,
+    /// The VM's id in the store (its uuid).
+    pub vm_id: &'a str,
     pub previous: Option<&'a ads::Manifest>,
     /// Per disk (device order): the 64 KiB blocks CBT reports changed since
     /// `previous`, or `None` to read the whole disk.
