@@ -422,6 +422,13 @@ async fn drive(
         .enumerate()
         .filter(|(_, f)| f.kind == xapi_sim::faults::FaultKind::ChunkCorrupt)
         .collect();
+    let full_windows = crate::store_faults::full_windows(&scenario.faults, seed);
+    // When a store volume fills (true) or has room again (false), in order.
+    let mut pending_full: Vec<(f64, bool)> = full_windows
+        .iter()
+        .flat_map(|w| [Some((w.from_s, true)), w.until_s.map(|u| (u, false))])
+        .flatten()
+        .collect();
     let mut engine_log = JobLog::default();
     let mut accounting: Option<Accounting> = None;
     let mut xapi_calls = 0;
@@ -472,6 +479,25 @@ async fn drive(
             actions.spawn(async move {
                 tokio::time::sleep_until(clock.instant_at(at)).await;
                 perform(&action, &sim, &engine, clock).await;
+            });
+        }
+        // A volume that filled while the engine was down is still full.
+        let now_s = clock.now().as_ms() as f64 / 1000.0;
+        if full_windows.iter().any(|w| w.covers(now_s)) {
+            let capacity = engine_config.store_capacity_bytes;
+            fill_store(&engine, &full_windows, (true, capacity), &sim, clock);
+        }
+        let (now_full, later): (Vec<_>, Vec<_>) = pending_full
+            .into_iter()
+            .partition(|(at_s, _)| before_crash(Duration::from_secs_f64(*at_s)));
+        pending_full = later;
+        for (at_s, full) in now_full {
+            let (sim, engine, windows) =
+                (Arc::clone(&sim), Arc::clone(&engine), full_windows.clone());
+            let change = (full, engine_config.store_capacity_bytes);
+            actions.spawn(async move {
+                tokio::time::sleep_until(clock.instant_at(Duration::from_secs_f64(at_s))).await;
+                fill_store(&engine, &windows, change, &sim, clock);
             });
         }
         // Store faults due before this engine dies strike it; later ones wait.
@@ -792,6 +818,40 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
             let _ = engine.cancel(job, action.vm.as_deref(), &reason);
         }
         other => unreachable!("scenario check rejects action {other:?}"),
+    }
+}
+
+/// A `store_full` window begins (`full`) or ends: the engine's data store
+/// has no room for anything more (its capacity becomes what it holds), or
+/// its configured capacity again once no window covers the present. The
+/// event log says so.
+fn fill_store(
+    engine: &Engine,
+    windows: &[crate::store_faults::FullWindow],
+    (full, configured_bytes): (bool, Option<u64>),
+    sim: &SharedSim,
+    clock: SimClock,
+) {
+    let Some(store) = engine.data_store() else {
+        return;
+    };
+    let now_s = clock.now().as_ms() as f64 / 1000.0;
+    let still_full = windows.iter().any(|w| w.covers(now_s));
+    let text = match (full, still_full) {
+        (true, _) => {
+            let used = store.with_store(|s| s.used_bytes());
+            store.set_capacity(Some(used));
+            format!("fault: the data store's volume is full ({used} bytes stored)")
+        }
+        (false, true) => return,
+        (false, false) => {
+            store.set_capacity(configured_bytes);
+            "fault healed: the data store's volume has room again".to_string()
+        }
+    };
+    let mut sim = sim.lock().expect("simulator lock");
+    if let Some(pool) = windows.first().and_then(|w| sim.pool_id(&w.pool)) {
+        sim.note_fault(pool, clock.now(), text);
     }
 }
 

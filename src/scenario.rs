@@ -584,14 +584,18 @@ impl Scenario {
                 }
             }
         }
-        let corrupts = self
-            .faults
-            .iter()
-            .any(|f| f.kind == xapi_sim::faults::FaultKind::ChunkCorrupt);
-        if corrupts && !self.data_store {
+        let store_fault = self.faults.iter().find(|f| {
+            use xapi_sim::faults::FaultKind;
+            matches!(f.kind, FaultKind::ChunkCorrupt | FaultKind::StoreFull)
+        });
+        if let (Some(fault), false) = (store_fault, self.data_store) {
+            let kind = serde_json::to_value(fault.kind).expect("kinds serialise");
             return Err(err(
                 None,
-                "fault kind chunk_corrupt needs data_store = true".into(),
+                format!(
+                    "fault kind {} needs data_store = true",
+                    kind.as_str().unwrap_or("?")
+                ),
             ));
         }
         let mut up_again_s = 0.0;

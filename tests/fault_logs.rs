@@ -194,3 +194,21 @@ fn fault_lost_reply_restore_log() {
 fn same_names_log() {
     insta::assert_snapshot!("same_names", job_log("same-names"));
 }
+
+#[test]
+fn fault_slow_boot_log() {
+    insta::assert_snapshot!("fault_slow_boot", job_log("fault-slow-boot"));
+}
+
+#[test]
+fn fault_latency_log() {
+    insta::assert_snapshot!("fault_latency", job_log("fault-latency"));
+}
+
+#[test]
+fn fault_store_volume_full_log() {
+    insta::assert_snapshot!(
+        "fault_store_volume_full",
+        job_log("fault-store-volume-full")
+    );
+}

@@ -30,6 +30,9 @@ pub enum FaultKind {
     HostCrash,
     /// A delegate's guest never finishes booting (no address).
     BootFailure,
+    /// A delegate's guest takes `latency_s` longer to boot (each boot with
+    /// `rate`): a loaded host, a boot storm, a slow SR.
+    SlowBoot,
     /// The DHCP server does not answer (each request with `rate`).
     DhcpDown,
     /// At `from_s`, running delegates (appliance guests) are stopped from
@@ -62,6 +65,11 @@ pub enum FaultKind {
     /// flips in its pack), with `rate`. The scenario runner applies it; the
     /// simulated pools are not touched.
     ChunkCorrupt,
+    /// The engine's data store volume fills up at `from_s` (something else
+    /// writes to it) and has room again at `until_s`, with `rate`: writes
+    /// that need room are refused meanwhile. The scenario runner applies it
+    /// to the engine's store; `pool` names any pool of the run.
+    StoreFull,
     /// The network on `link` loses each request with `rate` (1.0: a
     /// partition) from `from_s` until healed at `until_s`; with `latency_s`,
     /// requests that get through take that much longer.
@@ -150,7 +158,8 @@ pub struct FaultSpec {
     /// (a reply lost to a timeout): retries must be safe.
     #[serde(default)]
     pub after_effect: bool,
-    /// `latency`: seconds added to each matching call.
+    /// `latency`: seconds added to each matching call; `network`: to each
+    /// request that gets through; `slow_boot`: to each boot it strikes.
     pub latency_s: Option<f64>,
     /// `host_crash`, `host_disabled`, `master_change`: the host, by name.
     pub host: Option<String>,
@@ -179,8 +188,9 @@ impl FaultSpec {
         if self.latency_s.is_some_and(|l| l < 0.0) {
             return fail("`latency_s` must be >= 0".into());
         }
-        if self.kind == FaultKind::Latency && self.latency_s.is_none() {
-            return fail("latency needs `latency_s` >= 0".into());
+        if matches!(self.kind, FaultKind::Latency | FaultKind::SlowBoot) && self.latency_s.is_none()
+        {
+            return fail(format!("{:?} needs `latency_s` >= 0", self.kind));
         }
         if matches!(
             self.kind,
@@ -240,14 +250,18 @@ struct Armed {
 }
 
 impl Armed {
+    /// True when this fault is of `kind`, in `pool`, active at `now` and not spent.
+    fn eligible(&self, pool: usize, now: SimTime, kind: FaultKind) -> bool {
+        self.pool == pool
+            && self.spec.kind == kind
+            && self.spec.active_at(now)
+            && self.spec.count.is_none_or(|c| self.fired < c)
+    }
+
     /// True when this is a `network` fault on `link` of `pool`, active at
     /// `at` and not spent.
     fn strikes(&self, pool: usize, link: NetworkLink, at: SimTime) -> bool {
-        self.pool == pool
-            && self.spec.kind == FaultKind::Network
-            && self.spec.link == Some(link)
-            && self.spec.active_at(at)
-            && self.spec.count.is_none_or(|c| self.fired < c)
+        self.eligible(pool, at, FaultKind::Network) && self.spec.link == Some(link)
     }
 }
 
@@ -296,12 +310,7 @@ impl Faults {
         matches: impl Fn(&FaultSpec) -> bool,
     ) -> Option<FaultSpec> {
         for fault in &mut self.armed {
-            let eligible = fault.pool == pool
-                && fault.spec.kind == kind
-                && fault.spec.active_at(now)
-                && fault.spec.count.is_none_or(|c| fault.fired < c)
-                && matches(&fault.spec);
-            if !eligible {
+            if !fault.eligible(pool, now, kind) || !matches(&fault.spec) {
                 continue;
             }
             if self.rng.random_range(0.0..1.0) < fault.rate {
@@ -311,6 +320,29 @@ impl Faults {
             }
         }
         None
+    }
+
+    /// [`Self::fire`] for faults that add up: every active fault of `kind`
+    /// that matches draws, and each that wins fires.
+    fn fire_each(
+        &mut self,
+        pool: usize,
+        now: SimTime,
+        kind: FaultKind,
+        matches: impl Fn(&FaultSpec) -> bool,
+    ) -> Vec<FaultSpec> {
+        let mut fired = Vec::new();
+        for fault in &mut self.armed {
+            if fault.eligible(pool, now, kind)
+                && matches(&fault.spec)
+                && self.rng.random_range(0.0..1.0) < fault.rate
+            {
+                fault.fired += 1;
+                self.injected += 1;
+                fired.push(fault.spec.clone());
+            }
+        }
+        fired
     }
 
     /// The error `method` fails with now, if a fault says so, and whether
@@ -337,11 +369,14 @@ impl Faults {
             .is_some()
     }
 
-    /// Extra time `method` takes now.
+    /// Extra time `method` takes now: what every `latency` fault that
+    /// strikes it adds (a loaded master, and a slow SR under its snapshots).
     pub fn call_latency(&mut self, pool: usize, now: SimTime, method: &str) -> Duration {
-        self.fire(pool, now, FaultKind::Latency, |s| s.covers_method(method))
-            .and_then(|s| s.latency_s)
-            .map_or(Duration::ZERO, Duration::from_secs_f64)
+        self.fire_each(pool, now, FaultKind::Latency, |s| s.covers_method(method))
+            .iter()
+            .filter_map(|s| s.latency_s)
+            .map(Duration::from_secs_f64)
+            .sum()
     }
 
     /// What the network on `link` of `pool` does to a request sent now.
@@ -417,6 +452,13 @@ impl Faults {
     pub fn boot_fails(&mut self, pool: usize, now: SimTime) -> bool {
         self.fire(pool, now, FaultKind::BootFailure, |_| true)
             .is_some()
+    }
+
+    /// How much longer a delegate's guest booting now takes.
+    pub fn boot_delay(&mut self, pool: usize, now: SimTime) -> Duration {
+        self.fire(pool, now, FaultKind::SlowBoot, |_| true)
+            .and_then(|s| s.latency_s)
+            .map_or(Duration::ZERO, Duration::from_secs_f64)
     }
 
     /// When sessions expire: (pool, time), each kept by its rate.
@@ -548,6 +590,38 @@ mod tests {
         assert_eq!(
             faults.reply_path(0, seconds(600.0), NetworkLink::EngineDelegates),
             ReplyPath::Cut
+        );
+    }
+
+    #[test]
+    fn latencies_that_strike_one_call_add_up() {
+        let mut faults = armed(
+            r#"
+            [[fault]]
+            kind = "latency"
+            pool = "lab"
+            method = "*"
+            latency_s = 1.0
+            [[fault]]
+            kind = "latency"
+            pool = "lab"
+            method = "VM.snapshot"
+            latency_s = 45.0
+            count = 1
+            "#,
+        );
+        let now = seconds(10.0);
+        assert_eq!(
+            faults.call_latency(0, now, "VM.snapshot"),
+            Duration::from_secs(46)
+        );
+        assert_eq!(
+            faults.call_latency(0, now, "VM.snapshot"),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            faults.call_latency(0, now, "session.login_with_password"),
+            Duration::ZERO
         );
     }
 

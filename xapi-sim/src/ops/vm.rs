@@ -671,7 +671,18 @@ impl Ctx<'_> {
                 self.vm_label(vm)
             ));
         } else if !paused {
-            let boot = self.rng.duration(self.spec.timing.boot_s);
+            let mut boot = self.rng.duration(self.spec.timing.boot_s);
+            if appliance {
+                let delay = self.faults.boot_delay(self.pool.0, self.now);
+                if !delay.is_zero() {
+                    boot += delay;
+                    self.log(format!(
+                        "fault: the guest of {} boots {} s late",
+                        self.vm_label(vm),
+                        delay.as_secs_f64()
+                    ));
+                }
+            }
             self.schedule.at(
                 self.now.after(boot),
                 self.pool,
