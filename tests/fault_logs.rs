@@ -212,3 +212,8 @@ fn fault_store_volume_full_log() {
         job_log("fault-store-volume-full")
     );
 }
+
+#[test]
+fn multi_sr_log() {
+    insta::assert_snapshot!("multi_sr", engine_and_job_log("multi-sr"));
+}

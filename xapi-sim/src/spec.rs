@@ -335,6 +335,10 @@ pub struct VmGroupSpec {
     pub cbt: bool,
     /// SR (by name) holding the disks.
     pub sr: Option<String>,
+    /// SR (by name) of each disk in order, for VMs whose disks span several
+    /// SRs (instead of `sr`).
+    #[serde(default)]
+    pub disk_srs: Option<Vec<String>>,
     #[serde(default = "default_vm_memory_gib")]
     pub memory_gib: f64,
     #[serde(default = "default_true")]
@@ -367,6 +371,14 @@ fn default_vm_memory_gib() -> f64 {
 }
 
 impl VmGroupSpec {
+    /// How many disks each VM of the group has.
+    pub fn disk_count(&self) -> usize {
+        match &self.disks_mib {
+            Some(mib) => mib.len(),
+            None => self.disks_gib.len(),
+        }
+    }
+
     /// The names of the VMs this entry stands for.
     pub fn names(&self) -> Vec<String> {
         match self.count {
@@ -486,14 +498,26 @@ impl PoolSpec {
             }
         }
         for (j, group) in self.vm_groups.iter().enumerate() {
-            if let Some(sr) = &group.sr
-                && !self.srs.iter().any(|s| &s.name == sr)
-                && !self.is_local_sr_name(sr)
+            let named_srs = group.sr.iter().map(|sr| (sr, "sr".to_string()));
+            let disk_srs = group.disk_srs.iter().flatten().enumerate();
+            for (sr, field) in
+                named_srs.chain(disk_srs.map(|(d, sr)| (sr, format!("disk_srs[{d}]"))))
             {
-                return Err(SpecError::new(format!(
-                    "{}: no SR named {sr:?} in this pool",
-                    at(&format!("vms[{j}].sr"))
-                )));
+                if !self.srs.iter().any(|s| &s.name == sr) && !self.is_local_sr_name(sr) {
+                    return Err(SpecError::new(format!(
+                        "{}: no SR named {sr:?} in this pool",
+                        at(&format!("vms[{j}].{field}"))
+                    )));
+                }
+            }
+            if let Some(disk_srs) = &group.disk_srs {
+                let disks = group.disk_count();
+                if group.sr.is_some() || disk_srs.len() != disks {
+                    return Err(SpecError::new(format!(
+                        "{}: one SR per disk ({disks}), instead of `sr`",
+                        at(&format!("vms[{j}].disk_srs"))
+                    )));
+                }
             }
             if let Some(net) = &group.network
                 && !self.networks.iter().any(|n| &n.name == net)

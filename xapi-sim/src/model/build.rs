@@ -306,13 +306,23 @@ fn build_vms(
             .sr
             .clone()
             .or_else(|| m.srs.get(&m.pool.default_sr).map(|s| s.name_label.clone()));
-        let sr_ref = sr_name.as_ref().and_then(|n| srs.get(n)).cloned();
-        let local_host = spec
-            .srs
+        // The SR of each disk: its own, or the group's.
+        let disk_sr_names: Vec<Option<String>> = match &group.disk_srs {
+            Some(names) => names.iter().cloned().map(Some).collect(),
+            None => vec![sr_name.clone(); group.disk_count()],
+        };
+        let disk_srs: Vec<Option<OpaqueRef>> = disk_sr_names
             .iter()
-            .find(|s| Some(&s.name) == sr_name.as_ref())
-            .and_then(|s| s.host)
-            .or_else(|| (1..=spec.hosts).find(|h| Some(spec.local_sr_name(*h)) == sr_name));
+            .map(|name| name.as_ref().and_then(|n| srs.get(n)).cloned())
+            .collect();
+        // A VM with a disk on a host's local SR runs on that host.
+        let local_host = disk_sr_names.iter().flatten().find_map(|name| {
+            spec.srs
+                .iter()
+                .find(|s| &s.name == name)
+                .and_then(|s| s.host)
+                .or_else(|| (1..=spec.hosts).find(|h| &spec.local_sr_name(*h) == name))
+        });
         let network = networks[group.network.as_deref().unwrap_or("")].clone();
         for name in group.names() {
             let host_index = group
@@ -325,7 +335,7 @@ fn build_vms(
                     h
                 });
             let host = &hosts[host_index];
-            build_vm(m, rng, &name, group, host, sr_ref.as_ref(), &network);
+            build_vm(m, rng, &name, group, host, &disk_srs, &network);
         }
     }
 }
@@ -337,14 +347,15 @@ fn lineage_of(group: &str) -> u64 {
     })
 }
 
-/// One VM of a group: its record, disks on `sr`, one VIF on `network`, its guest.
+/// One VM of a group: its record, disk i on `disk_srs[i]` (no disks where an
+/// SR is missing), one VIF on `network`, its guest.
 fn build_vm(
     m: &mut PoolModel,
     rng: &mut SimRng,
     name: &str,
     group: &crate::spec::VmGroupSpec,
     host: &OpaqueRef,
-    sr: Option<&OpaqueRef>,
+    disk_srs: &[Option<OpaqueRef>],
     network: &OpaqueRef,
 ) {
     let (vm_ref, vm_uuid) = new_ids(rng);
@@ -380,13 +391,13 @@ fn build_vm(
             .resident_vms
             .push(vm_ref.clone());
     }
-    let sizes: Vec<i64> = match (&group.disks_mib, sr) {
-        (_, None) => Vec::new(),
-        (Some(mib), _) => mib.iter().map(|m| (*m as i64) << 20).collect(),
-        (None, _) => group.disks_gib.iter().map(|g| gib(*g)).collect(),
+    let sizes: Vec<i64> = match (&group.disks_mib, disk_srs.iter().all(Option::is_some)) {
+        (_, false) => Vec::new(),
+        (Some(mib), true) => mib.iter().map(|m| (*m as i64) << 20).collect(),
+        (None, true) => group.disks_gib.iter().map(|g| gib(*g)).collect(),
     };
     for (d, size) in sizes.into_iter().enumerate() {
-        let sr = sr.expect("disks only with an SR");
+        let sr = disk_srs[d].as_ref().expect("disks only with an SR");
         let (vdi_ref, vdi_uuid) = new_ids(rng);
         let (vbd_ref, vbd_uuid) = new_ids(rng);
         m.insert_vdi(
