@@ -572,7 +572,14 @@ async fn drive(
                     }
                     false
                 }
-                Some(at) => !done_by(&mut collect, at).await,
+                // The engine dies at its time, busy or idle: what is due
+                // later (jobs, actions, faults) is the next engine's.
+                Some(at) => {
+                    if done_by(&mut collect, at).await {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    true
+                }
             }
         };
         if stopped_at_limit.is_some() {

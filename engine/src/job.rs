@@ -449,7 +449,11 @@ fn committed_before_restart(
             .iter()
             .find_map(|name| store.latest_from_snapshot(name));
         if let Some(latest) = committed {
-            let outcome = VmOutcome::without_work(vm, VmStatus::Ok);
+            // Turns it started over before the committed one still count.
+            let outcome = VmOutcome {
+                restarts: announced.len().saturating_sub(1) as u32,
+                ..VmOutcome::without_work(vm, VmStatus::Ok)
+            };
             done.push((outcome, latest.seq));
         }
     }
