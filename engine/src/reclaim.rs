@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use xapi_proto::OpaqueRef;
 use xapi_proto::codes;
+use xapi_proto::records::VmRecord;
 
 /// One thing an earlier engine left, or a teardown of this one could not finish.
 #[derive(Clone, Debug)]
@@ -76,6 +77,14 @@ pub(crate) enum Leftover {
         of: OpaqueRef,
         job: String,
     },
+    /// A snapshot an interrupted run announced (its run-unique name, of the
+    /// VM named `vm_name`) that could not be looked for or claimed when the
+    /// run was closed: tagged for `job` and removed once found.
+    AnnouncedSnapshot {
+        name: String,
+        vm_name: String,
+        job: String,
+    },
 }
 
 impl Leftover {
@@ -89,7 +98,8 @@ impl Leftover {
             | Leftover::RestoredDisk { vdi } => Some(vdi),
             Leftover::UnansweredClone { .. }
             | Leftover::UnansweredDisk { .. }
-            | Leftover::UnansweredSnapshot { .. } => None,
+            | Leftover::UnansweredSnapshot { .. }
+            | Leftover::AnnouncedSnapshot { .. } => None,
         }
     }
 
@@ -136,6 +146,9 @@ impl Leftover {
             }
             Leftover::UnansweredSnapshot { name, .. } => {
                 format!("snapshot {name:?}, if its unanswered snapshot was taken,")
+            }
+            Leftover::AnnouncedSnapshot { name, .. } => {
+                format!("snapshot {name:?} of the interrupted run, if it was taken,")
             }
             Leftover::UnansweredDisk { name, .. } => {
                 format!("disk {name:?}, if its unanswered creation made it,")
@@ -247,6 +260,27 @@ impl Leftover {
                     if let Err(failed) = remove_snapshot(pool, &snap).await {
                         // Tagged now, no longer found as untagged: what is
                         // left is a snapshot of ours, known by ref.
+                        *self = Leftover::Snapshot {
+                            vm: snap,
+                            name: name.clone(),
+                            claim_for_job: Some(job.clone()),
+                            disks: failed.disks,
+                        };
+                        return Err(failed.error);
+                    }
+                }
+                Ok(())
+            }
+            Leftover::AnnouncedSnapshot { name, vm_name, job } => {
+                let vms = pool.xapi.vm_get_all_records().await.map_err(|e| {
+                    EngineError::xapi(format!("snapshot {name:?}"), "looking up", e)
+                })?;
+                let engine_id = &pool.engine_config().engine_id;
+                for (snap, ours) in announced_snapshots(&vms, vm_name, name, engine_id) {
+                    if !ours {
+                        tag_snapshot(pool, &snap, job).await?;
+                    }
+                    if let Err(failed) = remove_snapshot(pool, &snap).await {
                         *self = Leftover::Snapshot {
                             vm: snap,
                             name: name.clone(),
@@ -592,67 +626,67 @@ async fn pass(
 /// tagged yet (found by their unique name; taken of the VM the journal names).
 pub(crate) async fn close_interrupted(pool: &PoolRuntime, run: &InterruptedRun, log: &VmLog) {
     let engine_id = pool.engine_config().engine_id.clone();
-    if !run.snapshots.is_empty() {
-        match pool.xapi.vm_get_all_records().await {
-            Ok(vms) => {
-                // A VM that started over within the run announced its name twice.
-                let mut announced = run.snapshots.clone();
-                announced.sort();
-                announced.dedup();
-                for (vm_name, snapshot_name) in &announced {
-                    let taken_of =
-                        |of: &OpaqueRef| vms.get(of).is_some_and(|r| &r.name_label == vm_name);
-                    for (snap, record) in vms.iter().filter(|(_, r)| {
-                        r.is_a_snapshot
-                            && &r.name_label == snapshot_name
-                            && taken_of(&r.snapshot_of)
-                    }) {
-                        // Ours by the journal; not tagged whole only if the
-                        // engine died between the snapshot and its tags. One
-                        // carrying any engine id it did not get from us is
-                        // someone else's: never claimed.
-                        let foreign = record
-                            .other_config
-                            .get(tags::ENGINE_ID)
-                            .is_some_and(|id| id != &engine_id);
-                        if foreign {
-                            continue;
-                        }
-                        if !tags::is_our_snapshot(record, &engine_id)
-                            && let Err(e) = tag_snapshot(pool, snap, &run.spec.name).await
-                        {
-                            log.fail(format!(
-                                "Snapshot {snapshot_name:?} could not be claimed: {e}"
-                            ));
-                            continue;
-                        }
-                        match remove_snapshot(pool, snap).await {
-                            Ok(()) => log.warn(format!(
-                                "Pool {}: removed snapshot {snapshot_name:?} of the interrupted run",
-                                pool.name()
-                            )),
-                            Err(failed) => {
-                                log.fail(format!(
-                                    "Pool {}: snapshot {snapshot_name:?} of the interrupted run could not be removed: {}",
-                                    pool.name(),
-                                    failed.error
-                                ));
-                                let leftover = Leftover::Snapshot {
-                                    vm: snap.clone(),
-                                    name: snapshot_name.clone(),
-                                    claim_for_job: None,
-                                    disks: failed.disks,
-                                };
-                                retry_later(pool, leftover, log);
-                            }
-                        }
-                    }
+    // A VM that started over within the run announced its name twice.
+    let mut announced = run.snapshots.clone();
+    announced.sort();
+    announced.dedup();
+    let job = &run.spec.name;
+    // What cannot be looked for, claimed or removed now is retried in the
+    // background (the pool may be out of reach for longer than a call waits).
+    let later = |leftover| retry_later(pool, leftover, log);
+    let vms = match announced.is_empty() {
+        true => Default::default(),
+        false => match pool.xapi.vm_get_all_records().await {
+            Ok(vms) => vms,
+            Err(e) => {
+                log.fail(format!(
+                    "Pool {}: could not look for the interrupted run's snapshots: {e}",
+                    pool.name()
+                ));
+                for (vm_name, name) in &announced {
+                    later(Leftover::AnnouncedSnapshot {
+                        name: name.clone(),
+                        vm_name: vm_name.clone(),
+                        job: job.clone(),
+                    });
+                }
+                Default::default()
+            }
+        },
+    };
+    for (vm_name, snapshot_name) in &announced {
+        for (snap, ours) in announced_snapshots(&vms, vm_name, snapshot_name, &engine_id) {
+            if !ours && let Err(e) = tag_snapshot(pool, &snap, job).await {
+                log.fail(format!(
+                    "Snapshot {snapshot_name:?} could not be claimed: {e}"
+                ));
+                later(Leftover::Snapshot {
+                    vm: snap,
+                    name: snapshot_name.clone(),
+                    claim_for_job: Some(job.clone()),
+                    disks: Vec::new(),
+                });
+                continue;
+            }
+            match remove_snapshot(pool, &snap).await {
+                Ok(()) => log.warn(format!(
+                    "Pool {}: removed snapshot {snapshot_name:?} of the interrupted run",
+                    pool.name()
+                )),
+                Err(failed) => {
+                    log.fail(format!(
+                        "Pool {}: snapshot {snapshot_name:?} of the interrupted run could not be removed: {}",
+                        pool.name(),
+                        failed.error
+                    ));
+                    later(Leftover::Snapshot {
+                        vm: snap,
+                        name: snapshot_name.clone(),
+                        claim_for_job: None,
+                        disks: failed.disks,
+                    });
                 }
             }
-            Err(e) => log.fail(format!(
-                "Pool {}: could not look for the interrupted run's snapshots: {e}",
-                pool.name()
-            )),
         }
     }
     log.warn(format!(
@@ -662,4 +696,29 @@ pub(crate) async fn close_interrupted(pool: &PoolRuntime, run: &InterruptedRun, 
         run.done.len(),
         run.spec.vms.len()
     ));
+}
+
+/// The snapshots named `snapshot_name` of the VM named `vm_name` among `vms`
+/// (an interrupted run announced that name, unique to it, before taking
+/// one), each with whether it already carries our tags. Ours by the journal:
+/// not tagged whole only if the engine died between the snapshot and its
+/// tags. One carrying another engine's id is someone else's, never claimed.
+fn announced_snapshots(
+    vms: &std::collections::BTreeMap<OpaqueRef, VmRecord>,
+    vm_name: &str,
+    snapshot_name: &str,
+    engine_id: &str,
+) -> Vec<(OpaqueRef, bool)> {
+    let taken_of = |of: &OpaqueRef| vms.get(of).is_some_and(|r| r.name_label == vm_name);
+    vms.iter()
+        .filter(|(_, r)| {
+            r.is_a_snapshot && r.name_label == snapshot_name && taken_of(&r.snapshot_of)
+        })
+        .filter(|(_, r)| {
+            r.other_config
+                .get(tags::ENGINE_ID)
+                .is_none_or(|id| id == engine_id)
+        })
+        .map(|(snap, r)| (snap.clone(), tags::is_our_snapshot(r, engine_id)))
+        .collect()
 }
