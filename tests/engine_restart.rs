@@ -53,6 +53,49 @@ fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
 }
 
 #[test]
+fn an_announced_snapshot_that_cannot_be_claimed_at_restart_is_claimed_later() {
+    let mut s = scenario();
+    s.engine_crashes.clear();
+    s.expect = Default::default();
+    let (calm, _) = abd::run_and_check(&s, s.seed);
+    let snapshot = calm
+        .events
+        .iter()
+        .find(|e| e.text.starts_with("VM.snapshot") && e.text.contains("\"vm-01\""))
+        .expect("vm-01 is snapshotted");
+    let crash_s = snapshot.at.as_ms() as f64 / 1000.0 + 0.001;
+    crash_at(&mut s, crash_s);
+    // While the new engine closes the run, the pool refuses to change other_config.
+    s.faults.push(
+        toml::from_str(&format!(
+            r#"
+            kind = "xapi_error"
+            pool = "lab"
+            method = "VM.add_to_other_config"
+            error = ["INTERNAL_ERROR", "the toolstack is busy"]
+            from_s = {crash_s}
+            count = 1
+            "#
+        ))
+        .unwrap(),
+    );
+    let (out, summary) = abd::run_and_check(&s, s.seed);
+    assert!(summary.ok, "nothing left behind: {}", summary.text());
+    let log = engine_log_texts(&out);
+    let name = "\"abd-restart nightly vm-01 #1\"";
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("Snapshot {name} could not be claimed"))),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("removed leftover snapshot {name} (attempt 2)"))),
+        "claimed and removed in the background: {log:#?}"
+    );
+}
+
+#[test]
 fn vms_done_before_the_crash_are_not_processed_again() {
     let s = scenario();
     let (out, summary) = abd::run_and_check(&s, s.seed);
