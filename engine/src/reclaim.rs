@@ -255,19 +255,10 @@ impl Leftover {
                 let found = crate::backup::untagged_snapshots_named(pool, of, name)
                     .await
                     .map_err(|e| EngineError::xapi(format!("VM {name:?}"), "looking up", e))?;
-                for snap in found {
-                    tag_snapshot(pool, &snap, job).await?;
-                    if let Err(failed) = remove_snapshot(pool, &snap).await {
-                        // Tagged now, no longer found as untagged: what is
-                        // left is a snapshot of ours, known by ref.
-                        *self = Leftover::Snapshot {
-                            vm: snap,
-                            name: name.clone(),
-                            claim_for_job: Some(job.clone()),
-                            disks: failed.disks,
-                        };
-                        return Err(failed.error);
-                    }
+                let found = found.into_iter().map(|snap| (snap, false)).collect();
+                if let Err((left, e)) = claim_and_remove(pool, found, name, job).await {
+                    *self = left;
+                    return Err(e);
                 }
                 Ok(())
             }
@@ -276,19 +267,10 @@ impl Leftover {
                     EngineError::xapi(format!("snapshot {name:?}"), "looking up", e)
                 })?;
                 let engine_id = &pool.engine_config().engine_id;
-                for (snap, ours) in announced_snapshots(&vms, vm_name, name, engine_id) {
-                    if !ours {
-                        tag_snapshot(pool, &snap, job).await?;
-                    }
-                    if let Err(failed) = remove_snapshot(pool, &snap).await {
-                        *self = Leftover::Snapshot {
-                            vm: snap,
-                            name: name.clone(),
-                            claim_for_job: Some(job.clone()),
-                            disks: failed.disks,
-                        };
-                        return Err(failed.error);
-                    }
+                let found = announced_snapshots(&vms, vm_name, name, engine_id);
+                if let Err((left, e)) = claim_and_remove(pool, found, name, job).await {
+                    *self = left;
+                    return Err(e);
                 }
                 Ok(())
             }
@@ -696,6 +678,32 @@ pub(crate) async fn close_interrupted(pool: &PoolRuntime, run: &InterruptedRun, 
         run.done.len(),
         run.spec.vms.len()
     ));
+}
+
+/// Tags each snapshot of `found` that is not ours yet (`false`) for `job`, then
+/// removes it. A removal that fails leaves a snapshot of ours known by ref:
+/// returned as the leftover to retry, with the error.
+async fn claim_and_remove(
+    pool: &PoolRuntime,
+    found: Vec<(OpaqueRef, bool)>,
+    name: &str,
+    job: &str,
+) -> Result<(), (Leftover, EngineError)> {
+    for (snap, ours) in found {
+        let left = |disks| Leftover::Snapshot {
+            vm: snap.clone(),
+            name: name.to_string(),
+            claim_for_job: Some(job.to_string()),
+            disks,
+        };
+        if !ours && let Err(e) = tag_snapshot(pool, &snap, job).await {
+            return Err((left(Vec::new()), e));
+        }
+        if let Err(failed) = remove_snapshot(pool, &snap).await {
+            return Err((left(failed.disks), failed.error));
+        }
+    }
+    Ok(())
 }
 
 /// The snapshots named `snapshot_name` of the VM named `vm_name` among `vms`
