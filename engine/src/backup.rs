@@ -10,7 +10,7 @@ use crate::pool::{PoolRuntime, VmLog};
 use crate::tags;
 use tokio::time::Instant;
 use xapi_proto::OpaqueRef;
-use xapi_proto::records::{VbdCreate, VbdMode, VbdType};
+use xapi_proto::records::{VbdCreate, VbdMode, VbdType, VdiRecord, VdiType};
 
 /// A VM a backup protects, as found in its pool.
 #[derive(Clone, Debug)]
@@ -654,12 +654,17 @@ pub(crate) async fn detach(pool: &PoolRuntime, vbds: &[OpaqueRef]) -> Result<(),
 pub(crate) async fn reduce_to_cbt_base(
     pool: &PoolRuntime,
     vdi: &OpaqueRef,
+    known: Option<&VdiRecord>,
 ) -> Result<(), EngineError> {
     let x = &pool.xapi;
     let fail = |step: &'static str| move |e| EngineError::xapi(format!("VDI {vdi}"), step, e);
-    x.vdi_data_destroy(vdi)
-        .await
-        .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
+    // Already reduced when a crash or a failed call came before its tag.
+    let reduced = known.is_some_and(|r| r.vdi_type == VdiType::CbtMetadata);
+    if !reduced {
+        x.vdi_data_destroy(vdi)
+            .await
+            .map_err(fail("reducing a snapshot disk to CBT metadata"))?;
+    }
     x.vdi_set_other_config_key(vdi, tags::ROLE, tags::ROLE_CBT_BASE)
         .await
         .map_err(fail("tagging a CBT base"))
@@ -757,7 +762,9 @@ async fn remove_snapshot_keeping(
         .map_err(with_disks)?;
     for (vdi, uuid) in &vdis {
         if keep(vdi, uuid) {
-            reduce_to_cbt_base(pool, vdi).await.map_err(with_disks)?;
+            reduce_to_cbt_base(pool, vdi, None)
+                .await
+                .map_err(with_disks)?;
         } else {
             x.vdi_destroy(vdi)
                 .await
@@ -804,7 +811,7 @@ pub(crate) async fn remove_snapshot_disks_left(
             });
         }
         if bases.contains(uuid) {
-            reduce_to_cbt_base(pool, vdi).await?;
+            reduce_to_cbt_base(pool, vdi, Some(&record)).await?;
         } else {
             x.vdi_destroy(vdi)
                 .await

@@ -311,7 +311,7 @@ impl Leftover {
                         object: format!("VDI {vdi} {:?}", record.name_label),
                     });
                 }
-                crate::backup::reduce_to_cbt_base(pool, vdi).await
+                crate::backup::reduce_to_cbt_base(pool, vdi, Some(&record)).await
             }
         }
     }
@@ -491,8 +491,12 @@ async fn find(pool: &PoolRuntime) -> Result<Vec<Leftover>, EngineError> {
         .map_err(listing("listing VDIs"))?;
     let bases = bases_in_use(pool).unwrap_or_default();
     for (vdi, record) in &vdis {
-        let snapshot_disk = record.other_config.get(tags::ROLE).map(String::as_str)
-            == Some(tags::ROLE_SNAPSHOT_DISK);
+        // A disk of ours with no role lost it to a crash mid-retag: a
+        // snapshot disk on its way to be a CBT base, or a delegate's disk.
+        let snapshot_disk = matches!(
+            record.other_config.get(tags::ROLE).map(String::as_str),
+            Some(tags::ROLE_SNAPSHOT_DISK) | None
+        );
         // A delegate's own disks go with it; a snapshot disk does not.
         let held_only_by_delegates =
             snapshot_disk && record.vbds.iter().all(|v| going_with_delegates.contains(v));

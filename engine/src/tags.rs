@@ -124,12 +124,14 @@ pub fn is_our_restored_vdi(vdi: &VdiRecord, engine_id: &str) -> bool {
 }
 
 /// True when the VDI is a disk of a delegate or snapshot of ours, attached
-/// or not.
+/// or not. One with our engine id and no role is one too: changing a key is
+/// a remove then an add, and a crash between them took its role off (a
+/// snapshot disk becoming a CBT base, a delegate's disk being tagged).
 pub fn is_our_work_disk(vdi: &VdiRecord, engine_id: &str) -> bool {
     has_engine_id(&vdi.other_config, engine_id)
         && matches!(
             vdi.other_config.get(ROLE).map(String::as_str),
-            Some(ROLE_DELEGATE_DISK | ROLE_SNAPSHOT_DISK)
+            Some(ROLE_DELEGATE_DISK | ROLE_SNAPSHOT_DISK) | None
         )
 }
 
@@ -199,6 +201,22 @@ mod tests {
         );
         assert!(!is_our_template(&clone, "e1"));
         assert!(is_our_disposable_vm(&clone, "e1"));
+    }
+
+    #[test]
+    fn a_disk_whose_role_a_crash_took_off_is_still_our_work_disk() {
+        let disk = |pairs: &[(&str, &str)]| VdiRecord {
+            other_config: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(is_our_orphan_disk(&disk(&[(ENGINE_ID, "e1")]), "e1"));
+        assert!(!is_our_work_disk(&disk(&[(ENGINE_ID, "e2")]), "e1"));
+        assert!(!is_our_work_disk(&disk(&[]), "e1"), "no id: not ours");
+        let restored = disk(&[(ENGINE_ID, "e1"), (ROLE, ROLE_RESTORED)]);
+        assert!(!is_our_work_disk(&restored, "e1"), "restores are kept");
     }
 
     #[test]
