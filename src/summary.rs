@@ -157,20 +157,11 @@ impl Summary {
         let mut s = format!("Scenario {} (seed {})\n", self.scenario, self.seed);
         s += "Jobs:\n";
         // Columns as wide as the longest name, so long names keep them aligned.
-        let name_width = self
-            .jobs
-            .iter()
-            .map(|j| j.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(16);
-        let pool_width = self
-            .jobs
-            .iter()
-            .map(|j| j.pool.len())
-            .max()
-            .unwrap_or(0)
-            .max(10);
+        let widest = |len: fn(&JobSummary) -> usize, at_least: usize| {
+            self.jobs.iter().map(len).max().unwrap_or(0).max(at_least)
+        };
+        let name_width = widest(|j| j.name.len(), 16);
+        let pool_width = widest(|j| j.pool.len(), 10);
         for j in &self.jobs {
             s += &format!(
                 "  {:<name_width$} {:<9} pool {:<pool_width$} {:>4} VMs at {}  {:<22} ok {} warn {} failed {}  {} -> {}\n",

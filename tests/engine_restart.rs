@@ -25,8 +25,9 @@ fn crash_at(scenario: &mut Scenario, at_s: f64) {
     }];
 }
 
-#[test]
-fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
+/// The scenario with no crash and no expectations, and the moment just after
+/// vm-01's snapshot is taken there (before the engine tags it).
+fn just_after_vm01_snapshot() -> (Scenario, f64) {
     let mut s = scenario();
     s.engine_crashes.clear();
     s.expect = Default::default();
@@ -36,8 +37,14 @@ fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
         .iter()
         .find(|e| e.text.starts_with("VM.snapshot") && e.text.contains("\"vm-01\""))
         .expect("vm-01 is snapshotted");
+    (s, snapshot.at.as_ms() as f64 / 1000.0 + 0.001)
+}
+
+#[test]
+fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
+    let (mut s, crash_s) = just_after_vm01_snapshot();
     // The snapshot exists; the engine has not tagged it yet when it dies.
-    crash_at(&mut s, snapshot.at.as_ms() as f64 / 1000.0 + 0.001);
+    crash_at(&mut s, crash_s);
     let (out, summary) = abd::run_and_check(&s, s.seed);
     assert!(summary.ok, "{}", summary.text());
     let log = engine_log_texts(&out);
@@ -54,16 +61,7 @@ fn a_snapshot_taken_just_before_the_crash_is_found_by_its_announced_name() {
 
 #[test]
 fn an_announced_snapshot_that_cannot_be_claimed_at_restart_is_claimed_later() {
-    let mut s = scenario();
-    s.engine_crashes.clear();
-    s.expect = Default::default();
-    let (calm, _) = abd::run_and_check(&s, s.seed);
-    let snapshot = calm
-        .events
-        .iter()
-        .find(|e| e.text.starts_with("VM.snapshot") && e.text.contains("\"vm-01\""))
-        .expect("vm-01 is snapshotted");
-    let crash_s = snapshot.at.as_ms() as f64 / 1000.0 + 0.001;
+    let (mut s, crash_s) = just_after_vm01_snapshot();
     crash_at(&mut s, crash_s);
     // While the new engine closes the run, the pool refuses to change other_config.
     s.faults.push(
