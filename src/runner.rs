@@ -482,8 +482,7 @@ async fn drive(
             });
         }
         // A volume that filled while the engine was down is still full.
-        let now_s = clock.now().as_ms() as f64 / 1000.0;
-        if full_windows.iter().any(|w| w.covers(now_s)) {
+        if volume_full_now(&full_windows, clock) {
             let capacity = engine_config.store_capacity_bytes;
             fill_store(&engine, &full_windows, (true, capacity), &sim, clock);
         }
@@ -828,6 +827,12 @@ async fn perform(action: &Action, sim: &SharedSim, engine: &Engine, clock: SimCl
     }
 }
 
+/// True while a `store_full` window covers the present.
+fn volume_full_now(windows: &[crate::store_faults::FullWindow], clock: SimClock) -> bool {
+    let now_s = clock.now().as_ms() as f64 / 1000.0;
+    windows.iter().any(|w| w.covers(now_s))
+}
+
 /// A `store_full` window begins (`full`) or ends: the engine's data store
 /// has no room for anything more (its capacity becomes what it holds), or
 /// its configured capacity again once no window covers the present. The
@@ -842,9 +847,7 @@ fn fill_store(
     let Some(store) = engine.data_store() else {
         return;
     };
-    let now_s = clock.now().as_ms() as f64 / 1000.0;
-    let still_full = windows.iter().any(|w| w.covers(now_s));
-    let text = match (full, still_full) {
+    let text = match (full, volume_full_now(windows, clock)) {
         (true, _) => {
             let used = store.with_store(|s| s.used_bytes());
             store.set_capacity(Some(used));

@@ -71,14 +71,18 @@ impl DataStore {
         ads::store::one_vm(wanted, named)
     }
 
-    /// The newest version of whichever VM was backed up from the snapshot
-    /// named `snapshot_name` (names are unique to a run and VM).
-    pub fn latest_from_snapshot(&self, snapshot_name: &str) -> Option<Manifest> {
+    /// The snapshot each VM's newest version was read from (its run-unique
+    /// name), with that version's number: what an interrupted run committed.
+    pub fn newest_versions_by_snapshot(&self) -> std::collections::BTreeMap<String, u64> {
         let store = self.lock();
-        store.vms().ok()?.into_iter().find_map(|vm| {
-            let latest = store.latest(&vm).ok()??;
-            (latest.vm_record["snapshot_name"].as_str() == Some(snapshot_name)).then_some(latest)
-        })
+        let vms = store.vms().unwrap_or_default();
+        vms.iter()
+            .filter_map(|vm| store.latest(vm).ok().flatten())
+            .filter_map(|latest| {
+                let name = latest.vm_record["snapshot_name"].as_str()?.to_string();
+                Some((name, latest.seq))
+            })
+            .collect()
     }
 
     /// The store's fixed settings (chunking, compression).

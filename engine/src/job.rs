@@ -439,22 +439,21 @@ fn committed_before_restart(
     if spec.restore.is_some() || spec.replicate.is_some() {
         return Vec::new();
     }
+    // Read once: the store is the same for every VM of the run.
+    let committed = store.newest_versions_by_snapshot();
     let mut done = Vec::new();
     for vm in &earlier.in_progress {
         let announced: Vec<&String> = (earlier.snapshots.iter())
             .filter(|(v, _)| v == vm)
             .map(|(_, name)| name)
             .collect();
-        let committed = announced
-            .iter()
-            .find_map(|name| store.latest_from_snapshot(name));
-        if let Some(latest) = committed {
+        if let Some(seq) = announced.iter().find_map(|name| committed.get(*name)) {
             // Turns it started over before the committed one still count.
             let outcome = VmOutcome {
                 restarts: announced.len().saturating_sub(1) as u32,
                 ..VmOutcome::without_work(vm, VmStatus::Ok)
             };
-            done.push((outcome, latest.seq));
+            done.push((outcome, *seq));
         }
     }
     done
